@@ -1,0 +1,44 @@
+# Goldleaves: `make run` serves the API, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test venv env setup lint format clean-data
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# .env from .env.example with a generated development secret and DEBUG=true (first run only).
+.env:
+	$(PYTHON) scripts/make_env.py
+
+env: .env
+
+setup: venv .env
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py setup_demo
+
+run: setup
+	@echo "Serving the API on http://$(HOST):$(PORT)/ (docs at /api/docs/)"
+	$(PY) manage.py runserver $(HOST):$(PORT)
+
+test: venv
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: venv
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean-data:
+	rm -rf .data

@@ -1,0 +1,1 @@
+"""Billing events and usage (see the metering issue)."""

@@ -1,0 +1,46 @@
+from django.contrib import admin
+
+from cases.models import Case, Client, Document
+
+
+@admin.register(Client)
+class ClientAdmin(admin.ModelAdmin):
+    list_display = ["name", "email", "phone", "organization", "created_at"]
+    list_filter = ["organization"]
+    search_fields = ["name", "email", "phone"]
+    list_select_related = ["organization"]
+
+
+@admin.register(Case)
+class CaseAdmin(admin.ModelAdmin):
+    list_display = [
+        "reference_number",
+        "title",
+        "client",
+        "status",
+        "organization",
+        "opened_at",
+        "closed_at",
+    ]
+    list_filter = ["organization", "status", "opened_at"]
+    search_fields = ["reference_number", "title", "client__name"]
+    list_select_related = ["organization", "client"]
+    raw_id_fields = ["client"]
+    date_hierarchy = "opened_at"
+
+
+@admin.register(Document)
+class DocumentAdmin(admin.ModelAdmin):
+    list_display = [
+        "original_filename",
+        "case",
+        "content_type",
+        "size_bytes",
+        "organization",
+        "uploaded_at",
+    ]
+    list_filter = ["organization", "content_type", "uploaded_at"]
+    search_fields = ["original_filename", "case__reference_number", "case__title"]
+    list_select_related = ["organization", "case"]
+    raw_id_fields = ["case", "uploaded_by"]
+    readonly_fields = ["size_bytes", "uploaded_at"]

@@ -1,0 +1,109 @@
+"""Case-management API: thin viewsets over ``cases.selectors`` and ``cases.services``."""
+
+from django.db.models import ProtectedError
+from rest_framework import exceptions, parsers
+
+from cases import selectors, services
+from cases.filters import CaseFilter, ClientFilter, DocumentFilter
+from cases.models import Case, Client, Document
+from cases.serializers import (
+    CaseSerializer,
+    ClientSerializer,
+    DocumentSerializer,
+    DocumentUpdateSerializer,
+)
+from tenancy.viewsets import TenantModelViewSet
+
+
+class _ServiceViewSet(TenantModelViewSet):
+    """Routes create/update/delete to the services named by the subclass."""
+
+    create_service = update_service = delete_service = None
+    object_kwarg = ""
+
+    def _ctx(self) -> dict:
+        return {"organization": self.organization, "acting_user": self.request.user}
+
+    def perform_create(self, serializer):
+        serializer.instance = self.create_service(**self._ctx(), **serializer.validated_data)
+
+    def perform_update(self, serializer):
+        serializer.instance = self.update_service(
+            **self._ctx(),
+            **{self.object_kwarg: serializer.instance},
+            **serializer.validated_data,
+        )
+
+    def perform_destroy(self, instance):
+        self.delete_service(**self._ctx(), **{self.object_kwarg: instance})
+
+
+class ClientViewSet(_ServiceViewSet):
+    """Clients of the active organization. ``?search=`` matches name and email."""
+
+    model = Client
+    serializer_class = ClientSerializer
+    filterset_class = ClientFilter
+    search_fields = ["name", "email"]
+    ordering_fields = ["name", "created_at"]
+    create_service, update_service, delete_service = (
+        staticmethod(services.client_create),
+        staticmethod(services.client_update),
+        staticmethod(services.client_delete),
+    )
+    object_kwarg = "client"
+
+    def tenant_queryset(self, organization):
+        return selectors.client_list(organization=organization)
+
+    def perform_destroy(self, instance):
+        try:
+            super().perform_destroy(instance)
+        except ProtectedError:
+            raise exceptions.ValidationError(
+                {"client": ["This client still has cases; delete or reassign them first."]}
+            ) from None
+
+
+class CaseViewSet(_ServiceViewSet):
+    """Cases of the active organization. Filters: ``status``, ``client``,
+    ``opened_after``, ``opened_before``; ``?search=`` matches title and reference."""
+
+    model = Case
+    serializer_class = CaseSerializer
+    filterset_class = CaseFilter
+    search_fields = ["title", "reference_number"]
+    ordering_fields = ["opened_at", "closed_at", "title", "reference_number", "status"]
+    create_service, update_service, delete_service = (
+        staticmethod(services.case_create),
+        staticmethod(services.case_update),
+        staticmethod(services.case_delete),
+    )
+    object_kwarg = "case"
+
+    def tenant_queryset(self, organization):
+        return selectors.case_list(organization=organization)
+
+
+class DocumentViewSet(_ServiceViewSet):
+    """Documents of the active organization. Upload with multipart ``file`` and ``case``."""
+
+    model = Document
+    parser_classes = [parsers.MultiPartParser, parsers.FormParser, parsers.JSONParser]
+    filterset_class = DocumentFilter
+    search_fields = ["original_filename"]
+    ordering_fields = ["uploaded_at", "size_bytes", "original_filename"]
+    create_service, update_service, delete_service = (
+        staticmethod(services.document_create),
+        staticmethod(services.document_update),
+        staticmethod(services.document_delete),
+    )
+    object_kwarg = "document"
+
+    def get_serializer_class(self):
+        if self.action in ("update", "partial_update"):
+            return DocumentUpdateSerializer
+        return DocumentSerializer
+
+    def tenant_queryset(self, organization):
+        return selectors.document_list(organization=organization)

@@ -1,0 +1,41 @@
+"""django-filter filter sets for the cases API."""
+
+import django_filters
+
+from cases.models import Case, CaseStatus, Client, Document
+
+
+class ClientFilter(django_filters.FilterSet):
+    name = django_filters.CharFilter(lookup_expr="icontains")
+    email = django_filters.CharFilter(lookup_expr="iexact")
+    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+
+    class Meta:
+        model = Client
+        fields = ["name", "email"]
+
+
+class CaseFilter(django_filters.FilterSet):
+    """``status``, ``client`` (id), ``opened_after``/``opened_before`` (ISO 8601, half-open
+    ``[after, before)``). Text search (``?search=``) is DRF's SearchFilter on the view."""
+
+    status = django_filters.ChoiceFilter(choices=CaseStatus.choices)
+    client = django_filters.UUIDFilter(field_name="client_id")
+    opened_after = django_filters.IsoDateTimeFilter(field_name="opened_at", lookup_expr="gte")
+    opened_before = django_filters.IsoDateTimeFilter(field_name="opened_at", lookup_expr="lt")
+
+    class Meta:
+        model = Case
+        fields = ["status", "client"]
+
+
+class DocumentFilter(django_filters.FilterSet):
+    case = django_filters.UUIDFilter(field_name="case_id")
+    content_type = django_filters.CharFilter()
+    uploaded_after = django_filters.IsoDateTimeFilter(field_name="uploaded_at", lookup_expr="gte")
+    uploaded_before = django_filters.IsoDateTimeFilter(field_name="uploaded_at", lookup_expr="lt")
+
+    class Meta:
+        model = Document
+        fields = ["case", "content_type"]

@@ -1,0 +1,89 @@
+"""Clients, cases and documents of a law firm. Every row belongs to one organization."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from tenancy.models import TenantModel
+
+
+class Client(TenantModel):
+    """A firm's client (person or company)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    email = models.EmailField(blank=True, default="")
+    phone = models.CharField(max_length=40, blank=True, default="")
+    notes = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(fields=["organization", "name"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CaseStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    PENDING = "pending", "Pending"
+    CLOSED = "closed", "Closed"
+
+
+class Case(TenantModel):
+    """A matter for a client; ``reference_number`` is unique within the organization."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    client = models.ForeignKey(Client, on_delete=models.PROTECT, related_name="cases")
+    title = models.CharField(max_length=255)
+    reference_number = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=CaseStatus.choices, default=CaseStatus.OPEN)
+    description = models.TextField(blank=True, default="")
+    opened_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-opened_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "reference_number"],
+                name="cases_case_org_reference_unique",
+            )
+        ]
+        indexes = [models.Index(fields=["organization", "status", "-opened_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.reference_number}: {self.title}"
+
+
+def document_upload_to(instance: "Document", filename: str) -> str:
+    return f"documents/{instance.organization_id}/{uuid.uuid4().hex}/{filename}"
+
+
+class Document(TenantModel):
+    """A file attached to a case, stored through Django's storage API (local or S3)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="documents")
+    file = models.FileField(upload_to=document_upload_to, max_length=500)
+    original_filename = models.CharField(max_length=255)
+    content_type = models.CharField(max_length=127, blank=True, default="")
+    size_bytes = models.BigIntegerField(default=0)
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    uploaded_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-uploaded_at"]
+        indexes = [models.Index(fields=["organization", "case", "-uploaded_at"])]
+
+    def __str__(self) -> str:
+        return self.original_filename

@@ -1,0 +1,101 @@
+"""Serializers for clients, cases and documents. Related ids resolve within the
+request's organization only (``TenantPrimaryKeyRelatedField``): another
+organization's id is a 400 "does not exist"."""
+
+from rest_framework import serializers
+
+from cases.models import Case, Client, Document
+from tenancy.viewsets import TenantPrimaryKeyRelatedField
+
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+
+
+class ClientSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Client
+        fields = ["id", "name", "email", "phone", "notes", "created_at"]
+        read_only_fields = ["id", "created_at"]
+
+
+class CaseSerializer(serializers.ModelSerializer):
+    client = TenantPrimaryKeyRelatedField(queryset=Client.objects.all())
+
+    class Meta:
+        model = Case
+        fields = [
+            "id",
+            "client",
+            "title",
+            "reference_number",
+            "status",
+            "description",
+            "opened_at",
+            "closed_at",
+        ]
+        read_only_fields = ["id", "closed_at"]
+        # Uniqueness per organization is checked in validate(); the model's
+        # constraint is the last word.
+        validators: list = []
+
+    def validate(self, attrs):
+        reference = attrs.get("reference_number")
+        organization = self.context["request"]._request.organization
+        if reference is not None:
+            clash = Case.objects.for_organization(organization).filter(reference_number=reference)
+            if self.instance is not None:
+                clash = clash.exclude(pk=self.instance.pk)
+            if clash.exists():
+                raise serializers.ValidationError(
+                    {"reference_number": ["A case with this reference number already exists."]}
+                )
+        return attrs
+
+
+class DocumentSerializer(serializers.ModelSerializer):
+    case = TenantPrimaryKeyRelatedField(queryset=Case.objects.all())
+    file = serializers.FileField(write_only=True)
+    download_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Document
+        fields = [
+            "id",
+            "case",
+            "file",
+            "download_url",
+            "original_filename",
+            "content_type",
+            "size_bytes",
+            "uploaded_by",
+            "uploaded_at",
+        ]
+        read_only_fields = [
+            "id",
+            "original_filename",
+            "content_type",
+            "size_bytes",
+            "uploaded_by",
+            "uploaded_at",
+        ]
+
+    def get_download_url(self, obj) -> str:
+        return obj.file.url if obj.file else ""
+
+    def validate_file(self, value):
+        if value.size > MAX_UPLOAD_BYTES:
+            raise serializers.ValidationError(
+                f"File too large: the limit is {MAX_UPLOAD_BYTES} bytes."
+            )
+        return value
+
+
+class DocumentUpdateSerializer(DocumentSerializer):
+    """Updates move a document to another case of the organization; the file is immutable."""
+
+    class Meta(DocumentSerializer.Meta):
+        read_only_fields = DocumentSerializer.Meta.read_only_fields
+
+    def get_fields(self):
+        fields = super().get_fields()
+        fields.pop("file")
+        return fields

@@ -1,0 +1,99 @@
+"""Shared fixtures: two organizations (ours and an outsider), their users, API clients."""
+
+import os
+
+import pytest
+
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key-not-for-production-use-0123456789")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Redis tests need a real Redis: without REDIS_URL they are skipped with that reason."""
+    if os.environ.get("REDIS_URL"):
+        return
+    skip = pytest.mark.skip(
+        reason="needs a real Redis: set REDIS_URL (e.g. redis://127.0.0.1:6379/0)"
+    )
+    for item in items:
+        if "redis" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """With GOLDLEAVES_FAIL_ON_SKIP=1 (CI), any skipped test fails the run."""
+    if os.environ.get("GOLDLEAVES_FAIL_ON_SKIP") == "1":
+        skipped = terminalreporter.stats.get("skipped", [])
+        if skipped:
+            terminalreporter.write_line(
+                f"FAIL: {len(skipped)} test(s) skipped; CI allows none.", red=True
+            )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("GOLDLEAVES_FAIL_ON_SKIP") == "1":
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None and reporter.stats.get("skipped") and exitstatus == 0:
+            session.exitstatus = 1
+
+
+@pytest.fixture
+def org(db):
+    from tenancy.tests.factories import OrganizationFactory
+
+    return OrganizationFactory(name="Acme Law", slug="acme-law")
+
+
+@pytest.fixture
+def outsider_org(db):
+    from tenancy.tests.factories import OrganizationFactory
+
+    return OrganizationFactory(name="Other Firm", slug="other-firm")
+
+
+@pytest.fixture
+def owner(org):
+    from tenancy.tests.factories import member_of
+
+    return member_of(org, email="owner@acme.test")
+
+
+@pytest.fixture
+def outsider(outsider_org):
+    from tenancy.tests.factories import member_of
+
+    return member_of(outsider_org, email="owner@other.test")
+
+
+def bearer_client(user, organization=None):
+    """An APIClient authenticated with a real access token for ``user``."""
+    from rest_framework.test import APIClient
+    from rest_framework_simplejwt.tokens import AccessToken
+
+    from tenancy.serializers import OrganizationTokenObtainPairSerializer
+
+    token = OrganizationTokenObtainPairSerializer.get_token(user).access_token
+    if organization is not None:
+        token["org"] = str(organization.pk)
+    assert isinstance(token, AccessToken)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
+    return client
+
+
+@pytest.fixture
+def api(owner):
+    """API client of ``owner`` in ``org``."""
+    return bearer_client(owner)
+
+
+@pytest.fixture
+def outsider_api(outsider):
+    """API client of a user of another organization."""
+    return bearer_client(outsider)
+
+
+@pytest.fixture
+def anon_api():
+    from rest_framework.test import APIClient
+
+    return APIClient()

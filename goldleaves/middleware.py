@@ -1,0 +1,79 @@
+"""Project-wide middleware: request id and request timer.
+
+Both are tiny and run first, so that every later layer (tenant, usage, views,
+log lines) can rely on ``request.request_id`` and ``request.start_time``.
+"""
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+#: The current request's id, for log records; ``"-"`` outside a request.
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def clean_request_id(value: str | None) -> str:
+    """Return ``value`` if it is a valid request id, else a new UUID4 string.
+
+    A valid id is 1-128 characters of ``[A-Za-z0-9._:-]``; anything else (empty,
+    too long, spaces, control characters) is replaced rather than rejected, so a
+    malformed header never fails a request.
+    """
+    if value and _REQUEST_ID_RE.match(value):
+        return value
+    return str(uuid.uuid4())
+
+
+class RequestIdMiddleware:
+    """Sets ``request.request_id`` from ``X-Request-ID`` (validated) or a new UUID4,
+    echoes it on every response, and exposes it to log records while the request runs."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        request.request_id = clean_request_id(request.headers.get(REQUEST_ID_HEADER))
+        token = request_id_var.set(request.request_id)
+        try:
+            response = self.get_response(request)
+        finally:
+            request_id_var.reset(token)
+        response[REQUEST_ID_HEADER] = request.request_id
+        return response
+
+
+class RequestTimerMiddleware:
+    """Records ``request.start_time`` (``time.perf_counter()`` seconds) and adds
+    ``Server-Timing: app;dur=<ms>`` (W3C Server Timing) to the response."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        request.start_time = time.perf_counter()
+        response = self.get_response(request)
+        duration_ms = (time.perf_counter() - request.start_time) * 1000.0
+        response["Server-Timing"] = f"app;dur={duration_ms:.2f}"
+        return response
+
+
+def elapsed_ms(request) -> float:
+    """Milliseconds since ``RequestTimerMiddleware`` saw ``request`` (0.0 if it did not)."""
+    start = getattr(request, "start_time", None)
+    if start is None:
+        return 0.0
+    return (time.perf_counter() - start) * 1000.0
+
+
+class RequestIdLogFilter(logging.Filter):
+    """Adds ``record.request_id`` (the current request's id, or ``-``) to every log record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return True

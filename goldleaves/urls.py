@@ -1,0 +1,31 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from goldleaves.errors import handler404 as api_not_found
+from goldleaves.health import health
+
+api_v1 = [
+    path("", include("tenancy.urls")),
+    path("", include("cases.urls")),
+    path("billing/", include("billing.urls")),
+]
+
+urlpatterns = [
+    path("health/", health, name="health"),
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path(
+        "api/docs/",
+        SpectacularSwaggerView.as_view(url_name="schema"),
+        name="swagger-ui",
+    ),
+    path("api/v1/", include(api_v1)),
+    # Unknown API paths: JSON 404 even with DEBUG on (no HTML page on an API path).
+    re_path(r"^api/", api_not_found),
+]
+
+handler400 = "goldleaves.errors.handler400"
+handler403 = "goldleaves.errors.handler403"
+handler404 = "goldleaves.errors.handler404"
+handler500 = "goldleaves.errors.handler500"

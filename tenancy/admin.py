@@ -1,0 +1,92 @@
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+
+from tenancy.models import Membership, Organization, User
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+    fields = ["user", "role", "created_at"]
+    readonly_fields = ["created_at"]
+
+
+@admin.register(Organization)
+class OrganizationAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "slug",
+        "plan_tier",
+        "billing_timezone",
+        "stripe_customer_id",
+        "created_at",
+    ]
+    list_filter = ["plan_tier", "created_at"]
+    search_fields = ["name", "slug", "stripe_customer_id"]
+    prepopulated_fields = {"slug": ["name"]}
+    readonly_fields = ["id", "created_at"]
+    inlines = [MembershipInline]
+
+
+class UserMembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    fields = ["organization", "role", "created_at"]
+    readonly_fields = ["organization", "created_at"]
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    ordering = ["email"]
+    list_display = [
+        "email",
+        "full_name",
+        "organization",
+        "is_staff",
+        "is_active",
+        "date_joined",
+    ]
+    list_filter = ["organization", "is_staff", "is_superuser", "is_active"]
+    search_fields = ["email", "full_name"]
+    autocomplete_fields = ["organization"]
+    inlines = [UserMembershipInline]
+    fieldsets = (
+        (None, {"fields": ("email", "password")}),
+        ("Profile", {"fields": ("full_name", "organization")}),
+        (
+            "Permissions",
+            {
+                "fields": (
+                    "is_active",
+                    "is_staff",
+                    "is_superuser",
+                    "groups",
+                    "user_permissions",
+                )
+            },
+        ),
+        ("Dates", {"fields": ("last_login", "date_joined")}),
+    )
+    add_fieldsets = (
+        (
+            None,
+            {
+                "classes": ("wide",),
+                "fields": ("email", "password1", "password2", "organization"),
+            },
+        ),
+    )
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "organization", "role", "created_at"]
+    list_filter = ["organization", "role"]
+    search_fields = ["user__email", "organization__name", "organization__slug"]
+    autocomplete_fields = ["user"]
+    list_select_related = ["user", "organization"]

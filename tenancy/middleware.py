@@ -1,0 +1,80 @@
+"""Tenant middleware: bearer JWT -> user -> organization -> tenant context."""
+
+import uuid
+
+from django.db import transaction
+from django.http import JsonResponse
+from rest_framework import exceptions
+from rest_framework_simplejwt.authentication import JWTAuthentication
+
+from tenancy.authentication import JWT_RESULT_ATTR
+from tenancy.context import bind_organization, set_connection_tenant
+from tenancy.selectors import membership_for
+
+ORG_HEADER = "X-Organization-ID"
+
+
+def _error(detail: str, code: str, status: int) -> JsonResponse:
+    return JsonResponse({"detail": detail, "code": code}, status=status)
+
+
+class TenantMiddleware:
+    """Resolves ``request.organization`` and runs the rest of the request in its tenant context.
+
+    * No ``Authorization: Bearer`` header: passes through untouched (health,
+      docs, admin, token endpoints); ``request.organization`` is ``None``.
+    * Invalid or expired token: 401 ``{"detail", "code"}``.
+    * Organization: the ``X-Organization-ID`` header if present, else the
+      token's ``org`` claim. A header that is not a UUID is a 400; an
+      organization the user is not a member of is a 403
+      (``code: "organization_forbidden"``).
+    * Everything downstream runs in one transaction whose first statement sets
+      the transaction-local ``app.current_org`` (see ``tenancy.context``); the
+      membership is read inside it, so row-level security applies to it too.
+      A 5xx response rolls the transaction back, as an exception would.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.jwt = JWTAuthentication()
+
+    def __call__(self, request):
+        request.organization = None
+        request.membership = None
+        if self.jwt.get_header(request) is None:
+            return self.get_response(request)
+        try:
+            result = self.jwt.authenticate(request)
+        except exceptions.AuthenticationFailed as exc:
+            codes = exc.get_codes()
+            code = codes.get("code", "token_not_valid") if isinstance(codes, dict) else str(codes)
+            return _error("Token is invalid or expired.", code, 401)
+        if result is None:  # a header with another scheme: not ours to judge
+            return self.get_response(request)
+        user, token = result
+        raw_org = request.headers.get(ORG_HEADER) or token.get("org")
+        if not raw_org:
+            return _error(f"No organization: send {ORG_HEADER}.", "organization_required", 403)
+        try:
+            org_id = uuid.UUID(str(raw_org))
+        except ValueError:
+            return _error(f"{ORG_HEADER} must be a UUID.", "organization_invalid", 400)
+
+        with transaction.atomic():
+            set_connection_tenant(org_id)
+            membership = membership_for(user=user, organization_id=org_id)
+            if membership is None:
+                return _error(
+                    "You are not a member of this organization.",
+                    "organization_forbidden",
+                    403,
+                )
+            setattr(request, JWT_RESULT_ATTR, (user, token))
+            request.user = user
+            request.organization = membership.organization
+            request.membership = membership
+            with bind_organization(membership.organization):
+                response = self.get_response(request)
+            if response.status_code >= 500:
+                transaction.set_rollback(True)
+        return response

@@ -1,0 +1,149 @@
+"""Organizations (tenants), users, memberships, and the base class of every tenant-owned model."""
+
+import uuid
+
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.models import PermissionsMixin
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+
+class PlanTier(models.TextChoices):
+    STARTER = "starter", "Starter"
+    PRO = "pro", "Pro"
+    ENTERPRISE = "enterprise", "Enterprise"
+
+
+class Organization(models.Model):
+    """A law firm: the tenant. Every tenant-owned row carries its ``organization_id``."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    slug = models.SlugField(max_length=100, unique=True)
+    plan_tier = models.CharField(max_length=20, choices=PlanTier.choices, default=PlanTier.STARTER)
+    stripe_customer_id = models.CharField(max_length=255, blank=True, default="")
+    billing_timezone = models.CharField(
+        max_length=64,
+        default="UTC",
+        help_text="IANA time zone used for billing periods.",
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class UserManager(BaseUserManager):
+    """Users log in with their email, matched case-insensitively."""
+
+    use_in_migrations = True
+
+    def _create_user(self, email, password, **extra):
+        if not email:
+            raise ValueError("An email address is required.")
+        user = self.model(email=self.normalize_email(email), **extra)
+        user.set_password(password)
+        user.save(using=self._db)
+        return user
+
+    def create_user(self, email, password=None, **extra):
+        extra.setdefault("is_staff", False)
+        extra.setdefault("is_superuser", False)
+        return self._create_user(email, password, **extra)
+
+    def create_superuser(self, email, password=None, **extra):
+        extra.setdefault("is_staff", True)
+        extra.setdefault("is_superuser", True)
+        return self._create_user(email, password, **extra)
+
+    def get_by_natural_key(self, email):
+        return self.get(email__iexact=email)
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    """A person; email is the login (unique, case-insensitive).
+
+    ``organization`` is the user's default organization (the JWT ``org`` claim);
+    access itself is granted by ``Membership`` rows.
+    """
+
+    email = models.EmailField(max_length=254, unique=True)
+    full_name = models.CharField(max_length=200, blank=True, default="")
+    organization = models.ForeignKey(
+        Organization,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="default_users",
+        help_text="Default organization (JWT 'org' claim).",
+    )
+    is_active = models.BooleanField(default=True)
+    is_staff = models.BooleanField(default=False)
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        constraints = [models.UniqueConstraint(Lower("email"), name="tenancy_user_email_ci_unique")]
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class MembershipRole(models.TextChoices):
+    OWNER = "owner", "Owner"
+    ADMIN = "admin", "Admin"
+    MEMBER = "member", "Member"
+
+
+class TenantQuerySet(models.QuerySet):
+    """QuerySet of a tenant-owned model."""
+
+    def for_organization(self, organization):
+        """Rows of ``organization`` (an ``Organization`` or its id) only."""
+        org_id = getattr(organization, "pk", organization)
+        return self.filter(organization_id=org_id)
+
+
+class TenantModel(models.Model):
+    """Abstract base of every tenant-owned model: an ``organization`` FK (column
+    ``organization_id``, NOT NULL) and the ``for_organization`` queryset method."""
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE)
+
+    objects = TenantQuerySet.as_manager()
+
+    class Meta:
+        abstract = True
+
+
+class Membership(TenantModel):
+    """Grants ``user`` a ``role`` in ``organization``; unique per (user, organization)."""
+
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="memberships"
+    )
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(
+        max_length=20, choices=MembershipRole.choices, default=MembershipRole.MEMBER
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "user"], name="tenancy_membership_unique"
+            )
+        ]
+        ordering = ["organization__name"]
+
+    def __str__(self) -> str:
+        return f"{self.user} @ {self.organization} ({self.role})"

@@ -1,0 +1,51 @@
+"""Serializers for tokens, organizations and memberships."""
+
+from rest_framework import serializers
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
+
+from tenancy.models import Membership, Organization
+
+
+class OrganizationTokenObtainPairSerializer(TokenObtainPairSerializer):
+    """simplejwt's email/password pair serializer; the access and refresh tokens carry
+    ``org``: the user's default organization id (or one of their memberships' if unset)."""
+
+    @classmethod
+    def get_token(cls, user):
+        token = super().get_token(user)
+        org_id = user.organization_id
+        if org_id is None:
+            org_id = (
+                Membership.objects.filter(user=user)
+                .order_by("created_at")
+                .values_list("organization_id", flat=True)
+                .first()
+            )
+        token["org"] = str(org_id) if org_id else None
+        return token
+
+
+class OrganizationSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Organization
+        fields = ["id", "name", "slug", "plan_tier", "billing_timezone", "created_at"]
+        read_only_fields = fields
+
+
+class CurrentOrganizationSerializer(OrganizationSerializer):
+    """The active organization plus the caller's ``role`` in it."""
+
+    role = serializers.CharField(read_only=True)
+
+    class Meta(OrganizationSerializer.Meta):
+        fields = OrganizationSerializer.Meta.fields + ["role"]
+        read_only_fields = fields
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    organization = OrganizationSerializer(read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "organization", "role", "created_at"]
+        read_only_fields = fields
