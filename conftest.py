@@ -4,8 +4,6 @@ import os
 
 import pytest
 
-os.environ.setdefault("SECRET_KEY", "test-only-secret-key-not-for-production-use-0123456789")
-
 
 def pytest_collection_modifyitems(config, items):
     """Redis tests need a real Redis: without REDIS_URL they are skipped with that reason."""
