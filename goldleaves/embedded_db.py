@@ -7,6 +7,8 @@ Unix socket only and keeps running between commands (``cleanup_mode=None``), so
 fresh machine; production sets ``DATABASE_URL``.
 """
 
+import logging
+import warnings
 from pathlib import Path
 
 DATABASE_NAME = "goldleaves"
@@ -26,11 +28,16 @@ def embedded_database_url(data_root: Path, database: str = DATABASE_NAME) -> str
         ImportError: ``pgserver`` is not installed (``pip install -r requirements.txt``).
         RuntimeError: the server could not be started (pgserver reports why).
     """
-    import pgserver  # imported lazily: only machines without DATABASE_URL need it
-
     data_root = Path(data_root)
     data_root.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_root / "pg", cleanup_mode=None)
+    # pgserver logs every attach/detach at INFO, and platformdirs warns when
+    # XDG_RUNTIME_DIR is unset: neither is news to someone running manage.py.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver  # imported lazily: only machines without DATABASE_URL need it
+
+        server = pgserver.get_server(data_root / "pg", cleanup_mode=None)
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{database}";')
