@@ -62,6 +62,12 @@ class BillingEvent(TenantModel):
             models.Index(fields=["organization", "created_at"], name="billing_ev_org_created_idx"),
             models.Index(fields=["event_name"], name="billing_ev_name_idx"),
             models.Index(fields=["user", "created_at"], name="billing_ev_user_created_idx"),
+            # Pending events, oldest first: the billing health endpoint and the reporter.
+            models.Index(
+                fields=["created_at"],
+                condition=Q(status=BillingEventStatus.PENDING),
+                name="billing_ev_pending_idx",
+            ),
         ]
 
     def __str__(self) -> str:
