@@ -87,6 +87,7 @@ def _period_events(organization, start: datetime, end: datetime) -> QuerySet[Bil
 
 
 def _line(row: dict) -> dict:
+    row["quantity"] = row.pop("total_quantity")
     row["cost_cents"] = line_cost_cents(row.pop("exact_cost"))
     return row
 
@@ -101,7 +102,7 @@ def usage_summary(*, organization, start: datetime, end: datetime) -> list[dict]
     rows = (
         _period_events(organization, start, end)
         .values("event_name")
-        .annotate(count=Count("id"), quantity=Sum("quantity"), exact_cost=Sum(_LINE_COST))
+        .annotate(count=Count("id"), total_quantity=Sum("quantity"), exact_cost=Sum(_LINE_COST))
         .order_by("event_name")
     )
     return [_line(row) for row in rows]
@@ -134,7 +135,7 @@ def usage_report(*, organization, start: datetime, end: datetime, group_by: str)
         raise ValueError(f"group_by must be one of {', '.join(GROUP_BY_CHOICES)}")
     rows = (
         events.values(*keys, "event_name")
-        .annotate(count=Count("id"), quantity=Sum("quantity"), exact_cost=Sum(_LINE_COST))
+        .annotate(count=Count("id"), total_quantity=Sum("quantity"), exact_cost=Sum(_LINE_COST))
         .order_by(*keys, "event_name")
     )
     result = []
@@ -145,22 +146,25 @@ def usage_report(*, organization, start: datetime, end: datetime, group_by: str)
     return result
 
 
-def pipeline_health(*, now: datetime | None = None) -> dict:
-    """Billing pipeline health over ALL organizations (operators' view), two index
-    scans of ``billing_ev_status_created_idx``.
+def pipeline_health(*, organization=None, now: datetime | None = None) -> dict:
+    """Billing pipeline health of ``organization`` (or of ALL organizations when ``None``,
+    the operators' view). Two index scans of ``billing_ev_status_created_idx``.
 
-        Returns:
-            ``{"pending_count": int, "oldest_pending_at": datetime | None,
-            "oldest_pending_age_seconds": float | None, "last_posted_event_at": datetime | None}``.
-            ``last_posted_event_at`` is the creation time of the newest event already
-            posted to the payment provider (the last report covered events up to it).
+    Returns:
+        ``{"pending_count": int, "oldest_pending_at": datetime | None,
+        "oldest_pending_age_seconds": float | None, "last_posted_event_at": datetime | None}``.
+        ``last_posted_event_at`` is the creation time of the newest event already
+        posted to the payment provider (the last report covered events up to it).
     """
     now = now or timezone.now()
-    pending = BillingEvent.objects.filter(status=BillingEventStatus.PENDING).aggregate(
+    events = BillingEvent.objects.all()
+    if organization is not None:
+        events = events.for_organization(organization)
+    pending = events.filter(status=BillingEventStatus.PENDING).aggregate(
         pending_count=Count("id"), oldest_pending_at=Min("created_at")
     )
     last_posted = (
-        BillingEvent.objects.filter(status=BillingEventStatus.POSTED)
+        events.filter(status=BillingEventStatus.POSTED)
         .order_by("-created_at")
         .values_list("created_at", flat=True)
         .first()

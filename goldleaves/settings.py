@@ -184,7 +184,8 @@ BILLING_UNBILLED_STATUSES = env.list(
     "BILLING_UNBILLED_STATUSES", default=["401", "403", "429", "5xx"]
 )
 BILLING_EXCLUDED_PATHS = env.list(
-    "BILLING_EXCLUDED_PATHS", default=["/health", "/api/docs", "/api/schema", "/admin"]
+    "BILLING_EXCLUDED_PATHS",
+    default=["/health", "/api/docs", "/api/schema", "/admin", "/api/v1/billing/health"],
 )
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
