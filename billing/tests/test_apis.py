@@ -204,7 +204,7 @@ def test_summary_and_report_run_a_bounded_number_of_queries(api, ny_org, owner):
     BillingEventFactory.create_batch(
         200, organization=ny_org, user=owner, created_at=utc(2025, 11, 5)
     )
-    for n in range(20):
+    for _ in range(20):
         user = UserFactory()
         BillingEventFactory.create_batch(
             3, organization=ny_org, user=user, created_at=utc(2025, 11, 6)
