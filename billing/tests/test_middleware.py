@@ -197,3 +197,78 @@ def test_queries_per_metered_request(owner, settings):
     assert on_billing[0].startswith('INSERT INTO "billing_events"')
     assert on_billing[0].endswith("ON CONFLICT DO NOTHING")
     print(f"queries per request: {len(off)} unmetered, {len(on)} metered")
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [
+        ("api/v1/^cases/$", "/api/v1/cases/"),
+        ("api/v1/^cases/(?P<pk>[^/.]+)/$", "/api/v1/cases/{pk}/"),
+        (
+            "api/v1/usage-summary/<uuid:organization_id>/",
+            "/api/v1/usage-summary/{organization_id}/",
+        ),
+        ("api/v1/x/(?P<a>(ab|cd)+)/<slug>/", "/api/v1/x/{a}/{slug}/"),
+        (None, None),
+    ],
+)
+def test_route_template(route, expected):
+    assert middleware.route_template(route) == expected
+
+
+def test_event_goes_to_the_organization_of_the_request(org, outsider_org):
+    """A member of two organizations acting for one (X-Organization-ID) bills that one."""
+    from tenancy.tests.factories import MembershipFactory, member_of
+
+    user = member_of(org, email="both@example.test")
+    MembershipFactory(organization=outsider_org, user=user)
+    client = bearer_client(user)
+    client.get("/api/v1/cases/", HTTP_X_ORGANIZATION_ID=str(outsider_org.pk))
+    client.get("/api/v1/cases/")
+    assert sorted(
+        BillingEvent.objects.values_list("organization_id", flat=True), key=str
+    ) == sorted([org.pk, outsider_org.pk], key=str)
+
+
+@pytest.fixture
+def tenant_guard_trigger(db):
+    """A test-only trigger (rolled back with the test transaction) that rejects a
+    billing_events row whose organization is not ``app.current_org``: what a
+    row-level-security policy would check."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            CREATE FUNCTION pg_temp.billing_guard() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.organization_id::text IS DISTINCT FROM
+                 current_setting('app.current_org', true) THEN
+                RAISE EXCEPTION 'billing event outside its tenant context';
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql;
+            CREATE TRIGGER billing_guard BEFORE INSERT ON billing_events
+              FOR EACH ROW EXECUTE FUNCTION pg_temp.billing_guard();
+            """
+        )
+
+
+def test_event_is_written_inside_the_tenant_context(api, org, tenant_guard_trigger):
+    from billing.services import record_event
+    from tenancy.context import tenant_context
+
+    before = middleware.write_failures()
+    response = api.get("/api/v1/cases/")
+    assert response.status_code == 200
+    assert middleware.write_failures() == before
+    assert BillingEvent.objects.get().request_id == response["X-Request-ID"]
+    # control: the guard does reject a write made outside the tenant context (the
+    # test's own transaction still carries the request's setting: clear it first)
+    from django.db import DatabaseError, transaction
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('app.current_org', '', true)")
+
+    with pytest.raises(DatabaseError), transaction.atomic():
+        record_event(organization=org, event_name="api.request", request_id="no-context")
+    with tenant_context(org):
+        assert record_event(organization=org, event_name="api.request", request_id="ctx")
