@@ -16,6 +16,7 @@ from billing import selectors
 from billing.filters import BillingEventFilter
 from billing.middleware import write_failures
 from billing.serializers import (
+    REPORT_ROW_SERIALIZERS,
     BillingEventSerializer,
     BillingHealthSerializer,
     PeriodQuerySerializer,
@@ -123,7 +124,8 @@ class UsageReportApi(_UsageApi):
             rows = selectors.usage_report(
                 organization=organization, start=start, end=end, group_by=group_by
             )
-            return {"group_by": group_by, "rows": rows}
+            serializer = REPORT_ROW_SERIALIZERS[group_by](rows, many=True)
+            return {"group_by": group_by, "rows": serializer.data}
 
         body = self.period_response(request, organization_id, build)
         return Response(UsageReportSerializer(body).data)

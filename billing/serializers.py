@@ -68,11 +68,37 @@ class UsageLineSerializer(serializers.Serializer):
     cost_cents = serializers.IntegerField()
 
 
-class UsageReportRowSerializer(UsageLineSerializer):
-    day = serializers.CharField(required=False)
-    route = serializers.CharField(required=False, allow_null=True)
-    user_id = serializers.IntegerField(required=False, allow_null=True)
-    user_email = serializers.CharField(required=False, allow_null=True)
+def _row_serializer(name: str, **keys) -> type[serializers.Serializer]:
+    """A report row serializer: the group key fields first, then the line fields."""
+    fields = {
+        **keys,
+        "event_name": serializers.CharField(),
+        "count": serializers.IntegerField(),
+        "quantity": serializers.DecimalField(max_digits=24, decimal_places=4),
+        "cost_cents": serializers.IntegerField(),
+    }
+    return type(name, (serializers.Serializer,), fields)
+
+
+DayRowSerializer = _row_serializer(
+    "DayRowSerializer", day=serializers.CharField(help_text="YYYY-MM-DD, billing time zone")
+)
+RouteRowSerializer = _row_serializer(
+    "RouteRowSerializer",
+    route=serializers.CharField(allow_null=True, help_text="URL pattern; null: domain events"),
+)
+UserRowSerializer = _row_serializer(
+    "UserRowSerializer",
+    user_id=serializers.IntegerField(allow_null=True),
+    user_email=serializers.CharField(allow_null=True),
+)
+
+#: The row shape of each ``group_by`` of the usage report.
+REPORT_ROW_SERIALIZERS = {
+    "day": DayRowSerializer,
+    "route": RouteRowSerializer,
+    "user": UserRowSerializer,
+}
 
 
 class UsagePeriodSerializer(serializers.Serializer):
@@ -88,8 +114,10 @@ class UsageSummarySerializer(UsagePeriodSerializer):
 
 
 class UsageReportSerializer(UsagePeriodSerializer):
-    group_by = serializers.CharField()
-    rows = UsageReportRowSerializer(many=True)
+    """Schema of the report; ``rows`` hold the keys of ``group_by`` (see the row serializers)."""
+
+    group_by = serializers.ChoiceField(choices=GROUP_BY_CHOICES)
+    rows = serializers.ListField(child=serializers.DictField())
 
 
 class BillingHealthSerializer(serializers.Serializer):

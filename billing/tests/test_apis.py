@@ -129,6 +129,7 @@ def test_report_by_day_uses_the_billing_timezone(api, month_fixture):
 def test_report_by_route_and_by_user(api, month_fixture, owner):
     params = {"start": "2025-11-01", "end": "2025-12-01"}
     by_route = api.get(report_url(month_fixture, group_by="route", **params)).json()["rows"]
+    assert list(by_route[0]) == ["route", "event_name", "count", "quantity", "cost_cents"]
     assert [(r["route"], r["event_name"], r["count"]) for r in by_route] == [
         ("/api/v1/cases/", "api.request", 1),
         ("/api/v1/cases/{pk}/", "api.request", 1),
@@ -136,6 +137,7 @@ def test_report_by_route_and_by_user(api, month_fixture, owner):
         (None, "doc.processed", 3),
     ]
     by_user = api.get(report_url(month_fixture, group_by="user", **params)).json()["rows"]
+    assert list(by_user[0])[:3] == ["user_id", "user_email", "event_name"]
     assert [(r["user_id"], r["user_email"], r["event_name"], r["count"]) for r in by_user] == [
         (owner.pk, owner.email, "api.request", 2),
         (None, None, "api.request", 1),
