@@ -7,6 +7,8 @@ from billing.selectors import GROUP_BY_CHOICES, parse_period_bound
 
 
 class BillingEventSerializer(serializers.ModelSerializer):
+    """One event; ``status`` as text (``pending``/``posted``), ``quantity`` a decimal string."""
+
     status = serializers.CharField(source="get_status_display")
 
     class Meta:
@@ -62,6 +64,8 @@ class ReportQuerySerializer(PeriodQuerySerializer):
 
 
 class UsageLineSerializer(serializers.Serializer):
+    """A summary line: events, total quantity (decimal string) and cost in integer cents."""
+
     event_name = serializers.CharField()
     count = serializers.IntegerField()
     quantity = serializers.DecimalField(max_digits=24, decimal_places=4)
@@ -109,6 +113,8 @@ class UsagePeriodSerializer(serializers.Serializer):
 
 
 class UsageSummarySerializer(UsagePeriodSerializer):
+    """``[start, end)`` (UTC), the billing time zone, one line per event name, the total."""
+
     lines = UsageLineSerializer(many=True)
     total_cost_cents = serializers.IntegerField()
 
@@ -121,6 +127,8 @@ class UsageReportSerializer(UsagePeriodSerializer):
 
 
 class BillingHealthSerializer(serializers.Serializer):
+    """Pipeline health; ``scope`` is ``organization`` or ``all`` (staff)."""
+
     scope = serializers.CharField()
     pending_count = serializers.IntegerField()
     oldest_pending_at = serializers.DateTimeField(allow_null=True)
