@@ -35,9 +35,11 @@ class OrganizationAdmin(admin.ModelAdmin):
         if obj is None or obj.pk is None:
             return "-"
         from billing.selectors import month_period, usage_summary
+        from tenancy.context import tenant_context
 
         start, end = month_period(obj)
-        lines = usage_summary(organization=obj, start=start, end=end)
+        with tenant_context(obj):  # staff's one explicit cross-tenant read (RLS applies)
+            lines = usage_summary(organization=obj, start=start, end=end)
         if not lines:
             return f"No usage from {start:%Y-%m-%d} to {end:%Y-%m-%d} ({start.tzinfo})."
         total = sum(line["cost_cents"] for line in lines)
