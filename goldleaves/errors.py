@@ -6,13 +6,18 @@ validation errors, ``{"detail": "Invalid input.", "code": "invalid",
 not even for a 404 or 500 raised outside DRF with ``DEBUG`` off.
 """
 
-from django.http import JsonResponse
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler
 
 
 def api_exception_handler(exc, context):
     """DRF exception handler that adds a machine-readable ``code`` to every error."""
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -24,7 +29,9 @@ def api_exception_handler(exc, context):
         }
     elif isinstance(exc, exceptions.APIException):
         codes = exc.get_codes()
-        code = codes if isinstance(codes, str) else "error"
+        if isinstance(codes, dict):  # e.g. simplejwt's InvalidToken: {"detail", "code", ...}
+            codes = codes.get("code", exc.default_code)
+        code = codes if isinstance(codes, str) else exc.default_code
         detail = (
             response.data.get("detail", str(exc.detail))
             if isinstance(response.data, dict)

@@ -83,7 +83,8 @@ if env.str("DATABASE_URL", default=""):
 else:
     from goldleaves.embedded_db import embedded_database_url
 
-    DATABASES = {"default": env.db_url_config(embedded_database_url(BASE_DIR / ".data"))}
+    EMBEDDED_DB_DIR = env.str("EMBEDDED_DB_DIR", default="") or str(BASE_DIR / ".data")
+    DATABASES = {"default": env.db_url_config(embedded_database_url(EMBEDDED_DB_DIR))}
 DATABASES["default"]["ENGINE"] = "django.db.backends.postgresql"
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -109,7 +110,7 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 MEDIA_URL = "media/"
-MEDIA_ROOT = env.path("MEDIA_ROOT", default=str(BASE_DIR / "media"))
+MEDIA_ROOT = env.str("MEDIA_ROOT", default="") or str(BASE_DIR / "media")
 
 # --- Storage: local files by default, S3 through django-storages when S3_BUCKET is set.
 S3_BUCKET = env.str("S3_BUCKET", default="")
