@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.utils.text import slugify
 
+from tenancy.context import tenant_context
 from tenancy.models import Membership, MembershipRole, Organization, PlanTier, User
 
 
@@ -78,9 +79,10 @@ def organization_onboard(
         elif owner.organization_id is None:
             owner.organization = organization
             owner.save(update_fields=["organization"])
-        _, membership_created = Membership.objects.get_or_create(
-            organization=organization,
-            user=owner,
-            defaults={"role": MembershipRole.OWNER},
-        )
+        with tenant_context(organization):
+            _, membership_created = Membership.objects.get_or_create(
+                organization=organization,
+                user=owner,
+                defaults={"role": MembershipRole.OWNER},
+            )
     return OnboardResult(organization, owner, org_created, owner_created, membership_created)
