@@ -174,14 +174,16 @@ def _free_slugs(cursor, wanted: dict[str, str]) -> dict[str, str]:
     result: dict[str, str] = {}
     taken_here: set[str] = set()
     pending = dict(sorted(wanted.items()))
-    suffix_start = 1
+    suffix_start = 1  # first pass: the bare base; then -2..-21, -22..-41, ...
     while pending:
         candidates = {}
         for key, base in pending.items():
-            candidates[key] = [base] if suffix_start == 1 else []
-            candidates[key] += [
-                f"{base[:90]}-{n}" for n in range(max(2, suffix_start), suffix_start + 20)
-            ]
+            if suffix_start == 1:
+                candidates[key] = [base]
+            else:
+                candidates[key] = [
+                    f"{base[:90]}-{n}" for n in range(suffix_start, suffix_start + 20)
+                ]
         flat = sorted({c for cs in candidates.values() for c in cs})
         cursor.execute("SELECT slug FROM tenancy_organization WHERE slug = ANY(%s)", [flat])
         taken = {row[0] for row in cursor.fetchall()} | taken_here
@@ -195,7 +197,7 @@ def _free_slugs(cursor, wanted: dict[str, str]) -> dict[str, str]:
                 taken.add(free)
                 taken_here.add(free)
         pending = still
-        suffix_start += 20
+        suffix_start = 2 if suffix_start == 1 else suffix_start + 20
     return result
 
 
