@@ -198,7 +198,8 @@ def main() -> None:
     print(f"  {'ratio backfill / baseline':<58} {rate / base_rate:>12.3f}")
     print(f"  users {todo:,}; organizations {orgs:,}; memberships {members:,}")
     print(
-        f"  backfill {backfill_s:.1f}s (wall incl. start-up {wall_s:.1f}s); baseline UPDATE {baseline_s:.1f}s"
+        f"  backfill {backfill_s:.1f}s (wall incl. start-up {wall_s:.1f}s); "
+        f"baseline UPDATE {baseline_s:.1f}s"
     )
     record(
         {

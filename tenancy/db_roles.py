@@ -93,7 +93,8 @@ def ensure_app_role(connection, *, rls_enabled: bool) -> list[str]:
             )
             if not cursor.fetchone()[0]:
                 raise CommandError(
-                    f"Database role {role!r} does not exist and {connection.settings_dict['USER']!r} "
+                    f"Database role {role!r} does not exist and "
+                    f"{connection.settings_dict['USER']!r} "
                     "may not create it. Create it as shown in DEPLOY.md ('Database roles')."
                 )
             cursor.execute(CREATE_ROLE_SQL.format(role=_quote(role)))

@@ -110,7 +110,8 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
             cursor.execute(_UNIQUE_WITHOUT_ORG, [rls._q(entry.table)] * 2)
             for (name,) in cursor.fetchall():
                 problems.append(
-                    f"table {entry.table}: unique constraint {name} does not include organization_id"
+                    f"table {entry.table}: unique constraint {name} "
+                    "does not include organization_id"
                 )
             for column, target in entry.references:
                 cursor.execute(
@@ -132,7 +133,8 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
 
         cursor.execute(
             """SELECT s.setting FROM pg_db_role_setting d, unnest(d.setconfig) AS s(setting)
-               WHERE d.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
+               WHERE d.setdatabase = (SELECT oid FROM pg_database
+                                      WHERE datname = current_database())
                  AND d.setrole = 0 AND s.setting LIKE 'app.rls_enabled=%%'"""
         )
         row = cursor.fetchone()
@@ -140,7 +142,8 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
         actual = row[0].split("=", 1)[1] if row else None
         if actual != expected:
             problems.append(
-                f"database default app.rls_enabled is {actual!r}, but RLS_ENABLED={settings.RLS_ENABLED} "
+                f"database default app.rls_enabled is {actual!r}, "
+                f"but RLS_ENABLED={settings.RLS_ENABLED} "
                 f"expects {expected!r} (run manage.py migrate)"
             )
     return problems

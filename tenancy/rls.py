@@ -208,7 +208,8 @@ def apply_to_tables(connection, entries: list[TenantTable]) -> list[str]:
             name = org_unique_name(target)
             if not _constraint_exists(cursor, target, name):
                 cursor.execute(
-                    f"ALTER TABLE {_q(target)} ADD CONSTRAINT {_q(name)} UNIQUE (organization_id, id)"
+                    f"ALTER TABLE {_q(target)} ADD CONSTRAINT {_q(name)} "
+                    "UNIQUE (organization_id, id)"
                 )
                 done.append(f"unique {target}(organization_id, id)")
         for entry in entries:
