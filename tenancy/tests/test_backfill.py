@@ -6,7 +6,6 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -15,6 +14,7 @@ from django.db import connection
 from tenancy.context import cross_tenant
 from tenancy.models import Membership, MembershipRole, Organization, User
 from tenancy.services import _free_slugs
+from tenancy.tests.dburl import subprocess_database_url
 from tenancy.tests.factories import OrganizationFactory
 
 FIRM_DOMAINS = [f"firm{n}-law.com" for n in range(20)]
@@ -179,12 +179,7 @@ def test_free_slugs_suffixes_past_many_collisions():
 
 
 def _subprocess_env():
-    s = connection.settings_dict
-    host = s["HOST"] or "localhost"
-    host = quote(host, safe="") if host.startswith("/") else host
-    auth = quote(s["USER"]) + (":" + quote(s["PASSWORD"]) if s["PASSWORD"] else "")
-    url = f"postgres://{auth}@{host}:{s['PORT'] or 5432}/{s['NAME']}"
-    env = dict(os.environ, DATABASE_URL=url, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, DATABASE_URL=subprocess_database_url(), PYTHONUNBUFFERED="1")
     env.setdefault("SECRET_KEY", "test-only-secret-key-not-for-production-use-0123456789")
     return env
 

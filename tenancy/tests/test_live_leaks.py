@@ -33,6 +33,7 @@ from django.db import connection
 
 from billing.models import BillingEvent
 from tenancy.context import cross_tenant
+from tenancy.tests.dburl import socket_or_host, subprocess_database_url
 from tenancy.tests.pgbouncer import PgBouncer, pgbouncer_binary
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,17 +52,6 @@ def _free_port(start=8100, end=8199) -> int:
                 continue
             return port
     raise RuntimeError("no free port in 8100-8199")
-
-
-def _database_url(*, host=None, port=None, user=None) -> str:
-    from urllib.parse import quote
-
-    s = connection.settings_dict
-    host = host or s["HOST"] or "localhost"
-    host = quote(host, safe="") if host.startswith("/") else host
-    user = user or s["USER"]
-    auth = quote(user) + (":" + quote(s["PASSWORD"]) if s["PASSWORD"] and user == s["USER"] else "")
-    return f"postgres://{auth}@{host}:{port or s['PORT'] or 5432}/{s['NAME']}"
 
 
 class Gunicorn:
@@ -99,14 +89,14 @@ class Gunicorn:
             stderr=subprocess.PIPE,
             text=True,
         )
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("gunicorn exited: " + self.proc.stderr.read())
             try:
-                requests.get(self.base + "/health/", timeout=1)
+                requests.get(self.base + "/health/", timeout=5)
                 return
-            except requests.ConnectionError:
+            except requests.RequestException:
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError("gunicorn did not start")
@@ -226,7 +216,7 @@ def _after_failures(base: str, tenants: dict) -> None:
 
 @pytest.mark.django_db
 def test_persistent_connections_never_leak_the_organization(tenants):
-    server = Gunicorn({"DATABASE_URL": _database_url(), "CONN_MAX_AGE": "60"})
+    server = Gunicorn({"DATABASE_URL": subprocess_database_url(), "CONN_MAX_AGE": "60"})
     try:
         _alternate(server.base, tenants)
         _after_failures(server.base, tenants)
@@ -236,7 +226,7 @@ def test_persistent_connections_never_leak_the_organization(tenants):
 
 @pytest.mark.django_db
 def test_psycopg_pool_of_one_connection_never_leaks_the_organization(tenants):
-    server = Gunicorn({"DATABASE_URL": _database_url(), "DATABASE_POOL_SIZE": "1"})
+    server = Gunicorn({"DATABASE_URL": subprocess_database_url(), "DATABASE_POOL_SIZE": "1"})
     try:
         _alternate(server.base, tenants)
         _after_failures(server.base, tenants)
@@ -254,10 +244,11 @@ def test_pgbouncer_transaction_mode_never_leaks_the_organization(tenants, tmp_pa
         pytest.fail("pgbouncer is not installed: run scripts/ci_pgbouncer.sh (see DEPLOY.md)")
     s = connection.settings_dict
     app_role = settings.DATABASE_APP_ROLE or s["USER"]
+    db_host, db_port = socket_or_host()
     with PgBouncer(
         tmp_path,
-        db_host=s["HOST"] or "127.0.0.1",
-        db_port=int(s["PORT"] or 5432),
+        db_host=db_host,
+        db_port=db_port,
         database=s["NAME"],
         user=app_role,
         listen_port=_free_port(6433, 6499),
@@ -266,7 +257,9 @@ def test_pgbouncer_transaction_mode_never_leaks_the_organization(tenants, tmp_pa
             {
                 # log in as the app role itself: session state like SET ROLE would not
                 # follow a client from one server connection to the next
-                "DATABASE_URL": _database_url(host="127.0.0.1", port=bouncer.port, user=app_role),
+                "DATABASE_URL": subprocess_database_url(
+                    host="127.0.0.1", port=bouncer.port, user=app_role
+                ),
                 "DATABASE_APP_ROLE": "",
                 "CONN_MAX_AGE": "60",
                 "DISABLE_SERVER_SIDE_CURSORS": "true",

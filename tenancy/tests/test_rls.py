@@ -8,7 +8,7 @@ environment's ``RLS_ENABLED`` is.
 
 import pytest
 from django.apps import apps
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import DataError, IntegrityError, ProgrammingError, connection, transaction
 
 from billing.models import BillingEvent
@@ -293,3 +293,64 @@ def test_factories_and_member_of_work_under_rls(rls_on, org):
         assert Membership.objects.filter(user=user).exists()
         assert Client.objects.get() == client
     assert OrganizationFactory().pk
+
+
+@pytest.fixture
+def owner_conn(db):
+    """A separate connection as the login (owner) role, for DDL the app role may not run."""
+    import psycopg
+
+    s = connection.settings_dict
+    conn = psycopg.connect(
+        host=s["HOST"] or None,
+        port=s["PORT"] or None,
+        dbname=s["NAME"],
+        user=s["USER"],
+        password=s["PASSWORD"] or None,
+        autocommit=True,
+    )
+    yield conn
+    conn.close()
+
+
+def test_check_isolation_names_a_table_without_rls_and_a_unique_without_org(owner_conn):
+    owner_conn.execute(
+        "CREATE TABLE leaky_notes (id bigint PRIMARY KEY, organization_id uuid NOT NULL,"
+        " slug text UNIQUE)"
+    )
+    owner_conn.execute("GRANT SELECT ON leaky_notes TO goldleaves_app")
+    try:
+        problems = isolation_problems()
+        assert any(
+            p.startswith(
+                "table leaky_notes: missing ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL"
+                " SECURITY, policy tenant_isolation"
+            )
+            for p in problems
+        ), problems
+        with pytest.raises(CommandError, match="problem"):
+            call_command("check_isolation")
+    finally:
+        owner_conn.execute("DROP TABLE leaky_notes")
+
+
+def test_check_isolation_flags_an_app_role_that_could_bypass(db, settings):
+    settings.DATABASE_APP_ROLE = "someone_else"
+    assert any("expected the app role" in p for p in isolation_problems())
+
+
+def test_check_isolation_flags_a_missing_policy_and_a_unique_without_org(owner_conn):
+    owner_conn.execute("DROP POLICY tenant_isolation ON cases_client")
+    owner_conn.execute("ALTER TABLE cases_client ADD CONSTRAINT client_name_uniq UNIQUE (name)")
+    try:
+        problems = isolation_problems()
+        assert "table cases_client: missing policy tenant_isolation" in problems
+        assert (
+            "table cases_client: unique constraint client_name_uniq does not include "
+            "organization_id" in problems
+        )
+    finally:
+        owner_conn.execute("ALTER TABLE cases_client DROP CONSTRAINT client_name_uniq")
+        with owner_conn.cursor() as cursor:
+            for statement in rls.enable_sql(rls.TenantTable("cases_client")):
+                cursor.execute(statement)
