@@ -47,6 +47,13 @@ class PgBouncer:
 
     def __init__(self, _unused_tmp, *, db_host, db_port, database, user, listen_port):
         self.port = listen_port
+        # As root pgbouncer must drop privileges: to 'nobody', or, for a Unix-socket
+        # server (the embedded one), to the owner of the socket directory, who can reach it.
+        self.run_as = "nobody"
+        if str(db_host).startswith("/"):
+            import pwd
+
+            self.run_as = pwd.getpwuid(os.stat(db_host).st_uid).pw_name
         self.database, self.user = database, user
         self.dir = Path(tempfile.mkdtemp(prefix="gl-pgbouncer-"))
         os.chmod(self.dir, 0o777)  # readable/writable after dropping to 'nobody'
@@ -71,7 +78,7 @@ class PgBouncer:
             raise RuntimeError("pgbouncer is not installed (scripts/ci_pgbouncer.sh)")
         cmd = [binary]
         if os.geteuid() == 0:
-            cmd += ["-u", "nobody"]
+            cmd += ["-u", self.run_as]
         cmd.append(str(self.dir / "pgbouncer.ini"))
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
