@@ -226,6 +226,15 @@ def organizations_backfill_batch(*, after_id: int, batch_size: int) -> BackfillB
         cursor.execute(
             "SELECT pg_advisory_xact_lock(hashtext('goldleaves.backfill_organizations'))"
         )
+        # Transaction-local planner settings. jit off: big row estimates would make PostgreSQL
+        # JIT-compile these short statements (~0.1s each, more than it saves).
+        # force_custom_plan: the foreign-key checks of the inserted/updated rows run as cached
+        # plans; one made when tenancy_organization was small is a sequential scan, and the
+        # table grows with every batch (seen: each batch slower than the last).
+        cursor.execute(
+            "SELECT set_config('jit', 'off', true), "
+            "set_config('plan_cache_mode', 'force_custom_plan', true)"
+        )
         cursor.execute(_BATCH_SQL, params)
         try:
             _backfill_temp_batch(cursor, result)
