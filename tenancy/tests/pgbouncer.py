@@ -102,32 +102,19 @@ class PgBouncer:
         raise RuntimeError("pgbouncer did not start")
 
     def served_transactions(self) -> int:
-        """``total_xact_count`` of our database from the admin console's ``SHOW STATS``."""
-        out = subprocess.run(
-            [
-                "psql",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                self.user,
-                "-At",
-                "-F",
-                ",",
-                "pgbouncer",
-                "-c",
-                "SHOW STATS",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        for line in out.splitlines():
-            cols = line.split(",")
-            if cols and cols[0] == self.database:
-                return int(cols[1])
-        raise AssertionError(f"no stats for {self.database}: {out}")
+        """``total_xact_count`` of our database from the admin console's ``SHOW STATS``
+        (simple query protocol, hence psycopg's ``ClientCursor``)."""
+        with psycopg.connect(
+            host="127.0.0.1", port=self.port, dbname="pgbouncer", user=self.user, autocommit=True
+        ) as conn:
+            cursor = psycopg.ClientCursor(conn)
+            cursor.execute("SHOW STATS")
+            names = [d.name for d in cursor.description]
+            for row in cursor.fetchall():
+                stats = dict(zip(names, row, strict=True))
+                if stats["database"] == self.database:
+                    return int(stats["total_xact_count"])
+        raise AssertionError(f"no pgbouncer stats for {self.database}")
 
     def __exit__(self, *exc):
         if self.proc is not None and self.proc.poll() is None:
