@@ -300,10 +300,13 @@ def owner_conn(db):
     """A separate connection as the login (owner) role, for DDL the app role may not run."""
     import psycopg
 
+    from tenancy.tests.dburl import socket_or_host
+
     s = connection.settings_dict
+    host, port = socket_or_host()
     conn = psycopg.connect(
-        host=s["HOST"] or None,
-        port=s["PORT"] or None,
+        host=host,
+        port=port,
         dbname=s["NAME"],
         user=s["USER"],
         password=s["PASSWORD"] or None,
