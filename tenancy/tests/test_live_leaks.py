@@ -89,6 +89,13 @@ class Gunicorn:
             stderr=subprocess.PIPE,
             text=True,
         )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # never leave an orphan server behind
+            raise
+
+    def _wait_ready(self):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -98,7 +105,6 @@ class Gunicorn:
                 return
             except requests.RequestException:
                 time.sleep(0.2)
-        self.stop()
         raise RuntimeError("gunicorn did not start")
 
     def stop(self):
