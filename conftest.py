@@ -34,6 +34,39 @@ def pytest_sessionfinish(session, exitstatus):
             session.exitstatus = 1
 
 
+@pytest.fixture(autouse=True)
+def _test_body_sees_every_tenant(request):
+    """Run the body of each ``db`` test (one wrapping transaction) through the explicit
+    cross-tenant path, so that set-up and assertions read and write any organization's
+    rows with row-level security enforced (RLS_ENABLED=true), as staff tooling does.
+
+    Requests made by the test client are NOT affected: ``TenantMiddleware`` sets its own
+    organization (clearing ``app.cross_tenant``) for the request and restores the test's
+    settings afterwards, so every API call is isolated exactly as in production.
+    Opt out with ``@pytest.mark.rls_raw`` (tests of the policies themselves), and
+    ``transaction=True`` tests are never wrapped (they test real commits).
+    """
+    marker = request.node.get_closest_marker("django_db")
+    transactional = marker is not None and (
+        marker.kwargs.get("transaction") or (marker.args and marker.args[0])
+    )
+    uses_db = marker is not None or "db" in request.fixturenames
+    if (
+        not uses_db
+        or transactional
+        or "transactional_db" in request.fixturenames
+        or "live_server" in request.fixturenames
+        or request.node.get_closest_marker("rls_raw")
+    ):
+        yield
+        return
+    request.getfixturevalue("db")
+    from tenancy.context import cross_tenant
+
+    with cross_tenant(reason="test set-up and assertions"):
+        yield
+
+
 @pytest.fixture
 def org(db):
     from tenancy.tests.factories import OrganizationFactory

@@ -24,7 +24,7 @@ from billing.serializers import (
     UsageReportSerializer,
     UsageSummarySerializer,
 )
-from tenancy.context import tenant_context
+from tenancy.context import cross_tenant, tenant_context
 from tenancy.models import Organization
 from tenancy.selectors import membership_for
 from tenancy.viewsets import TenantAPIMixin
@@ -139,7 +139,12 @@ class BillingHealthApi(TenantAPIMixin, APIView):
     @extend_schema(responses=BillingHealthSerializer)
     def get(self, request):
         staff = request.user.is_staff
-        health = selectors.pipeline_health(organization=None if staff else self.organization)
+        if staff:
+            # Staff see the pipeline across organizations: the explicit cross-tenant path.
+            with cross_tenant(reason="staff billing pipeline health"):
+                health = selectors.pipeline_health(organization=None)
+        else:
+            health = selectors.pipeline_health(organization=self.organization)
         health["scope"] = "all" if staff else "organization"
         health["metering_write_failures"] = write_failures()
         return Response(BillingHealthSerializer(health).data)

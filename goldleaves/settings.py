@@ -10,6 +10,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from goldleaves.db_pool import reset_pooled_connection
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -54,6 +56,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "tenancy.middleware.TenantMiddleware",
+    "tenancy.middleware.AdminCrossTenantMiddleware",
     "billing.middleware.UsageMiddleware",
 ]
 
@@ -88,6 +91,23 @@ else:
 DATABASES["default"]["ENGINE"] = "django.db.backends.postgresql"
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Requests run as this non-owner role without BYPASSRLS (SET ROLE after connecting);
+# migrate/flush stay the login (owner) role. Empty: stay the login role. See DEPLOY.md.
+DATABASE_APP_ROLE = env.str("DATABASE_APP_ROLE", default="goldleaves_app")
+# Django's psycopg pool (min_size=max_size=DATABASE_POOL_SIZE) instead of persistent
+# connections; 0 = no pool. The pool resets app.* settings when a connection comes back.
+DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=0)
+if DATABASE_POOL_SIZE:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": DATABASE_POOL_SIZE,
+        "max_size": DATABASE_POOL_SIZE,
+        "reset": reset_pooled_connection,
+    }
+# Behind PgBouncer in transaction mode: no server-side cursors (see DEPLOY.md).
+DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env.bool(
+    "DISABLE_SERVER_SIDE_CURSORS", default=False
+)
 DATABASES["default"].setdefault("TEST", {})
 if env.str("TEST_DATABASE_NAME", default=""):
     DATABASES["default"]["TEST"]["NAME"] = env.str("TEST_DATABASE_NAME")

@@ -8,3 +8,6 @@ class TenancyConfig(AppConfig):
 
     def ready(self):
         from goldleaves import schema  # noqa: F401  (registers the OpenAPI JWT scheme)
+        from tenancy.db_roles import connect_signals
+
+        connect_signals()

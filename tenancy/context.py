@@ -26,7 +26,7 @@ current_organization_var: contextvars.ContextVar = contextvars.ContextVar(
     "current_organization", default=None
 )
 
-_SET_SQL = "SELECT set_config('app.current_org', %s, true), set_config('app.rls_enabled', %s, true)"
+_SETTINGS = ("app.current_org", "app.rls_enabled", "app.current_user", "app.cross_tenant")
 
 
 class NoTenantError(RuntimeError):
@@ -46,23 +46,101 @@ def require_current_organization():
     return organization
 
 
-def set_connection_tenant(organization_id, *, using: str = DEFAULT_DB_ALIAS) -> None:
-    """Set ``app.current_org`` (and ``app.rls_enabled``) for the current transaction only.
+def _require_atomic(connection, what: str) -> None:
+    if not connection.in_atomic_block:
+        raise transaction.TransactionManagementError(
+            f"{what} needs an open transaction (transaction.atomic)."
+        )
+
+
+def _set_local(connection, values: dict[str, str]) -> None:
+    """``set_config(name, value, true)`` for each item, in one statement."""
+    sql = "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in values)
+    params = [p for item in values.items() for p in item]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+
+
+def set_connection_tenant(organization_id, *, user_id=None, using: str = DEFAULT_DB_ALIAS) -> None:
+    """Set ``app.current_org``, ``app.current_user`` and ``app.rls_enabled`` for the current
+    transaction only (``app.cross_tenant`` is cleared).
 
     Args:
         organization_id: a UUID (or ``None`` to clear: stored as ``''``).
+        user_id: the acting user's id (int) or ``None``; memberships of that user are
+            readable in every organization (their own ``GET /organizations/`` list).
     Raises:
         django.db.transaction.TransactionManagementError: not inside ``transaction.atomic``
             (outside a transaction the setting would last only for one statement).
     """
     connection = connections[using]
-    if not connection.in_atomic_block:
-        raise transaction.TransactionManagementError(
-            "set_connection_tenant() needs an open transaction (transaction.atomic)."
-        )
-    value = "" if organization_id is None else str(organization_id)
-    with connection.cursor() as cursor:
-        cursor.execute(_SET_SQL, [value, "on" if settings.RLS_ENABLED else "off"])
+    _require_atomic(connection, "set_connection_tenant()")
+    _set_local(
+        connection,
+        {
+            "app.current_org": "" if organization_id is None else str(organization_id),
+            "app.current_user": "" if user_id is None else str(user_id),
+            "app.rls_enabled": "on" if settings.RLS_ENABLED else "off",
+            "app.cross_tenant": "",
+        },
+    )
+
+
+@contextlib.contextmanager
+def connection_settings_restored(*, using: str = DEFAULT_DB_ALIAS):
+    """Inside an outer transaction, put the ``app.*`` settings back as they were on exit.
+
+    A nested ``transaction.atomic`` is a savepoint; releasing it keeps a
+    ``set_config(..., true)`` made inside until the OUTER transaction ends. When the
+    block is the outermost transaction nothing needs restoring (it dies with it), so
+    this costs a query only when nested. The caller opens its ``atomic`` inside this.
+    """
+    connection = connections[using]
+    previous = None
+    if connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT " + ", ".join("current_setting(%s, true)" for _ in _SETTINGS),
+                list(_SETTINGS),
+            )
+            previous = dict(zip(_SETTINGS, cursor.fetchone(), strict=True))
+    try:
+        yield
+    finally:
+        if previous is not None and connection.in_atomic_block and not connection.needs_rollback:
+            _set_local(connection, {k: v or "" for k, v in previous.items()})
+
+
+@contextlib.contextmanager
+def user_context(user, *, using: str = DEFAULT_DB_ALIAS):
+    """Run the block in a transaction with no organization but ``app.current_user`` set to
+    ``user.pk``: row-level security then admits that user's own memberships (in every
+    organization) and no other tenant row. For the token endpoint, which picks a default
+    organization before one is in context."""
+    with connection_settings_restored(using=using), transaction.atomic(using=using):
+        set_connection_tenant(None, user_id=user.pk, using=using)
+        yield
+
+
+@contextlib.contextmanager
+def cross_tenant(*, reason: str = "", using: str = DEFAULT_DB_ALIAS):
+    """THE explicit cross-tenant path: run the block in a transaction where row-level
+    security admits every organization's rows (``app.cross_tenant = 'on'``, transaction-local).
+
+    For staff and operator work only: the Django admin (``AdminCrossTenantMiddleware``),
+    management commands that create or move tenants (``onboard_tenant``,
+    ``backfill_organizations``), reporting, and test set-up. Never in a request handler of
+    the tenant API. Grep ``cross_tenant(`` to audit every use.
+
+    Args:
+        reason: free text for readers and logs (what the cross-tenant access is for).
+    Raises:
+        whatever the block raises; the transaction (or savepoint) is rolled back.
+    """
+    connection = connections[using]
+    with connection_settings_restored(using=using), transaction.atomic(using=using):
+        _set_local(connection, {"app.cross_tenant": "on"})
+        yield
 
 
 @contextlib.contextmanager
@@ -94,10 +172,7 @@ def tenant_context(organization, *, using: str = DEFAULT_DB_ALIAS):
     Raises:
         whatever the block raises; the transaction (or savepoint) is rolled back.
     """
-    previous = current_organization_var.get()
-    with bind_organization(organization):
+    with connection_settings_restored(using=using), bind_organization(organization):
         with transaction.atomic(using=using):
             set_connection_tenant(organization.pk, using=using)
             yield organization
-        if connections[using].in_atomic_block:
-            set_connection_tenant(getattr(previous, "pk", None), using=using)

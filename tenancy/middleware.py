@@ -8,7 +8,12 @@ from rest_framework import exceptions
 from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from tenancy.authentication import JWT_RESULT_ATTR
-from tenancy.context import bind_organization, set_connection_tenant
+from tenancy.context import (
+    bind_organization,
+    connection_settings_restored,
+    cross_tenant,
+    set_connection_tenant,
+)
 from tenancy.selectors import membership_for
 
 ORG_HEADER = "X-Organization-ID"
@@ -60,8 +65,8 @@ class TenantMiddleware:
         except ValueError:
             return _error(f"{ORG_HEADER} must be a UUID.", "organization_invalid", 400)
 
-        with transaction.atomic():
-            set_connection_tenant(org_id)
+        with connection_settings_restored(), transaction.atomic():
+            set_connection_tenant(org_id, user_id=user.pk)
             membership = membership_for(user=user, organization_id=org_id)
             if membership is None:
                 return _error(
@@ -78,3 +83,37 @@ class TenantMiddleware:
             if response.status_code >= 500:
                 transaction.set_rollback(True)
         return response
+
+
+class AdminCrossTenantMiddleware:
+    """Runs Django admin requests of active staff users through ``cross_tenant``.
+
+    The admin is staff's cross-tenant tool (organizations, members, usage across
+    firms), so under row-level security it reads and writes through the one
+    explicit cross-tenant path; everything else, including the admin login page
+    for anonymous users, does not.
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.prefix = None
+
+    def __call__(self, request):
+        if self.prefix is None:
+            from django.urls import reverse
+
+            self.prefix = reverse("admin:index")
+        user = getattr(request, "user", None)
+        if (
+            request.path.startswith(self.prefix)
+            and user is not None
+            and user.is_authenticated
+            and user.is_active
+            and user.is_staff
+        ):
+            with cross_tenant(reason="django admin"):
+                response = self.get_response(request)
+                if response.status_code >= 500:
+                    transaction.set_rollback(True)
+                return response
+        return self.get_response(request)

@@ -29,6 +29,14 @@ class Organization(models.Model):
         help_text="IANA time zone used for billing periods.",
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    backfill_key = models.CharField(
+        max_length=300,
+        null=True,
+        blank=True,
+        unique=True,
+        editable=False,
+        help_text="Set by backfill_organizations: 'domain:<domain>' or 'email:<address>'.",
+    )
 
     class Meta:
         ordering = ["name"]

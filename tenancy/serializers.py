@@ -3,6 +3,7 @@
 from rest_framework import serializers
 from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
 
+from tenancy.context import user_context
 from tenancy.models import Membership, Organization
 
 
@@ -15,12 +16,13 @@ class OrganizationTokenObtainPairSerializer(TokenObtainPairSerializer):
         token = super().get_token(user)
         org_id = user.organization_id
         if org_id is None:
-            org_id = (
-                Membership.objects.filter(user=user)
-                .order_by("created_at")
-                .values_list("organization_id", flat=True)
-                .first()
-            )
+            with user_context(user):  # RLS admits the user's own memberships only
+                org_id = (
+                    Membership.objects.filter(user=user)
+                    .order_by("created_at")
+                    .values_list("organization_id", flat=True)
+                    .first()
+                )
         token["org"] = str(org_id) if org_id else None
         return token
 

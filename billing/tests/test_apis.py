@@ -219,7 +219,9 @@ def test_summary_and_report_run_a_bounded_number_of_queries(api, ny_org, owner):
     # set_config, membership, ONE aggregate, set_config, release (view) + metering (3)
     # + release of the request savepoint used by the test transaction.
     print(f"usage-summary, usage-report queries: {large}")
-    assert all(n <= 16 for n in large), large
+    # (+2 in tests only: inside the test transaction the tenant context saves and
+    # restores the app.* settings around its savepoint.)
+    assert all(n <= 18 for n in large), large
 
 
 def test_summary_uses_the_organization_created_at_index(ny_org):

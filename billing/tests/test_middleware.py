@@ -230,44 +230,29 @@ def test_event_goes_to_the_organization_of_the_request(org, outsider_org):
     ) == sorted([org.pk, outsider_org.pk], key=str)
 
 
-@pytest.fixture
-def tenant_guard_trigger(db):
-    """A test-only trigger (rolled back with the test transaction) that rejects a
-    billing_events row whose organization is not ``app.current_org``: what a
-    row-level-security policy would check."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            CREATE FUNCTION pg_temp.billing_guard() RETURNS trigger AS $$
-            BEGIN
-              IF NEW.organization_id::text IS DISTINCT FROM
-                 current_setting('app.current_org', true) THEN
-                RAISE EXCEPTION 'billing event outside its tenant context';
-              END IF;
-              RETURN NEW;
-            END $$ LANGUAGE plpgsql;
-            CREATE TRIGGER billing_guard BEFORE INSERT ON billing_events
-              FOR EACH ROW EXECUTE FUNCTION pg_temp.billing_guard();
-            """
-        )
+@pytest.mark.rls_raw
+def test_event_is_written_inside_the_tenant_context(api, org, settings):
+    """With row-level security enforced, the billing_events policy (WITH CHECK
+    organization_id = app.current_org) admits the middleware's insert only because it
+    runs inside the request's tenant context; the same write outside one is refused."""
+    from django.db import DatabaseError, transaction
 
-
-def test_event_is_written_inside_the_tenant_context(api, org, tenant_guard_trigger):
     from billing.services import record_event
     from tenancy.context import tenant_context
 
+    settings.RLS_ENABLED = True
     before = middleware.write_failures()
     response = api.get("/api/v1/cases/")
     assert response.status_code == 200
     assert middleware.write_failures() == before
-    assert BillingEvent.objects.get().request_id == response["X-Request-ID"]
-    # control: the guard does reject a write made outside the tenant context (the
-    # test's own transaction still carries the request's setting: clear it first)
-    from django.db import DatabaseError, transaction
-
+    with tenant_context(org):
+        assert BillingEvent.objects.get().request_id == response["X-Request-ID"]
+    # control: with no organization in context (and RLS on) the write is refused
     with connection.cursor() as cursor:
-        cursor.execute("SELECT set_config('app.current_org', '', true)")
-
+        cursor.execute(
+            "SELECT set_config('app.current_org', '', true), "
+            "set_config('app.rls_enabled', 'on', true), set_config('app.cross_tenant', '', true)"
+        )
     with pytest.raises(DatabaseError), transaction.atomic():
         record_event(organization=org, event_name="api.request", request_id="no-context")
     with tenant_context(org):

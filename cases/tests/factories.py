@@ -1,10 +1,10 @@
 import factory
 
 from cases.models import Case, Client
-from tenancy.tests.factories import OrganizationFactory
+from tenancy.tests.factories import OrganizationFactory, TenantFactory
 
 
-class ClientFactory(factory.django.DjangoModelFactory):
+class ClientFactory(TenantFactory):
     class Meta:
         model = Client
 
@@ -13,7 +13,7 @@ class ClientFactory(factory.django.DjangoModelFactory):
     email = factory.Sequence(lambda n: f"client{n}@example.test")
 
 
-class CaseFactory(factory.django.DjangoModelFactory):
+class CaseFactory(TenantFactory):
     class Meta:
         model = Case
 

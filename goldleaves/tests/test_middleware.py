@@ -20,7 +20,6 @@ def test_middleware_order_is_request_id_timer_auth_tenant_usage():
     positions = [settings.MIDDLEWARE.index(name) for name in wanted]
     assert positions == sorted(positions)
     assert settings.MIDDLEWARE[-1] == "billing.middleware.UsageMiddleware"
-    assert settings.MIDDLEWARE[-2] == "tenancy.middleware.TenantMiddleware"
 
 
 @pytest.mark.parametrize("value", ["abc", "A" * 128, "req-1.2:3_x", "0"])

@@ -1,5 +1,6 @@
 import factory
 
+from tenancy.context import tenant_context
 from tenancy.models import Membership, MembershipRole, Organization, User
 
 PASSWORD = "correct-horse-battery"
@@ -28,7 +29,23 @@ class UserFactory(factory.django.DjangoModelFactory):
             obj.save()
 
 
-class MembershipFactory(factory.django.DjangoModelFactory):
+class TenantFactory(factory.django.DjangoModelFactory):
+    """Base factory of tenant-owned models: creates the row inside the tenant context of
+    its organization, so it works with row-level security enforced (RLS_ENABLED=true)."""
+
+    class Meta:
+        abstract = True
+
+    @classmethod
+    def _create(cls, model_class, *args, **kwargs):
+        organization = kwargs.get("organization")
+        if organization is None:
+            return super()._create(model_class, *args, **kwargs)
+        with tenant_context(organization):
+            return super()._create(model_class, *args, **kwargs)
+
+
+class MembershipFactory(TenantFactory):
     class Meta:
         model = Membership
 

@@ -13,6 +13,7 @@ from cases.tests.factories import CaseFactory
 from conftest import bearer_client
 from tenancy.context import (
     NoTenantError,
+    cross_tenant,
     get_current_organization,
     require_current_organization,
     set_connection_tenant,
@@ -137,4 +138,12 @@ def test_a_5xx_response_rolls_back_the_requests_writes(monkeypatch):
     monkeypatch.setattr(apis.ClientViewSet, "perform_create", create_then_fail)
     response = client.post("/api/v1/clients/", {"name": "Ghost"}, format="json")
     assert response.status_code == 500
-    assert not Client.objects.filter(name="Ghost").exists()
+    with cross_tenant(reason="test assertion"):
+        assert Client.objects.filter(organization=a).count() == 0
+        # control: the same create without the failure does commit
+        monkeypatch.setattr(apis.ClientViewSet, "perform_create", original)
+    assert client.post("/api/v1/clients/", {"name": "Real"}, format="json").status_code == 201
+    with cross_tenant(reason="test assertion"):
+        assert list(Client.objects.filter(organization=a).values_list("name", flat=True)) == [
+            "Real"
+        ]

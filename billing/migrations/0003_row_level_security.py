@@ -1,0 +1,9 @@
+from django.db import migrations
+
+from tenancy.operations import TenantRowLevelSecurity
+
+
+class Migration(migrations.Migration):
+    dependencies = [("billing", "0002_metering_status_index"), ("tenancy", "0001_initial")]
+
+    operations = [TenantRowLevelSecurity()]

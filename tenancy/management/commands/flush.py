@@ -1,0 +1,14 @@
+"""``manage.py flush`` as the owner: TRUNCATE is not granted to the app role (it would
+bypass row-level security), so emptying the database is an owner's job."""
+
+from django.core.management.commands import flush
+
+from tenancy import db_roles
+
+
+class Command(flush.Command):
+    help = flush.Command.help + " Runs as the owner role."
+
+    def handle(self, **options):
+        with db_roles.owner_connection(options["database"]):
+            return super().handle(**options)

@@ -1,0 +1,26 @@
+"""A ``DATABASE_URL`` for subprocesses (gunicorn, manage.py) of the live tests, pointing at
+the test database of this run: TCP (DATABASE_URL set) or the embedded server's socket."""
+
+from urllib.parse import quote
+
+from django.db import connection
+
+
+def socket_or_host() -> tuple[str, int]:
+    s = connection.settings_dict
+    host = s["HOST"] or (s.get("OPTIONS") or {}).get("host") or "127.0.0.1"
+    return host, int(s["PORT"] or 5432)
+
+
+def subprocess_database_url(*, host=None, port=None, user=None) -> str:
+    s = connection.settings_dict
+    default_host, default_port = socket_or_host()
+    host, port = host or default_host, port or default_port
+    user = user or s["USER"]
+    auth = quote(user, safe="")
+    if s["PASSWORD"] and user == s["USER"]:
+        auth += ":" + quote(s["PASSWORD"], safe="")
+    name = quote(s["NAME"], safe="")
+    if host.startswith("/"):
+        return f"postgres://{auth}@/{name}?host={quote(host, safe='/')}&port={port}"
+    return f"postgres://{auth}@{host}:{port}/{name}"

@@ -1,0 +1,279 @@
+"""The connection-level organization never outlives its request -- against a LIVE server.
+
+A gunicorn process (gthread worker, 4 threads) serves the real middleware stack plus
+the test-only views of ``tenancy.tests.leak_site`` from the committed test database,
+so no wrapping test transaction can hide a leak. Three deployments:
+
+* persistent connections (``CONN_MAX_AGE=60``);
+* Django's psycopg pool with ``min_size=max_size=1`` and the ``reset`` callback (every
+  thread shares ONE backend, the harshest case);
+* a real PgBouncer in transaction mode in front of PostgreSQL (``tenancy/tests/pgbouncer.py``
+  starts and stops its own process and config in a temp dir).
+
+Each alternates two organizations' requests (1,200, 8 client threads) and checks every
+response shows only its own organization and every metered event lands in its own
+organization; then a view exception, a middleware exception and a savepoint rollback are
+each followed by a request on the same backend (``pg_backend_pid()``) that must read
+``current_setting('app.current_org', true)`` as empty.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from django.conf import settings
+from django.db import connection
+
+from billing.models import BillingEvent
+from tenancy.context import cross_tenant
+from tenancy.tests.dburl import socket_or_host, subprocess_database_url
+from tenancy.tests.pgbouncer import PgBouncer, pgbouncer_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+REQUESTS = 1200
+CLIENT_THREADS = 8
+
+pytestmark = pytest.mark.live
+
+
+def _free_port(start=8100, end=8199) -> int:
+    for port in range(start, end):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 8100-8199")
+
+
+class Gunicorn:
+    def __init__(self, env: dict):
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "tenancy.tests.leak_settings",
+            "SECRET_KEY": settings.SECRET_KEY,
+            "RLS_ENABLED": "true",
+            "LOG_LEVEL": "ERROR",
+            **env,
+        }
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "goldleaves.wsgi",
+                "--worker-class",
+                "gthread",
+                "--workers",
+                "1",
+                "--threads",
+                "4",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # never leave an orphan server behind
+            raise
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("gunicorn exited: " + self.proc.stderr.read())
+            try:
+                requests.get(self.base + "/health/", timeout=5)
+                return
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise RuntimeError("gunicorn did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def tenants(django_db_setup, django_db_blocker):
+    """Two organizations with a case each and an owner each, COMMITTED (the server is
+    another process); removed again at the end."""
+    from cases.tests.factories import CaseFactory
+    from conftest import bearer_client  # noqa: F401  (same token recipe)
+    from tenancy.models import Organization
+    from tenancy.serializers import OrganizationTokenObtainPairSerializer
+    from tenancy.tests.factories import OrganizationFactory, member_of
+
+    with django_db_blocker.unblock():
+        result = {}
+        for key in ("a", "b"):
+            org = OrganizationFactory(slug=f"leak-{key}-{uuid.uuid4().hex[:6]}")
+            user = member_of(org, email=f"leak-{key}-{uuid.uuid4().hex[:6]}@leak.test")
+            CaseFactory(organization=org)
+            token = OrganizationTokenObtainPairSerializer.get_token(user).access_token
+            result[key] = {"org": org, "user": user, "token": str(token)}
+        yield result
+        with cross_tenant(reason="test clean-up"):
+            ids = [v["org"].pk for v in result.values()]
+            BillingEvent.objects.filter(organization_id__in=ids).delete()
+            from cases.models import Case, Client
+            from tenancy.models import User
+
+            Case.objects.filter(organization_id__in=ids).delete()
+            Client.objects.filter(organization_id__in=ids).delete()
+            User.objects.filter(email__endswith="@leak.test").delete()
+            Organization.objects.filter(pk__in=ids).delete()
+        connection.close()
+
+
+def _alternate(base: str, tenants: dict) -> None:
+    """REQUESTS alternating requests over CLIENT_THREADS threads; checks every response
+    and that each metered event landed in the requesting organization."""
+    sessions: dict[int, requests.Session] = {}
+
+    def one(i: int):
+        key = "ab"[i % 2]
+        t = tenants[key]
+        import threading
+
+        session = sessions.setdefault(threading.get_ident(), requests.Session())
+        request_id = f"leak-{key}-{i}-{uuid.uuid4().hex[:8]}"
+        r = session.get(
+            base + "/leak/whoami/",
+            headers={"Authorization": f"Bearer {t['token']}", "X-Leak-Request": request_id},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        org = str(t["org"].pk)
+        assert body["organization"] == org
+        assert body["setting"] == org
+        assert body["cases"] == [org], f"request {i} ({key}) saw {body['cases']}"
+        return key, request_id
+
+    with ThreadPoolExecutor(CLIENT_THREADS) as pool:
+        sent = list(pool.map(one, range(REQUESTS)))
+    with cross_tenant(reason="test: where did the metered events land"):
+        for key in "ab":
+            expected = {rid for k, rid in sent if k == key}
+            landed = set(
+                BillingEvent.objects.filter(
+                    organization=tenants[key]["org"], request_id__in=[r for _, r in sent]
+                ).values_list("request_id", flat=True)
+            )
+            assert landed == expected, key
+
+
+def _probe_same_backend(base: str, pid: int) -> dict:
+    """Probe (no tenant context) until a request lands on backend ``pid``; every probe on
+    the way must already read an empty ``app.current_org``."""
+    session = requests.Session()
+    for _ in range(200):
+        body = session.get(base + "/leak/probe/", timeout=10).json()
+        assert body["setting"] in ("", None), body
+        if settings.RLS_ENABLED:
+            assert body["cases"] == 0, body  # no context: fail closed
+        if body["pid"] == pid:
+            return body
+    raise AssertionError(f"no probe reached backend {pid}")
+
+
+def _after_failures(base: str, tenants: dict) -> None:
+    a, b = tenants["a"], tenants["b"]
+    auth = {"Authorization": f"Bearer {a['token']}"}
+    session = requests.Session()
+
+    r = session.get(base + "/leak/boom/", headers=auth, timeout=10)
+    assert r.status_code == 500
+    _probe_same_backend(base, int(r.headers["X-Backend-Pid"]))
+
+    r = session.get(
+        base + "/leak/whoami/", headers={**auth, "X-Leak-Middleware-Boom": "1"}, timeout=10
+    )
+    assert r.status_code == 500
+    _probe_same_backend(base, int(r.headers["X-Backend-Pid"]))
+
+    r = session.get(base + f"/leak/savepoint/{b['org'].pk}/", headers=auth, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["setting"] == str(a["org"].pk)  # the rollback restored A, not B
+    _probe_same_backend(base, r.json()["pid"])
+
+
+@pytest.mark.django_db
+def test_persistent_connections_never_leak_the_organization(tenants):
+    server = Gunicorn({"DATABASE_URL": subprocess_database_url(), "CONN_MAX_AGE": "60"})
+    try:
+        _alternate(server.base, tenants)
+        _after_failures(server.base, tenants)
+    finally:
+        server.stop()
+
+
+@pytest.mark.django_db
+def test_psycopg_pool_of_one_connection_never_leaks_the_organization(tenants):
+    server = Gunicorn({"DATABASE_URL": subprocess_database_url(), "DATABASE_POOL_SIZE": "1"})
+    try:
+        _alternate(server.base, tenants)
+        _after_failures(server.base, tenants)
+        pids = {
+            requests.get(server.base + "/leak/probe/", timeout=10).json()["pid"] for _ in range(20)
+        }
+        assert len(pids) == 1, "min_size=max_size=1: one backend serves every thread"
+    finally:
+        server.stop()
+
+
+@pytest.mark.django_db
+def test_pgbouncer_transaction_mode_never_leaks_the_organization(tenants, tmp_path):
+    if pgbouncer_binary() is None:
+        pytest.fail("pgbouncer is not installed: run scripts/ci_pgbouncer.sh (see DEPLOY.md)")
+    s = connection.settings_dict
+    app_role = settings.DATABASE_APP_ROLE or s["USER"]
+    db_host, db_port = socket_or_host()
+    with PgBouncer(
+        tmp_path,
+        db_host=db_host,
+        db_port=db_port,
+        database=s["NAME"],
+        user=app_role,
+        listen_port=_free_port(6433, 6499),
+    ) as bouncer:
+        server = Gunicorn(
+            {
+                # log in as the app role itself: session state like SET ROLE would not
+                # follow a client from one server connection to the next
+                "DATABASE_URL": subprocess_database_url(
+                    host="127.0.0.1", port=bouncer.port, user=app_role
+                ),
+                "DATABASE_APP_ROLE": "",
+                "CONN_MAX_AGE": "60",
+                "DISABLE_SERVER_SIDE_CURSORS": "true",
+            }
+        )
+        try:
+            _alternate(server.base, tenants)
+            _after_failures(server.base, tenants)
+            assert bouncer.served_transactions() > REQUESTS
+        finally:
+            server.stop()

@@ -1,0 +1,362 @@
+"""Row-level security: PostgreSQL itself refuses cross-tenant rows (issue 5).
+
+The suite connects as the app role (asserted below), so these tests exercise the
+policies for real. The ``rls_on`` / ``rls_off`` fixtures pin ``RLS_ENABLED`` and the
+transaction's ``app.rls_enabled`` so each test means the same whatever the
+environment's ``RLS_ENABLED`` is.
+"""
+
+import pytest
+from django.apps import apps
+from django.core.management import CommandError, call_command
+from django.db import DataError, IntegrityError, ProgrammingError, connection, transaction
+
+from billing.models import BillingEvent
+from cases.models import Case, Client, Document
+from cases.tests.factories import CaseFactory, ClientFactory
+from conftest import bearer_client
+from tenancy import rls
+from tenancy.context import cross_tenant, tenant_context
+from tenancy.isolation import isolation_problems
+from tenancy.models import Membership, Organization, User
+from tenancy.tests.factories import PASSWORD, MembershipFactory, OrganizationFactory, member_of
+
+TENANT_TABLES = [e.table for e in rls.tenant_tables(apps.get_models()) if not e.through_parent]
+
+
+pytestmark = pytest.mark.rls_raw
+
+
+def _set_rls(value: str) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('app.rls_enabled', %s, true)", [value])
+
+
+@pytest.fixture
+def rls_on(settings, db):
+    settings.RLS_ENABLED = True
+    _set_rls("on")
+
+
+@pytest.fixture
+def rls_off(settings, db):
+    settings.RLS_ENABLED = False
+    _set_rls("off")
+
+
+def _populate(organization, user):
+    with tenant_context(organization):
+        case = CaseFactory(organization=organization)
+        Document.objects.create(
+            organization=organization, case=case, file="documents/t.pdf", original_filename="t.pdf"
+        )
+        BillingEvent.objects.create(
+            organization=organization, user=user, event_type="api", event_name="api.request"
+        )
+    return case
+
+
+@pytest.fixture
+def two_orgs(rls_on, org, outsider_org, owner, outsider):
+    return {
+        "a": (org, _populate(org, owner)),
+        "b": (outsider_org, _populate(outsider_org, outsider)),
+    }
+
+
+def _count(table: str, where: str = "TRUE", params=()) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f'SELECT count(*) FROM "{table}" WHERE {where}', list(params))
+        return cursor.fetchone()[0]
+
+
+def test_suite_runs_as_the_app_role_which_cannot_bypass_rls(db):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT current_user, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user"
+        )
+        role, is_super, bypass = cursor.fetchone()
+    assert role == "goldleaves_app"
+    assert not is_super and not bypass
+
+
+def test_every_tenant_table_is_isolated_in_the_catalog(db):
+    assert {"tenancy_membership", "cases_client", "cases_case", "cases_document"} <= set(
+        TENANT_TABLES
+    )
+    assert "billing_events" in TENANT_TABLES
+    assert "tenancy_user" not in TENANT_TABLES
+    assert isolation_problems() == []
+
+
+def test_check_isolation_command_passes(db, capsys):
+    call_command("check_isolation")
+    assert "every tenant table is isolated" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("table", TENANT_TABLES)
+def test_raw_select_under_a_context_returns_only_its_rows(two_orgs, table):
+    org_a, _ = two_orgs["a"]
+    org_b, _ = two_orgs["b"]
+    with cross_tenant(reason="test: both organizations have rows"):
+        assert _count(table, "organization_id = %s", [org_b.pk]) > 0
+    with tenant_context(org_a):
+        assert _count(table, "organization_id = %s", [org_a.pk]) > 0
+        assert _count(table, "organization_id <> %s", [org_a.pk]) == 0
+
+
+@pytest.mark.parametrize("table", TENANT_TABLES)
+def test_raw_select_with_no_context_returns_nothing(two_orgs, table):
+    assert _count(table) == 0
+
+
+def test_insert_of_another_organizations_row_is_refused(two_orgs):
+    org_a, _ = two_orgs["a"]
+    org_b, _ = two_orgs["b"]
+    with tenant_context(org_a):
+        with pytest.raises(ProgrammingError, match="row-level security"):
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(
+                    "INSERT INTO cases_client (id, organization_id, name, email, phone, notes,"
+                    " created_at) VALUES (gen_random_uuid(), %s, 'x', '', '', '', now())",
+                    [org_b.pk],
+                )
+        with pytest.raises(ProgrammingError, match="row-level security"):
+            with transaction.atomic():
+                Client.objects.create(organization=org_b, name="smuggled")
+
+
+def test_insert_with_no_context_is_refused(two_orgs):
+    org_a, _ = two_orgs["a"]
+    with pytest.raises(ProgrammingError, match="row-level security"):
+        with transaction.atomic():
+            Client.objects.create(organization=org_a, name="no context")
+
+
+def test_update_cannot_move_a_row_to_another_organization(two_orgs):
+    org_a, case_a = two_orgs["a"]
+    org_b, _ = two_orgs["b"]
+    with tenant_context(org_a):
+        with pytest.raises(ProgrammingError, match="row-level security"):
+            with transaction.atomic():
+                Client.objects.filter(pk=case_a.client_id).update(organization=org_b)
+        # Another organization's rows are invisible to UPDATE and DELETE: 0 rows touched.
+        assert Client.objects.filter(organization=org_b).update(name="hijacked") == 0
+        assert Case.objects.filter(organization=org_b).delete()[0] == 0
+
+
+def test_orm_without_the_tenant_filter_still_sees_only_its_rows(two_orgs):
+    org_a, case_a = two_orgs["a"]
+    with tenant_context(org_a):
+        assert list(Case.objects.all()) == [case_a]  # no .for_organization()
+        assert {c.organization_id for c in Client.objects.all()} == {org_a.pk}
+        assert set(BillingEvent.objects.values_list("organization_id", flat=True)) == {org_a.pk}
+    assert Case.objects.count() == 0  # no context at all
+
+
+def test_api_with_the_tenant_filter_removed_still_sees_only_its_rows(two_orgs, monkeypatch, owner):
+    from tenancy.viewsets import TenantModelViewSet
+
+    org_a, case_a = two_orgs["a"]
+    # The bug this layer exists for: a view that forgets the organization filter.
+    monkeypatch.setattr(TenantModelViewSet, "get_queryset", lambda self: self.model.objects.all())
+    from cases.apis import CaseViewSet
+
+    monkeypatch.setattr(CaseViewSet, "model", Case, raising=False)
+    response = bearer_client(owner).get("/api/v1/cases/")
+    assert response.status_code == 200, response.content
+    assert [row["id"] for row in response.json()["results"]] == [str(case_a.pk)]
+
+
+def test_rls_disabled_policies_exist_but_do_not_restrict(rls_off, org, outsider_org, owner):
+    _populate(org, owner)
+    _populate(outsider_org, owner)
+    assert Case.objects.count() == 2
+    with tenant_context(org):
+        assert Case.objects.count() == 2  # RLS_ENABLED=false: not restricted
+    assert isolation_problems(connection.alias) in (
+        [],
+        # the database default follows the environment's RLS_ENABLED, not this fixture
+        [p for p in isolation_problems(connection.alias) if "database default" in p],
+    )
+
+
+def test_a_case_cannot_reference_another_organizations_client(two_orgs):
+    """The composite (organization_id, client_id) foreign key, checked even cross-tenant."""
+    org_a, _ = two_orgs["a"]
+    _, case_b = two_orgs["b"]
+    with pytest.raises(IntegrityError, match="same_org_fk"):
+        with cross_tenant(reason="test: try to link across organizations"):
+            with connection.cursor() as cursor:
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            Case.objects.create(
+                organization=org_a, client_id=case_b.client_id, title="x", reference_number="X-1"
+            )
+
+
+def test_reference_numbers_are_unique_per_organization_only(two_orgs):
+    org_a, case_a = two_orgs["a"]
+    org_b, case_b = two_orgs["b"]
+    with tenant_context(org_b):
+        Case.objects.create(
+            organization=org_b,
+            client_id=case_b.client_id,
+            title="same ref",
+            reference_number=case_a.reference_number,
+        )
+        with pytest.raises(IntegrityError):
+            with transaction.atomic():
+                Case.objects.create(
+                    organization=org_b,
+                    client_id=case_b.client_id,
+                    title="dup",
+                    reference_number=case_a.reference_number,
+                )
+
+
+def test_cleared_setting_reads_as_empty_and_matches_nothing(two_orgs):
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('app.current_org', '', true)")
+        cursor.execute("SELECT count(*) FROM cases_case")
+        assert cursor.fetchone()[0] == 0
+
+
+def test_garbage_org_setting_is_an_error_not_a_leak(two_orgs):
+    with pytest.raises(DataError):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('app.current_org', 'not-a-uuid', true)")
+            cursor.execute("SELECT count(*) FROM cases_case")
+
+
+def test_membership_list_shows_all_of_the_callers_organizations(two_orgs, owner):
+    org_a, _ = two_orgs["a"]
+    org_b, _ = two_orgs["b"]
+    MembershipFactory(organization=org_b, user=owner, role="member")
+    response = bearer_client(owner).get("/api/v1/organizations/")
+    assert response.status_code == 200, response.content
+    slugs = sorted(row["organization"]["slug"] for row in response.json()["results"])
+    assert slugs == sorted([org_a.slug, org_b.slug])
+    # ... but not other users' memberships of org B.
+    with tenant_context(org_b):
+        assert Membership.objects.count() == 2
+
+
+def test_token_endpoint_picks_a_membership_organization_under_rls(rls_on, outsider_org):
+    user = User.objects.create_user(email="nodefault@example.test", password=PASSWORD)
+    MembershipFactory(organization=outsider_org, user=user)
+    response = bearer_client(user).get("/api/v1/organizations/current/")
+    assert response.status_code == 200, response.content
+    assert response.json()["slug"] == outsider_org.slug
+    from rest_framework.test import APIClient
+
+    token = APIClient().post(
+        "/api/v1/auth/token/", {"email": user.email, "password": PASSWORD}, format="json"
+    )
+    assert token.status_code == 200, token.content
+
+
+def test_outsider_gets_404_for_a_case_of_another_organization(two_orgs, outsider):
+    _, case_a = two_orgs["a"]
+    response = bearer_client(outsider).get(f"/api/v1/cases/{case_a.pk}/")
+    assert response.status_code == 404
+
+
+def test_admin_lists_every_organizations_cases_through_cross_tenant(two_orgs, client):
+    _, case_a = two_orgs["a"]
+    _, case_b = two_orgs["b"]
+    admin = User.objects.create_superuser(email="staff@goldleaves.test", password=PASSWORD)
+    client.force_login(admin)
+    response = client.get("/admin/cases/case/")
+    assert response.status_code == 200
+    body = response.content.decode()
+    assert case_a.reference_number in body and case_b.reference_number in body
+    response = client.get(f"/admin/tenancy/organization/{two_orgs['b'][0].pk}/change/")
+    assert response.status_code == 200
+
+
+def test_anonymous_admin_gets_the_login_page_without_cross_tenant(two_orgs, client):
+    response = client.get("/admin/cases/case/")
+    assert response.status_code == 302
+
+
+def test_onboard_and_setup_demo_work_under_rls(rls_on, capsys):
+    call_command("onboard_tenant", name="Rls Firm", owner_email="boss@rls.test")
+    call_command("setup_demo")
+    org = Organization.objects.get(slug="rls-firm")
+    with tenant_context(org):
+        assert Membership.objects.get().user.email == "boss@rls.test"
+    call_command("onboard_tenant", name="Rls Firm", owner_email="boss@rls.test")
+    assert "unchanged" in capsys.readouterr().out
+
+
+def test_factories_and_member_of_work_under_rls(rls_on, org):
+    user = member_of(org, email="m@acme.test")
+    client = ClientFactory(organization=org)
+    with tenant_context(org):
+        assert Membership.objects.filter(user=user).exists()
+        assert Client.objects.get() == client
+    assert OrganizationFactory().pk
+
+
+@pytest.fixture
+def owner_conn(db):
+    """A separate connection as the login (owner) role, for DDL the app role may not run."""
+    import psycopg
+
+    from tenancy.tests.dburl import socket_or_host
+
+    s = connection.settings_dict
+    host, port = socket_or_host()
+    conn = psycopg.connect(
+        host=host,
+        port=port,
+        dbname=s["NAME"],
+        user=s["USER"],
+        password=s["PASSWORD"] or None,
+        autocommit=True,
+    )
+    yield conn
+    conn.close()
+
+
+def test_check_isolation_names_a_table_without_rls_and_a_unique_without_org(owner_conn):
+    owner_conn.execute(
+        "CREATE TABLE leaky_notes (id bigint PRIMARY KEY, organization_id uuid NOT NULL,"
+        " slug text UNIQUE)"
+    )
+    owner_conn.execute("GRANT SELECT ON leaky_notes TO goldleaves_app")
+    try:
+        problems = isolation_problems()
+        assert any(
+            p.startswith(
+                "table leaky_notes: missing ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL"
+                " SECURITY, policy tenant_isolation"
+            )
+            for p in problems
+        ), problems
+        with pytest.raises(CommandError, match="problem"):
+            call_command("check_isolation")
+    finally:
+        owner_conn.execute("DROP TABLE leaky_notes")
+
+
+def test_check_isolation_flags_an_app_role_that_could_bypass(db, settings):
+    settings.DATABASE_APP_ROLE = "someone_else"
+    assert any("expected the app role" in p for p in isolation_problems())
+
+
+def test_check_isolation_flags_a_missing_policy_and_a_unique_without_org(owner_conn):
+    owner_conn.execute("DROP POLICY tenant_isolation ON cases_client")
+    owner_conn.execute("ALTER TABLE cases_client ADD CONSTRAINT client_name_uniq UNIQUE (name)")
+    try:
+        problems = isolation_problems()
+        assert "table cases_client: missing policy tenant_isolation" in problems
+        assert (
+            "table cases_client: unique constraint client_name_uniq does not include "
+            "organization_id" in problems
+        )
+    finally:
+        owner_conn.execute("ALTER TABLE cases_client DROP CONSTRAINT client_name_uniq")
+        with owner_conn.cursor() as cursor:
+            for statement in rls.enable_sql(rls.TenantTable("cases_client")):
+                cursor.execute(statement)
