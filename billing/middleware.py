@@ -1,13 +1,176 @@
-"""Usage middleware: meters billable requests (built by the metering issue)."""
+"""Usage middleware: one ``api.request`` billing event per billable request.
 
+Placement: last in ``settings.MIDDLEWARE``, after ``tenancy.middleware.TenantMiddleware``.
+It therefore runs, after the view, INSIDE the request's transaction and tenant
+context: the event commits together with the request's own writes (and is rolled
+back with them on a 5xx), and row-level security applies to it.
+
+Failure policy (issue 3): a failure to write the event never turns a response into
+a 500. The write runs in a savepoint; if it raises a database error, the savepoint
+(only) is rolled back, so the request's own writes stay intact and still commit,
+and the failure is logged at ERROR (with the request id, through the log filter)
+and counted in ``write_failures()`` (per process; reported by
+``GET /api/v1/billing/health/``). We chose "serve and alert" over "fail the
+request": the client's operation succeeded and retrying it would repeat it; the
+lost event is visible in the logs and the counter. A duplicate key (a retried
+``X-Request-ID``) is not a failure: ``INSERT ... ON CONFLICT DO NOTHING`` skips it.
+
+Queries per metered request: 3 (SAVEPOINT, INSERT, RELEASE SAVEPOINT).
+"""
+
+import logging
+import re
+import threading
+
+from django.conf import settings
 from django.core.exceptions import MiddlewareNotUsed
+from django.db import transaction
+
+from billing.services import build_event, insert_events
+from goldleaves.middleware import elapsed_ms
+
+logger = logging.getLogger("billing.metering")
+
+_failures = 0
+_failures_lock = threading.Lock()
+
+_REGEX_GROUP = re.compile(r"\(\?P<(\w+)>")
+_CONVERTER = re.compile(r"<(?:\w+:)?(\w+)>")
+
+
+def write_failures() -> int:
+    """Number of ``api.request`` events this process failed to write since it started."""
+    return _failures
+
+
+def _count_failure() -> None:
+    global _failures
+    with _failures_lock:
+        _failures += 1
+
+
+def route_template(route: str | None) -> str | None:
+    """Normalise a resolver route to ``/api/v1/cases/{pk}/``.
+
+    Django joins the patterns of nested ``include()``s into ``ResolverMatch.route``:
+    path converters (``<uuid:pk>``) and DRF router regexes
+    (``^cases/(?P<pk>[^/.]+)/$``) both become ``{name}``; anchors are dropped.
+    """
+    if route is None:
+        return None
+    out, i = [], 0
+    while i < len(route):
+        match = _REGEX_GROUP.match(route, i)
+        if match:  # skip the whole (possibly nested) group
+            depth, j = 0, i
+            while j < len(route):
+                if route[j] == "\\":
+                    j += 2
+                    continue
+                if route[j] == "(":
+                    depth += 1
+                elif route[j] == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            out.append("{" + match.group(1) + "}")
+            i = j + 1
+            continue
+        out.append(route[i])
+        i += 1
+    text = _CONVERTER.sub(r"{\1}", "".join(out)).replace("^", "").replace("$", "")
+    text = text.replace("\\", "")
+    return "/" + text.lstrip("/")
+
+
+def _status_is_unbilled(status_code: int, rules: list[str]) -> bool:
+    for rule in rules:
+        rule = rule.strip().lower()
+        if rule.endswith("xx") and rule[:-2].isdigit():
+            if status_code // 100 == int(rule[:-2]):
+                return True
+        elif rule.isdigit() and status_code == int(rule):
+            return True
+    return False
 
 
 class UsageMiddleware:
-    """Placeholder position in the middleware list, last, after ``TenantMiddleware``.
+    """Writes one ``api.request`` event for each billable request.
 
-    Metering is not built yet, so this removes itself at start-up.
+    Billable: ``request.organization`` is set; the path starts with one of
+    ``settings.BILLABLE_ROUTES``; it is not under ``BILLING_EXCLUDED_PATHS``,
+    ``STATIC_URL`` or ``MEDIA_URL``; the status is not in ``BILLING_UNBILLED_STATUSES``
+    (default 401, 403, 429, 5xx). The event: user, quantity 1 ``call`` priced by
+    ``billing.pricing``, ``request_id`` = the request's id (``X-Request-ID``, so a
+    retry is billed once), dimensions ``endpoint``, ``route``, ``method``,
+    ``status_code``, ``duration_ms`` (float, ms since ``RequestTimerMiddleware``'s
+    start, measured now) and ``request_id``.
+
+    Raises ``MiddlewareNotUsed`` at start-up when ``BILLING_METERING_ENABLED`` is false.
     """
 
     def __init__(self, get_response):
-        raise MiddlewareNotUsed("metering is not implemented yet")
+        if not getattr(settings, "BILLING_METERING_ENABLED", True):
+            raise MiddlewareNotUsed("BILLING_METERING_ENABLED is false")
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if self.is_billable(request, response):
+            self.record(request, response)
+        return response
+
+    @staticmethod
+    def _excluded_prefixes() -> list[str]:
+        prefixes = list(getattr(settings, "BILLING_EXCLUDED_PATHS", []))
+        for url in (settings.STATIC_URL, settings.MEDIA_URL):
+            if url and not url.startswith(("http://", "https://")):
+                prefixes.append("/" + url.lstrip("/"))
+        return [p for p in prefixes if p]
+
+    def is_billable(self, request, response) -> bool:
+        """Whether ``request`` (answered by ``response``) is metered; see the class doc."""
+        if getattr(request, "organization", None) is None:
+            return False
+        path = request.path
+        if not any(path.startswith(prefix) for prefix in settings.BILLABLE_ROUTES):
+            return False
+        if any(path.startswith(prefix) for prefix in self._excluded_prefixes()):
+            return False
+        rules = getattr(settings, "BILLING_UNBILLED_STATUSES", ["401", "403", "429", "5xx"])
+        return not _status_is_unbilled(response.status_code, rules)
+
+    def record(self, request, response) -> None:
+        """Write the event in a savepoint; log and count a failure, never raise."""
+        request_id = getattr(request, "request_id", None)
+        try:
+            match = getattr(request, "resolver_match", None)
+            event = build_event(
+                organization=request.organization,
+                event_name="api.request",
+                event_type="api",
+                user=request.user if getattr(request.user, "is_authenticated", False) else None,
+                request_id=request_id,
+                unit="call",
+                dimensions={
+                    "endpoint": request.path,
+                    "route": route_template(match.route if match else None),
+                    "method": request.method,
+                    "status_code": response.status_code,
+                    "duration_ms": round(elapsed_ms(request), 3),
+                    "request_id": request_id,
+                },
+            )
+            with transaction.atomic():
+                insert_events([event])
+        except Exception:  # noqa: BLE001 - see the failure policy in the module doc
+            _count_failure()
+            logger.exception(
+                "billing event not written for request %s (%s %s -> %s)",
+                request_id,
+                request.method,
+                request.path,
+                response.status_code,
+                extra={"request_id": request_id},
+            )

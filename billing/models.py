@@ -62,6 +62,9 @@ class BillingEvent(TenantModel):
             models.Index(fields=["organization", "created_at"], name="billing_ev_org_created_idx"),
             models.Index(fields=["event_name"], name="billing_ev_name_idx"),
             models.Index(fields=["user", "created_at"], name="billing_ev_user_created_idx"),
+            # Events by status, oldest first: the reporter's pending queue and the
+            # billing health endpoint (pending count, oldest pending, newest posted).
+            models.Index(fields=["status", "created_at"], name="billing_ev_status_created_idx"),
         ]
 
     def __str__(self) -> str:

@@ -1,1 +1,18 @@
-urlpatterns: list = []
+from django.urls import path
+
+from billing import apis
+
+urlpatterns = [
+    path("events/", apis.BillingEventListApi.as_view(), name="billing-events"),
+    path(
+        "usage-summary/<uuid:organization_id>/",
+        apis.UsageSummaryApi.as_view(),
+        name="billing-usage-summary",
+    ),
+    path(
+        "usage-report/<uuid:organization_id>/",
+        apis.UsageReportApi.as_view(),
+        name="billing-usage-report",
+    ),
+    path("health/", apis.BillingHealthApi.as_view(), name="billing-health"),
+]

@@ -59,12 +59,23 @@ class Case(TenantModel):
         return f"{self.reference_number}: {self.title}"
 
 
+class DocumentProcessingStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROCESSED = "processed", "Processed"
+    FAILED = "failed", "Failed"
+
+
 def document_upload_to(instance: "Document", filename: str) -> str:
     return f"documents/{instance.organization_id}/{uuid.uuid4().hex}/{filename}"
 
 
 class Document(TenantModel):
-    """A file attached to a case, stored through Django's storage API (local or S3)."""
+    """A file attached to a case, stored through Django's storage API (local or S3).
+
+    After upload it is processed once (``cases.services.document_process``): pages
+    counted, ``processing_status`` ``pending`` -> ``processed`` (``page_count`` set) or
+    ``failed`` (``processing_failure_reason`` says why; a failed document is not billed
+    for processing)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="documents")
@@ -80,6 +91,14 @@ class Document(TenantModel):
         related_name="+",
     )
     uploaded_at = models.DateTimeField(default=timezone.now, editable=False)
+    processing_status = models.CharField(
+        max_length=16,
+        choices=DocumentProcessingStatus.choices,
+        default=DocumentProcessingStatus.PENDING,
+    )
+    processing_failure_reason = models.CharField(max_length=500, blank=True, default="")
+    page_count = models.PositiveIntegerField(null=True, blank=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-uploaded_at"]

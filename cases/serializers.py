@@ -68,6 +68,10 @@ class DocumentSerializer(serializers.ModelSerializer):
             "size_bytes",
             "uploaded_by",
             "uploaded_at",
+            "processing_status",
+            "processing_failure_reason",
+            "page_count",
+            "processed_at",
         ]
         read_only_fields = [
             "id",
@@ -76,6 +80,10 @@ class DocumentSerializer(serializers.ModelSerializer):
             "size_bytes",
             "uploaded_by",
             "uploaded_at",
+            "processing_status",
+            "processing_failure_reason",
+            "page_count",
+            "processed_at",
         ]
 
     def get_download_url(self, obj) -> str:

@@ -5,11 +5,19 @@ Related objects passed in (``client``, ``case``) must already belong to
 and the services check again, raising ``CrossTenantReferenceError``.
 """
 
+import logging
+
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.utils import timezone
 
-from cases.models import Case, CaseStatus, Client, Document
+from billing.services import record_event
+from cases.models import Case, CaseStatus, Client, Document, DocumentProcessingStatus
+from cases.processing import DocumentProcessingError, count_pages
+from goldleaves.middleware import request_id_var
+from tenancy.context import tenant_context
+
+logger = logging.getLogger("cases.documents")
 
 
 class CrossTenantReferenceError(ValueError):
@@ -97,13 +105,32 @@ def case_delete(*, organization, acting_user, case: Case) -> None:
     case.delete()
 
 
+def _current_request_id() -> str | None:
+    value = request_id_var.get()
+    return None if value in ("", "-") else value
+
+
 @transaction.atomic
-def document_create(*, organization, acting_user, case: Case, file: UploadedFile) -> Document:
+def document_create(
+    *,
+    organization,
+    acting_user,
+    case: Case,
+    file: UploadedFile,
+    request_id: str | None = None,
+) -> Document:
     """Store ``file`` through the default storage and record it against ``case``.
 
     Records the original filename, the client-declared content type and the
     size in bytes. The file is written to storage first; if the row cannot be
     saved, the stored file is deleted again.
+
+    Billing (issue 3): in the same transaction, a ``doc.upload`` event (1
+    ``document``; dimensions ``content_type``, ``size_bytes``, ``filename``),
+    idempotent on ``request_id`` (default: the current request's id, so a retried
+    upload is billed once). After commit, ``document_process`` runs in-process
+    (``transaction.on_commit(..., robust=True)``: a processing crash is logged and
+    never fails the upload).
     """
     _check_same_tenant(organization, case, "case")
     document = Document(
@@ -122,7 +149,85 @@ def document_create(*, organization, acting_user, case: Case, file: UploadedFile
     except Exception:
         storage.delete(stored_name)
         raise
+    record_event(
+        organization=organization,
+        event_name="doc.upload",
+        event_type="document",
+        user=acting_user,
+        resource_id=document.pk,
+        request_id=request_id or _current_request_id(),
+        quantity=1,
+        unit="document",
+        dimensions={
+            "content_type": document.content_type,
+            "size_bytes": document.size_bytes,
+            "filename": document.original_filename,
+        },
+    )
+    document_id = document.pk
+    transaction.on_commit(
+        lambda: document_process(organization=organization, document_id=document_id),
+        robust=True,
+    )
     return document
+
+
+def document_process(*, organization, document_id) -> Document | None:
+    """Count the pages of a pending document and bill them (``doc.processed``).
+
+    Runs in its own tenant transaction (``tenant_context``), after the upload has
+    committed. Safe to run twice: the document row is locked (``SELECT ... FOR
+    UPDATE``) and only a ``pending`` document is processed; the event's request id
+    is ``doc.processed:<document id>``, so it is unique per document anyway.
+
+    On success: ``processed``, ``page_count``, ``processed_at`` and one event of
+    ``page_count`` ``page`` units (dimensions ``content_type``, ``pages``). On
+    ``DocumentProcessingError`` (or a storage error): ``failed`` with the reason,
+    and no event.
+
+    Returns:
+        the document, or ``None`` if it no longer exists.
+    """
+    with tenant_context(organization):
+        document = (
+            Document.objects.select_for_update()
+            .filter(organization_id=organization.pk, pk=document_id)
+            .first()
+        )
+        if document is None or document.processing_status != DocumentProcessingStatus.PENDING:
+            return document
+        try:
+            with document.file.open("rb") as handle:
+                pages = count_pages(
+                    handle,
+                    content_type=document.content_type,
+                    filename=document.original_filename,
+                )
+        except (DocumentProcessingError, OSError) as exc:
+            document.processing_status = DocumentProcessingStatus.FAILED
+            document.processing_failure_reason = str(exc)[:500] or exc.__class__.__name__
+            document.processed_at = timezone.now()
+            document.save(
+                update_fields=["processing_status", "processing_failure_reason", "processed_at"]
+            )
+            logger.warning("document %s not processed: %s", document.pk, exc)
+            return document
+        document.processing_status = DocumentProcessingStatus.PROCESSED
+        document.page_count = pages
+        document.processed_at = timezone.now()
+        document.save(update_fields=["processing_status", "page_count", "processed_at"])
+        record_event(
+            organization=organization,
+            event_name="doc.processed",
+            event_type="document",
+            user_id=document.uploaded_by_id,
+            resource_id=document.pk,
+            request_id=f"doc.processed:{document.pk}",
+            quantity=pages,
+            unit="page",
+            dimensions={"content_type": document.content_type, "pages": pages},
+        )
+        return document
 
 
 @transaction.atomic

@@ -177,6 +177,16 @@ TIER_RATE_LIMITS = env.json(
 )
 BILLABLE_ROUTES = env.list("BILLABLE_ROUTES", default=["/api/v1/"])
 USAGE_RATE_CENTS = env.int("USAGE_RATE_CENTS", default=1)
+# Metering (billing.middleware.UsageMiddleware, billing.pricing): see .env.example.
+BILLING_METERING_ENABLED = env.bool("BILLING_METERING_ENABLED", default=True)
+BILLING_PRICE_BOOK = env.json("BILLING_PRICE_BOOK", default={})
+BILLING_UNBILLED_STATUSES = env.list(
+    "BILLING_UNBILLED_STATUSES", default=["401", "403", "429", "5xx"]
+)
+BILLING_EXCLUDED_PATHS = env.list(
+    "BILLING_EXCLUDED_PATHS",
+    default=["/health", "/api/docs", "/api/schema", "/admin", "/api/v1/billing/health"],
+)
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 

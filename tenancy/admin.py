@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.utils.html import format_html_join
 
 from tenancy.models import Membership, Organization, User
 
@@ -25,8 +26,34 @@ class OrganizationAdmin(admin.ModelAdmin):
     list_filter = ["plan_tier", "created_at"]
     search_fields = ["name", "slug", "stripe_customer_id"]
     prepopulated_fields = {"slug": ["name"]}
-    readonly_fields = ["id", "created_at"]
+    readonly_fields = ["id", "created_at", "current_period_usage"]
     inlines = [MembershipInline]
+
+    @admin.display(description="Current period usage")
+    def current_period_usage(self, obj):
+        """This calendar month (billing time zone): count, quantity and cents per event name."""
+        if obj is None or obj.pk is None:
+            return "-"
+        from billing.selectors import month_period, usage_summary
+
+        start, end = month_period(obj)
+        lines = usage_summary(organization=obj, start=start, end=end)
+        if not lines:
+            return f"No usage from {start:%Y-%m-%d} to {end:%Y-%m-%d} ({start.tzinfo})."
+        total = sum(line["cost_cents"] for line in lines)
+        rows = format_html_join(
+            "",
+            "<li>{}: {} events, quantity {}, {} cents</li>",
+            (
+                (line["event_name"], line["count"], line["quantity"], line["cost_cents"])
+                for line in lines
+            ),
+        )
+        return format_html_join(
+            "",
+            "<p>{} to {} ({}), total {} cents</p><ul>{}</ul>",
+            [(f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", str(start.tzinfo), total, rows)],
+        )
 
 
 class UserMembershipInline(admin.TabularInline):

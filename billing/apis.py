@@ -1,0 +1,145 @@
+"""Billing API (``/api/v1/billing/``): events, usage summary and report, pipeline health.
+
+Thin views over ``billing.selectors``. The summary and report take an organization
+id in the path: the caller must be a member of it (staff: any organization), else
+404 (never 403: no enumeration). They run inside ``tenant_context`` of THAT
+organization, so row-level security, when enabled, applies to the target rows.
+"""
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import exceptions, generics
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from billing import selectors
+from billing.filters import BillingEventFilter
+from billing.middleware import write_failures
+from billing.serializers import (
+    REPORT_ROW_SERIALIZERS,
+    BillingEventSerializer,
+    BillingHealthSerializer,
+    PeriodQuerySerializer,
+    ReportQuerySerializer,
+    UsageReportSerializer,
+    UsageSummarySerializer,
+)
+from tenancy.context import tenant_context
+from tenancy.models import Organization
+from tenancy.selectors import membership_for
+from tenancy.viewsets import TenantAPIMixin
+
+_PERIOD_PARAMS = [
+    OpenApiParameter("start", OpenApiTypes.STR, description="YYYY-MM-DD or ISO 8601, inclusive"),
+    OpenApiParameter("end", OpenApiTypes.STR, description="YYYY-MM-DD or ISO 8601, exclusive"),
+]
+
+
+class BillingEventListApi(TenantAPIMixin, generics.ListAPIView):
+    """``GET events/``: the active organization's billing events, newest first, paginated.
+    Filters: ``event_name``, ``status`` (0 pending, 1 posted), ``start``/``end``."""
+
+    serializer_class = BillingEventSerializer
+    filterset_class = BillingEventFilter
+    search_fields: list = []
+    ordering_fields = ["created_at"]
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return selectors.BillingEvent.objects.none()
+        return selectors.event_list(organization=self.organization)
+
+
+class _UsageApi(TenantAPIMixin, APIView):
+    query_serializer_class = PeriodQuerySerializer
+
+    def target(self, organization_id) -> Organization:
+        organization = Organization.objects.filter(pk=organization_id).first()
+        if organization is None:
+            raise exceptions.NotFound
+        return organization
+
+    def period_response(self, request, organization_id, build):
+        """Resolve the organization, check access and the query, and run ``build`` in its
+        tenant context: ``build(organization, start, end, params) -> dict``."""
+        organization = self.target(organization_id)
+        query = self.query_serializer_class(
+            data=request.query_params, context={"organization": organization}
+        )
+        with tenant_context(organization):
+            user = request.user
+            if (
+                not user.is_staff
+                and membership_for(user=user, organization_id=organization.pk) is None
+            ):
+                raise exceptions.NotFound
+            query.is_valid(raise_exception=True)
+            params = query.validated_data
+            if "start" in params:
+                start, end = params["start"], params["end"]
+            else:
+                start, end = selectors.month_period(organization)
+            body = {
+                "organization": organization.pk,
+                "timezone": str(selectors.billing_zone(organization)),
+                "start": start,
+                "end": end,
+            }
+            body.update(build(organization, start, end, params))
+        return body
+
+
+class UsageSummaryApi(_UsageApi):
+    """``GET usage-summary/<organization_id>/?start=&end=``: totals per event name for the
+    half-open period ``[start, end)`` (default: the current month in the organization's
+    billing time zone). Cost per line rounded once, half-up, to cents. 404 for an
+    organization the caller is not a member of (staff may read any)."""
+
+    @extend_schema(parameters=_PERIOD_PARAMS, responses=UsageSummarySerializer)
+    def get(self, request, organization_id):
+        def build(organization, start, end, params):
+            lines = selectors.usage_summary(organization=organization, start=start, end=end)
+            return {"lines": lines, "total_cost_cents": sum(line["cost_cents"] for line in lines)}
+
+        body = self.period_response(request, organization_id, build)
+        return Response(UsageSummarySerializer(body).data)
+
+
+class UsageReportApi(_UsageApi):
+    """``GET usage-report/<organization_id>/?start=&end=&group_by=day|route|user``: the
+    breakdown per group and event name; same period and access rules as the summary."""
+
+    query_serializer_class = ReportQuerySerializer
+
+    @extend_schema(
+        parameters=[
+            *_PERIOD_PARAMS,
+            OpenApiParameter("group_by", OpenApiTypes.STR, enum=list(selectors.GROUP_BY_CHOICES)),
+        ],
+        responses=UsageReportSerializer,
+    )
+    def get(self, request, organization_id):
+        def build(organization, start, end, params):
+            group_by = params["group_by"]
+            rows = selectors.usage_report(
+                organization=organization, start=start, end=end, group_by=group_by
+            )
+            serializer = REPORT_ROW_SERIALIZERS[group_by](rows, many=True)
+            return {"group_by": group_by, "rows": serializer.data}
+
+        body = self.period_response(request, organization_id, build)
+        return Response(UsageReportSerializer(body).data)
+
+
+class BillingHealthApi(TenantAPIMixin, APIView):
+    """``GET health/``: pending events (count, oldest, its age in seconds), the newest
+    posted event, and this process's metering write failures. Members see their
+    organization; staff see all organizations (``scope``)."""
+
+    @extend_schema(responses=BillingHealthSerializer)
+    def get(self, request):
+        staff = request.user.is_staff
+        health = selectors.pipeline_health(organization=None if staff else self.organization)
+        health["scope"] = "all" if staff else "organization"
+        health["metering_write_failures"] = write_failures()
+        return Response(BillingHealthSerializer(health).data)

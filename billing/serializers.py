@@ -1,0 +1,137 @@
+"""Serializers of the billing API (output shapes, and the period query parameters)."""
+
+from rest_framework import serializers
+
+from billing.models import BillingEvent
+from billing.selectors import GROUP_BY_CHOICES, parse_period_bound
+
+
+class BillingEventSerializer(serializers.ModelSerializer):
+    """One event; ``status`` as text (``pending``/``posted``), ``quantity`` a decimal string."""
+
+    status = serializers.CharField(source="get_status_display")
+
+    class Meta:
+        model = BillingEvent
+        fields = [
+            "id",
+            "event_type",
+            "event_name",
+            "user",
+            "resource_id",
+            "request_id",
+            "quantity",
+            "unit",
+            "unit_cost_cents",
+            "dimensions",
+            "status",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class PeriodQuerySerializer(serializers.Serializer):
+    """``start``/``end``: ``YYYY-MM-DD`` (midnight in the organization's billing time zone)
+    or ISO 8601 datetimes; both optional (default: the current billing month)."""
+
+    start = serializers.CharField(required=False)
+    end = serializers.CharField(required=False)
+
+    def _bound(self, value):
+        try:
+            return parse_period_bound(value, self.context["organization"])
+        except ValueError:
+            raise serializers.ValidationError(
+                "Use YYYY-MM-DD or an ISO 8601 datetime (e.g. 2026-11-01T00:00:00Z)."
+            ) from None
+
+    def validate_start(self, value):
+        return self._bound(value)
+
+    def validate_end(self, value):
+        return self._bound(value)
+
+    def validate(self, attrs):
+        if ("start" in attrs) != ("end" in attrs):
+            raise serializers.ValidationError({"end": ["Give both start and end, or neither."]})
+        if "start" in attrs and attrs["start"] >= attrs["end"]:
+            raise serializers.ValidationError({"end": ["end must be after start."]})
+        return attrs
+
+
+class ReportQuerySerializer(PeriodQuerySerializer):
+    group_by = serializers.ChoiceField(choices=GROUP_BY_CHOICES, default="day")
+
+
+class UsageLineSerializer(serializers.Serializer):
+    """A summary line: events, total quantity (decimal string) and cost in integer cents."""
+
+    event_name = serializers.CharField()
+    count = serializers.IntegerField()
+    quantity = serializers.DecimalField(max_digits=24, decimal_places=4)
+    cost_cents = serializers.IntegerField()
+
+
+def _row_serializer(name: str, **keys) -> type[serializers.Serializer]:
+    """A report row serializer: the group key fields first, then the line fields."""
+    fields = {
+        **keys,
+        "event_name": serializers.CharField(),
+        "count": serializers.IntegerField(),
+        "quantity": serializers.DecimalField(max_digits=24, decimal_places=4),
+        "cost_cents": serializers.IntegerField(),
+    }
+    return type(name, (serializers.Serializer,), fields)
+
+
+DayRowSerializer = _row_serializer(
+    "DayRowSerializer", day=serializers.CharField(help_text="YYYY-MM-DD, billing time zone")
+)
+RouteRowSerializer = _row_serializer(
+    "RouteRowSerializer",
+    route=serializers.CharField(allow_null=True, help_text="URL pattern; null: domain events"),
+)
+UserRowSerializer = _row_serializer(
+    "UserRowSerializer",
+    user_id=serializers.IntegerField(allow_null=True),
+    user_email=serializers.CharField(allow_null=True),
+)
+
+#: The row shape of each ``group_by`` of the usage report.
+REPORT_ROW_SERIALIZERS = {
+    "day": DayRowSerializer,
+    "route": RouteRowSerializer,
+    "user": UserRowSerializer,
+}
+
+
+class UsagePeriodSerializer(serializers.Serializer):
+    organization = serializers.UUIDField()
+    timezone = serializers.CharField()
+    start = serializers.DateTimeField()
+    end = serializers.DateTimeField()
+
+
+class UsageSummarySerializer(UsagePeriodSerializer):
+    """``[start, end)`` (UTC), the billing time zone, one line per event name, the total."""
+
+    lines = UsageLineSerializer(many=True)
+    total_cost_cents = serializers.IntegerField()
+
+
+class UsageReportSerializer(UsagePeriodSerializer):
+    """Schema of the report; ``rows`` hold the keys of ``group_by`` (see the row serializers)."""
+
+    group_by = serializers.ChoiceField(choices=GROUP_BY_CHOICES)
+    rows = serializers.ListField(child=serializers.DictField())
+
+
+class BillingHealthSerializer(serializers.Serializer):
+    """Pipeline health; ``scope`` is ``organization`` or ``all`` (staff)."""
+
+    scope = serializers.CharField()
+    pending_count = serializers.IntegerField()
+    oldest_pending_at = serializers.DateTimeField(allow_null=True)
+    oldest_pending_age_seconds = serializers.FloatField(allow_null=True)
+    last_posted_event_at = serializers.DateTimeField(allow_null=True)
+    metering_write_failures = serializers.IntegerField()

@@ -1,0 +1,301 @@
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from billing import selectors
+from billing.models import BillingEvent
+from billing.tests.factories import BillingEventFactory
+from conftest import bearer_client
+from tenancy.tests.factories import MembershipFactory, UserFactory, member_of
+
+pytestmark = pytest.mark.django_db
+
+
+def utc(*args) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+@pytest.fixture
+def ny_org(org):
+    """``org`` billed in New York time (EDT, UTC-4, until 2 Nov 2025 02:00; then EST, UTC-5)."""
+    org.billing_timezone = "America/New_York"
+    org.save(update_fields=["billing_timezone"])
+    return org
+
+
+@pytest.fixture
+def month_fixture(ny_org, owner, outsider_org):
+    """Events around the November 2025 boundaries, in New York time."""
+    make = BillingEventFactory
+    # 31 Oct 23:30 EDT = 1 Nov 03:30 UTC: October for New York (excluded)
+    make(organization=ny_org, created_at=utc(2025, 11, 1, 3, 30), unit_cost_cents=100)
+    # 1 Nov 00:30 EDT = 04:30 UTC: November (included)
+    make(organization=ny_org, user=owner, created_at=utc(2025, 11, 1, 4, 30), unit_cost_cents=2)
+    make(
+        organization=ny_org,
+        user=owner,
+        created_at=utc(2025, 11, 15, 12),
+        unit_cost_cents=2,
+        dimensions={"route": "/api/v1/cases/{pk}/"},
+    )
+    # 30 Nov 23:59 EST = 1 Dec 04:59 UTC: November (included)
+    make(
+        organization=ny_org,
+        created_at=utc(2025, 12, 1, 4, 59),
+        unit_cost_cents=2,
+        dimensions={"route": "/api/v1/cases/"},
+    )
+    # 1 Dec 00:00 EST = 05:00 UTC: December (excluded: periods are half-open)
+    make(organization=ny_org, created_at=utc(2025, 12, 1, 5, 0), unit_cost_cents=100)
+    # three half pages at 1 cent: 1.5 cents, rounded once at the line -> 2
+    for day in (2, 3, 3):
+        make(
+            organization=ny_org,
+            event_name="doc.processed",
+            event_type="document",
+            unit="page",
+            quantity=Decimal("0.5"),
+            unit_cost_cents=1,
+            request_id=None,
+            created_at=utc(2025, 11, day, 15),
+        )
+    # another organization's event in the same period: never counted
+    make(organization=outsider_org, created_at=utc(2025, 11, 10), unit_cost_cents=1000)
+    return ny_org
+
+
+def summary_url(org, **params) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"/api/v1/billing/usage-summary/{org.pk}/" + (f"?{query}" if query else "")
+
+
+def report_url(org, **params) -> str:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return f"/api/v1/billing/usage-report/{org.pk}/?{query}"
+
+
+def test_summary_over_a_month_in_new_york(api, month_fixture):
+    response = api.get(summary_url(month_fixture, start="2025-11-01", end="2025-12-01"))
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body["timezone"] == "America/New_York"
+    assert body["start"] == "2025-11-01T04:00:00Z"
+    assert body["end"] == "2025-12-01T05:00:00Z"
+    assert body["lines"] == [
+        {"event_name": "api.request", "count": 3, "quantity": "3.0000", "cost_cents": 6},
+        {"event_name": "doc.processed", "count": 3, "quantity": "1.5000", "cost_cents": 2},
+    ]
+    assert body["total_cost_cents"] == 8
+
+
+def test_summary_defaults_to_the_current_billing_month(api, ny_org):
+    BillingEventFactory(organization=ny_org, unit_cost_cents=5)
+    body = api.get(summary_url(ny_org)).json()
+    start, end = selectors.month_period(ny_org)
+    assert body["start"] == start.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    assert body["end"] == end.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    # the fixture event only: this GET's own api.request is written after the view
+    assert body["lines"] == [
+        {"event_name": "api.request", "count": 1, "quantity": "1.0000", "cost_cents": 5}
+    ]
+
+
+def test_month_period_in_new_york():
+    class Org:
+        billing_timezone = "America/New_York"
+
+    start, end = selectors.month_period(Org(), now=utc(2025, 12, 1, 4, 59))
+    assert (start.astimezone(UTC), end.astimezone(UTC)) == (
+        utc(2025, 11, 1, 4),
+        utc(2025, 12, 1, 5),
+    )
+
+
+def test_report_by_day_uses_the_billing_timezone(api, month_fixture):
+    body = api.get(report_url(month_fixture, start="2025-11-01", end="2025-12-01")).json()
+    assert body["group_by"] == "day"
+    rows = [(r["day"], r["event_name"], r["count"], r["cost_cents"]) for r in body["rows"]]
+    assert rows == [
+        ("2025-11-01", "api.request", 1, 2),
+        ("2025-11-02", "doc.processed", 1, 1),  # 0.5 rounds half-up to 1
+        ("2025-11-03", "doc.processed", 2, 1),
+        ("2025-11-15", "api.request", 1, 2),
+        ("2025-11-30", "api.request", 1, 2),
+    ]
+
+
+def test_report_by_route_and_by_user(api, month_fixture, owner):
+    params = {"start": "2025-11-01", "end": "2025-12-01"}
+    by_route = api.get(report_url(month_fixture, group_by="route", **params)).json()["rows"]
+    assert list(by_route[0]) == ["route", "event_name", "count", "quantity", "cost_cents"]
+    assert [(r["route"], r["event_name"], r["count"]) for r in by_route] == [
+        ("/api/v1/cases/", "api.request", 1),
+        ("/api/v1/cases/{pk}/", "api.request", 1),
+        (None, "api.request", 1),
+        (None, "doc.processed", 3),
+    ]
+    by_user = api.get(report_url(month_fixture, group_by="user", **params)).json()["rows"]
+    assert list(by_user[0])[:3] == ["user_id", "user_email", "event_name"]
+    assert [(r["user_id"], r["user_email"], r["event_name"], r["count"]) for r in by_user] == [
+        (owner.pk, owner.email, "api.request", 2),
+        (None, None, "api.request", 1),
+        (None, None, "doc.processed", 3),
+    ]
+
+
+def test_bad_query_parameters_are_400(api, org):
+    for params in (
+        {"start": "yesterday", "end": "2025-12-01"},
+        {"start": "2025-12-01"},
+        {"start": "2025-12-01", "end": "2025-11-01"},
+    ):
+        response = api.get(summary_url(org, **params))
+        assert response.status_code == 400
+        assert response.json()["code"] == "invalid"
+    response = api.get(report_url(org, group_by="planet"))
+    assert response.status_code == 400
+    assert "group_by" in response.json()["errors"]
+
+
+def test_outsider_gets_404_for_summary_and_report(outsider_api, month_fixture):
+    for url in (summary_url(month_fixture), report_url(month_fixture, group_by="day")):
+        response = outsider_api.get(url)
+        assert response.status_code == 404
+        assert response.json() == {"detail": "Not found.", "code": "not_found"}
+
+
+def test_unknown_organization_is_404(api):
+    import uuid
+
+    assert api.get(f"/api/v1/billing/usage-summary/{uuid.uuid4()}/").status_code == 404
+
+
+def test_member_of_two_organizations_reads_the_other_one(month_fixture, outsider_org):
+    user = member_of(outsider_org, email="both@example.test")
+    MembershipFactory(organization=month_fixture, user=user)
+    client = bearer_client(user)  # acting in outsider_org, reading month_fixture
+    body = client.get(summary_url(month_fixture, start="2025-11-01", end="2025-12-01")).json()
+    assert body["total_cost_cents"] == 8
+
+
+def test_staff_reads_any_organization(month_fixture, outsider_org):
+    staff = member_of(outsider_org, email="staff@example.test", is_staff=True)
+    body = (
+        bearer_client(staff)
+        .get(summary_url(month_fixture, start="2025-11-01", end="2025-12-01"))
+        .json()
+    )
+    assert body["total_cost_cents"] == 8
+
+
+def _queries(client, url) -> int:
+    client.get(url)
+    with CaptureQueriesContext(connection) as ctx:
+        assert client.get(url).status_code == 200
+    return len(ctx.captured_queries)
+
+
+def test_summary_and_report_run_a_bounded_number_of_queries(api, ny_org, owner):
+    urls = [
+        summary_url(ny_org, start="2025-11-01", end="2025-12-01"),
+        report_url(ny_org, start="2025-11-01", end="2025-12-01", group_by="user"),
+    ]
+    small = [_queries(api, url) for url in urls]
+    BillingEventFactory.create_batch(
+        200, organization=ny_org, user=owner, created_at=utc(2025, 11, 5)
+    )
+    for _ in range(20):
+        user = UserFactory()
+        BillingEventFactory.create_batch(
+            3, organization=ny_org, user=user, created_at=utc(2025, 11, 6)
+        )
+    large = [_queries(api, url) for url in urls]
+    assert small == large
+    # user, savepoint, set_config, membership (request) + organization, savepoint,
+    # set_config, membership, ONE aggregate, set_config, release (view) + metering (3)
+    # + release of the request savepoint used by the test transaction.
+    print(f"usage-summary, usage-report queries: {large}")
+    assert all(n <= 16 for n in large), large
+
+
+def test_summary_uses_the_organization_created_at_index(ny_org):
+    start, end = utc(2025, 11, 1), utc(2025, 12, 1)
+    queryset = selectors._period_events(ny_org, start, end)
+    with connection.cursor() as cursor:
+        # the table is tiny in tests; disable sequential scans so the planner shows
+        # which index it CAN use for the period predicate.
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        sql, params = (
+            queryset.values("event_name")
+            .annotate(n=__import__("django.db.models", fromlist=["Count"]).Count("id"))
+            .query.sql_with_params()
+        )
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("SET LOCAL enable_seqscan = on")
+    assert "billing_ev_org_created_idx" in plan, plan
+
+
+def test_events_list_is_scoped_filtered_and_paginated(api, org, outsider_org):
+    BillingEventFactory.create_batch(3, organization=org, created_at=utc(2025, 11, 2))
+    BillingEventFactory(
+        organization=org, event_name="doc.upload", unit="document", created_at=utc(2025, 11, 3)
+    )
+    BillingEventFactory(organization=org, status=1, created_at=utc(2025, 10, 3))
+    BillingEventFactory(organization=outsider_org, created_at=utc(2025, 11, 2))
+    response = api.get("/api/v1/billing/events/?page_size=2&start=2025-11-01T00:00:00Z")
+    body = response.json()
+    assert response.status_code == 200
+    assert body["count"] == 4
+    assert len(body["results"]) == 2
+    names = api.get("/api/v1/billing/events/?event_name=doc.upload").json()["results"]
+    assert [e["event_name"] for e in names] == ["doc.upload"]
+    posted = api.get("/api/v1/billing/events/?status=1").json()["results"]
+    assert [e["status"] for e in posted] == ["posted"]
+    window = api.get(
+        "/api/v1/billing/events/?start=2025-11-02T00:00:00Z&end=2025-11-03T00:00:00Z"
+    ).json()
+    assert window["count"] == 3
+    assert api.get("/api/v1/billing/events/?status=9").status_code == 400
+
+
+def test_outsider_sees_none_of_our_events(outsider_api, org):
+    BillingEventFactory.create_batch(2, organization=org)
+    body = outsider_api.get("/api/v1/billing/events/").json()
+    assert body["count"] == 0
+
+
+def test_events_need_authentication(anon_api):
+    assert anon_api.get("/api/v1/billing/events/").status_code == 401
+
+
+def test_health_reports_pending_and_posted(api, org, outsider_org):
+    BillingEventFactory(organization=org, created_at=utc(2025, 11, 1))
+    BillingEventFactory(organization=org, created_at=utc(2025, 11, 2))
+    BillingEventFactory(organization=org, status=1, created_at=utc(2025, 10, 30))
+    BillingEventFactory(organization=outsider_org, created_at=utc(2025, 1, 1))
+    body = api.get("/api/v1/billing/health/").json()
+    assert body["scope"] == "organization"
+    assert body["pending_count"] == 2
+    assert body["oldest_pending_at"] == "2025-11-01T00:00:00Z"
+    assert body["oldest_pending_age_seconds"] > 0
+    assert body["last_posted_event_at"] == "2025-10-30T00:00:00Z"
+    assert isinstance(body["metering_write_failures"], int)
+    # health checks are not billed
+    assert not BillingEvent.objects.filter(dimensions__endpoint="/api/v1/billing/health/").exists()
+
+
+def test_staff_health_covers_all_organizations(org, outsider_org):
+    BillingEventFactory(organization=org)
+    BillingEventFactory(organization=outsider_org)
+    staff = member_of(org, email="ops@example.test", is_staff=True)
+    body = bearer_client(staff).get("/api/v1/billing/health/").json()
+    assert (body["scope"], body["pending_count"]) == ("all", 2)
+
+
+def test_outsider_health_does_not_count_our_events(outsider_api, org):
+    BillingEventFactory(organization=org)
+    assert outsider_api.get("/api/v1/billing/health/").json()["pending_count"] == 0

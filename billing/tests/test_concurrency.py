@@ -1,0 +1,71 @@
+"""Exactly one event per billable request id under concurrency, against a real server."""
+
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from billing.models import BillingEvent
+from tenancy.serializers import OrganizationTokenObtainPairSerializer
+from tenancy.tests.factories import OrganizationFactory, member_of
+
+THREADS = 8
+REQUESTS_PER_THREAD = 50
+REPEAT_EVERY = 5  # every 5th request reuses a shared id: 20% repeated request ids
+
+
+def _token(user) -> str:
+    return str(OrganizationTokenObtainPairSerializer.get_token(user).access_token)
+
+
+@pytest.mark.live
+def test_concurrent_requests_are_billed_once_per_request_id(live_server, transactional_db):
+    orgs = [OrganizationFactory(), OrganizationFactory()]
+    users = [member_of(org) for org in orgs]
+    tokens = [_token(user) for user in users]
+    barrier = threading.Barrier(THREADS)
+    paths = ["/api/v1/cases/", "/api/v1/clients/"]
+
+    def worker(thread: int) -> list[tuple[int, str, int, str]]:
+        side = thread % 2  # threads 0,2,4,6 act for orgs[0]; 1,3,5,7 for orgs[1]
+        sent = []
+        barrier.wait()
+        for j in range(REQUESTS_PER_THREAD):
+            if j % REPEAT_EVERY == 0:
+                # shared by the 4 threads of this organization, sent at about the same time
+                request_id = f"rep-{j // REPEAT_EVERY}"
+            else:
+                request_id = f"u-{thread}-{j}"
+            request = urllib.request.Request(
+                live_server.url + paths[j % 2],
+                headers={"Authorization": f"Bearer {tokens[side]}", "X-Request-ID": request_id},
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                sent.append((side, request_id, response.status, response.headers["X-Request-ID"]))
+        return sent
+
+    with ThreadPoolExecutor(max_workers=THREADS) as pool:
+        results = [item for chunk in pool.map(worker, range(THREADS)) for item in chunk]
+
+    assert len(results) == THREADS * REQUESTS_PER_THREAD
+    assert all(status == 200 for _, _, status, _ in results)
+    assert all(sent == echoed for _, sent, _, echoed in results)
+    expected = {(orgs[side].pk, request_id) for side, request_id, _, _ in results}
+    rows = list(
+        BillingEvent.objects.filter(event_name="api.request").values_list(
+            "organization_id", "request_id", "user_id"
+        )
+    )
+    actual = [(org_id, request_id) for org_id, request_id, _ in rows]
+    # rows == distinct billable (organization, request id); no duplicates; right org and user
+    assert len(actual) == len(set(actual)) == len(expected)
+    assert set(actual) == expected
+    user_of = {org.pk: user.pk for org, user in zip(orgs, users, strict=True)}
+    assert all(user_id == user_of[org_id] for org_id, _, user_id in rows)
+    repeated = sum(1 for _, request_id, _, _ in results if request_id.startswith("rep-"))
+    print(
+        f"concurrency: {THREADS} threads x {REQUESTS_PER_THREAD} requests = {len(results)}, "
+        f"{repeated} with a repeated id, {len(expected)} distinct (org, request id), "
+        f"{len(rows)} rows"
+    )

@@ -1,0 +1,274 @@
+import logging
+import uuid
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from billing import middleware
+from billing.models import BillingEvent
+from cases.models import Client
+from cases.tests.factories import CaseFactory
+from conftest import bearer_client
+
+pytestmark = pytest.mark.django_db
+
+
+def test_one_get_creates_exactly_one_event(api, org, owner):
+    response = api.get("/api/v1/cases/")
+    assert response.status_code == 200
+    request_id = response["X-Request-ID"]
+    event = BillingEvent.objects.get()
+    assert event.organization_id == org.pk
+    assert event.user_id == owner.pk
+    assert (event.event_type, event.event_name, event.unit) == ("api", "api.request", "call")
+    assert event.request_id == request_id
+    dims = event.dimensions
+    assert dims["endpoint"] == "/api/v1/cases/"
+    assert dims["route"] == "/api/v1/cases/"
+    assert dims["method"] == "GET"
+    assert dims["status_code"] == 200
+    assert dims["request_id"] == request_id
+    assert isinstance(dims["duration_ms"], float) and dims["duration_ms"] > 0
+
+
+def test_route_is_the_url_pattern(api, org):
+    case = CaseFactory(organization=org)
+    assert api.get(f"/api/v1/cases/{case.pk}/").status_code == 200
+    event = BillingEvent.objects.get()
+    assert event.dimensions["endpoint"] == f"/api/v1/cases/{case.pk}/"
+    assert event.dimensions["route"] == "/api/v1/cases/{pk}/"
+
+
+def test_client_request_id_is_used_and_echoed(api):
+    response = api.get("/api/v1/cases/", HTTP_X_REQUEST_ID="client-abc-1")
+    assert response["X-Request-ID"] == "client-abc-1"
+    assert BillingEvent.objects.get().request_id == "client-abc-1"
+
+
+def test_same_request_id_twice_is_billed_once(api):
+    for _ in range(2):
+        assert api.get("/api/v1/cases/", HTTP_X_REQUEST_ID="retry-1").status_code == 200
+    assert BillingEvent.objects.filter(request_id="retry-1").count() == 1
+    api.get("/api/v1/cases/", HTTP_X_REQUEST_ID="retry-2")
+    assert BillingEvent.objects.count() == 2
+
+
+def test_write_requests_are_billed_with_their_status(api, org):
+    client_id = Client.objects.create(organization=org, name="C").pk
+    response = api.post(
+        "/api/v1/cases/",
+        {"client": str(client_id), "title": "T", "reference_number": "R-1"},
+        format="json",
+    )
+    assert response.status_code == 201
+    bad = api.post("/api/v1/cases/", {"title": ""}, format="json")
+    assert bad.status_code == 400
+    codes = sorted(e.dimensions["status_code"] for e in BillingEvent.objects.all())
+    assert codes == [201, 400]
+
+
+def test_anonymous_and_bad_token_are_not_billed(anon_api, org):
+    assert anon_api.get("/api/v1/cases/").status_code == 401
+    anon_api.credentials(HTTP_AUTHORIZATION="Bearer not-a-token")
+    assert anon_api.get("/api/v1/cases/").status_code == 401
+    assert BillingEvent.objects.count() == 0
+
+
+def test_foreign_organization_header_is_403_and_not_billed(api, outsider_org):
+    response = api.get("/api/v1/cases/", HTTP_X_ORGANIZATION_ID=str(outsider_org.pk))
+    assert response.status_code == 403
+    assert BillingEvent.objects.count() == 0
+
+
+@pytest.mark.parametrize("path", ["/health/", "/api/docs/", "/api/schema/", "/admin/"])
+def test_excluded_paths_are_not_billed_even_when_billable_routes_is_everything(api, settings, path):
+    settings.BILLABLE_ROUTES = ["/"]
+    response = api.get(path)
+    assert response.status_code in (200, 302)
+    assert BillingEvent.objects.count() == 0
+    # control: with the same settings a normal API call is billed
+    api.get("/api/v1/cases/")
+    assert BillingEvent.objects.count() == 1
+
+
+def test_static_and_media_are_not_billed(api, settings):
+    settings.BILLABLE_ROUTES = ["/"]
+    api.get("/static/x.css")
+    api.get("/media/x.pdf")
+    assert BillingEvent.objects.count() == 0
+
+
+def test_non_billable_route_is_not_billed(api, settings):
+    settings.BILLABLE_ROUTES = ["/api/v2/"]
+    assert api.get("/api/v1/cases/").status_code == 200
+    assert BillingEvent.objects.count() == 0
+
+
+@pytest.mark.urls("billing.tests.urls_metering")
+@pytest.mark.parametrize("code", [401, 403, 429, 500, 502, 503])
+def test_unbilled_statuses(api, code):
+    assert api.get(f"/api/v1/test-status/{code}/").status_code == code
+    assert BillingEvent.objects.count() == 0
+
+
+@pytest.mark.urls("billing.tests.urls_metering")
+@pytest.mark.parametrize("code", [200, 204, 400, 404, 409, 422])
+def test_billed_statuses(api, code):
+    assert api.get(f"/api/v1/test-status/{code}/").status_code == code
+    event = BillingEvent.objects.get()
+    assert event.dimensions["status_code"] == code
+    assert event.dimensions["route"] == "/api/v1/test-status/{code}/"
+
+
+@pytest.mark.urls("billing.tests.urls_metering")
+def test_unbilled_statuses_are_configurable(api, settings):
+    settings.BILLING_UNBILLED_STATUSES = ["4xx"]
+    api.get("/api/v1/test-status/409/")
+    api.get("/api/v1/test-status/401/")
+    api.get("/api/v1/test-status/201/")
+    assert BillingEvent.objects.count() == 1
+    assert BillingEvent.objects.get().dimensions["status_code"] == 201
+
+
+@pytest.mark.urls("billing.tests.urls_metering")
+def test_view_with_savepoint_rollback_and_4xx_is_billed_once(api, org):
+    response = api.post("/api/v1/test-savepoint/", HTTP_X_REQUEST_ID="sp-1")
+    assert response.status_code == 409
+    assert BillingEvent.objects.filter(request_id="sp-1").count() == 1
+    assert list(Client.objects.values_list("name", flat=True)) == ["kept"]
+
+
+def test_nonexistent_object_404_is_billed(api):
+    assert api.get(f"/api/v1/cases/{uuid.uuid4()}/").status_code == 404
+    assert BillingEvent.objects.get().dimensions["route"] == "/api/v1/cases/{pk}/"
+
+
+def test_write_failure_keeps_response_and_data_logs_and_counts(api, org, settings, caplog):
+    # A price that overflows PostgreSQL's integer column: a real DataError on INSERT.
+    settings.BILLING_PRICE_BOOK = {"api.request": 3_000_000_000}
+    before = middleware.write_failures()
+    with caplog.at_level(logging.ERROR, logger="billing.metering"):
+        response = api.post("/api/v1/clients/", {"name": "Kept"}, HTTP_X_REQUEST_ID="fail-1")
+    assert response.status_code == 201
+    assert Client.objects.filter(organization=org, name="Kept").exists()
+    assert BillingEvent.objects.count() == 0
+    assert middleware.write_failures() == before + 1
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    assert "fail-1" in errors[0].getMessage()
+    assert errors[0].request_id == "fail-1"
+
+
+def test_disabled_metering_removes_the_middleware(owner, settings):
+    settings.BILLING_METERING_ENABLED = False
+    client = bearer_client(owner)  # a new client builds a new handler
+    assert client.get("/api/v1/cases/").status_code == 200
+    assert BillingEvent.objects.count() == 0
+
+
+def test_queries_per_metered_request(owner, settings):
+    """Metering adds exactly 3 queries: SAVEPOINT, INSERT ... ON CONFLICT DO NOTHING, RELEASE."""
+
+    def run(client) -> list[str]:
+        client.get("/api/v1/cases/")  # warm-up (handler, token)
+        with CaptureQueriesContext(connection) as ctx:
+            client.get("/api/v1/cases/")
+        # copy now: the next request's request_started signal resets the query log
+        return [q["sql"] for q in ctx.captured_queries]
+
+    settings.BILLING_METERING_ENABLED = False
+    off = run(bearer_client(owner))
+    settings.BILLING_METERING_ENABLED = True
+    on = run(bearer_client(owner))
+
+    def kinds(sqls):
+        return (
+            sum(sql.startswith("SAVEPOINT") for sql in sqls),
+            sum(sql.startswith("RELEASE SAVEPOINT") for sql in sqls),
+            [sql for sql in sqls if "billing_events" in sql],
+        )
+
+    off_sp, off_rel, off_billing = kinds(off)
+    on_sp, on_rel, on_billing = kinds(on)
+    assert len(on) - len(off) == 3
+    assert (on_sp - off_sp, on_rel - off_rel, off_billing) == (1, 1, [])
+    assert len(on_billing) == 1
+    assert on_billing[0].startswith('INSERT INTO "billing_events"')
+    assert on_billing[0].endswith("ON CONFLICT DO NOTHING")
+    print(f"queries per request: {len(off)} unmetered, {len(on)} metered")
+
+
+@pytest.mark.parametrize(
+    ("route", "expected"),
+    [
+        ("api/v1/^cases/$", "/api/v1/cases/"),
+        ("api/v1/^cases/(?P<pk>[^/.]+)/$", "/api/v1/cases/{pk}/"),
+        (
+            "api/v1/usage-summary/<uuid:organization_id>/",
+            "/api/v1/usage-summary/{organization_id}/",
+        ),
+        ("api/v1/x/(?P<a>(ab|cd)+)/<slug>/", "/api/v1/x/{a}/{slug}/"),
+        (None, None),
+    ],
+)
+def test_route_template(route, expected):
+    assert middleware.route_template(route) == expected
+
+
+def test_event_goes_to_the_organization_of_the_request(org, outsider_org):
+    """A member of two organizations acting for one (X-Organization-ID) bills that one."""
+    from tenancy.tests.factories import MembershipFactory, member_of
+
+    user = member_of(org, email="both@example.test")
+    MembershipFactory(organization=outsider_org, user=user)
+    client = bearer_client(user)
+    client.get("/api/v1/cases/", HTTP_X_ORGANIZATION_ID=str(outsider_org.pk))
+    client.get("/api/v1/cases/")
+    assert sorted(
+        BillingEvent.objects.values_list("organization_id", flat=True), key=str
+    ) == sorted([org.pk, outsider_org.pk], key=str)
+
+
+@pytest.fixture
+def tenant_guard_trigger(db):
+    """A test-only trigger (rolled back with the test transaction) that rejects a
+    billing_events row whose organization is not ``app.current_org``: what a
+    row-level-security policy would check."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            CREATE FUNCTION pg_temp.billing_guard() RETURNS trigger AS $$
+            BEGIN
+              IF NEW.organization_id::text IS DISTINCT FROM
+                 current_setting('app.current_org', true) THEN
+                RAISE EXCEPTION 'billing event outside its tenant context';
+              END IF;
+              RETURN NEW;
+            END $$ LANGUAGE plpgsql;
+            CREATE TRIGGER billing_guard BEFORE INSERT ON billing_events
+              FOR EACH ROW EXECUTE FUNCTION pg_temp.billing_guard();
+            """
+        )
+
+
+def test_event_is_written_inside_the_tenant_context(api, org, tenant_guard_trigger):
+    from billing.services import record_event
+    from tenancy.context import tenant_context
+
+    before = middleware.write_failures()
+    response = api.get("/api/v1/cases/")
+    assert response.status_code == 200
+    assert middleware.write_failures() == before
+    assert BillingEvent.objects.get().request_id == response["X-Request-ID"]
+    # control: the guard does reject a write made outside the tenant context (the
+    # test's own transaction still carries the request's setting: clear it first)
+    from django.db import DatabaseError, transaction
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('app.current_org', '', true)")
+
+    with pytest.raises(DatabaseError), transaction.atomic():
+        record_event(organization=org, event_name="api.request", request_id="no-context")
+    with tenant_context(org):
+        assert record_event(organization=org, event_name="api.request", request_id="ctx")

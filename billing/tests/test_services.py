@@ -1,0 +1,149 @@
+from decimal import Decimal
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from billing import pricing
+from billing.models import BillingEvent
+from billing.services import InvalidBillingEvent, record_event, record_events
+
+pytestmark = pytest.mark.django_db
+
+
+def test_record_event_creates_priced_row(org, owner, settings):
+    settings.USAGE_RATE_CENTS = 3
+    event = record_event(
+        organization=org,
+        event_name="api.request",
+        user=owner,
+        request_id="r-1",
+        dimensions={"endpoint": "/api/v1/cases/"},
+    )
+    assert event is not None
+    row = BillingEvent.objects.get()
+    assert row.id == event.id
+    assert row.organization_id == org.pk
+    assert row.user_id == owner.pk
+    assert row.event_type == "api"
+    assert row.unit == "call"
+    assert row.quantity == Decimal("1")
+    assert row.unit_cost_cents == 3
+    assert row.status == 0
+    assert row.dimensions == {"endpoint": "/api/v1/cases/"}
+
+
+def test_record_event_duplicate_is_none_and_no_row(org):
+    first = record_event(organization=org, event_name="api.request", request_id="dup")
+    second = record_event(organization=org, event_name="api.request", request_id="dup")
+    assert first is not None
+    assert second is None
+    assert BillingEvent.objects.count() == 1
+
+
+def test_same_request_id_other_org_or_other_name_is_not_a_duplicate(org, outsider_org):
+    assert record_event(organization=org, event_name="api.request", request_id="x")
+    assert record_event(organization=outsider_org, event_name="api.request", request_id="x")
+    assert record_event(organization=org, event_name="doc.upload", request_id="x", unit="document")
+    assert BillingEvent.objects.count() == 3
+
+
+def test_events_without_request_id_are_never_deduplicated(org):
+    record_event(organization=org, event_name="doc.processed", unit="page", quantity=2)
+    record_event(organization=org, event_name="doc.processed", unit="page", quantity=2)
+    assert BillingEvent.objects.count() == 2
+
+
+def test_duplicate_does_not_abort_the_transaction(org):
+    """After a duplicate inside the same transaction, later queries still work."""
+    record_event(organization=org, event_name="api.request", request_id="dup")
+    record_event(organization=org, event_name="api.request", request_id="dup")
+    assert record_event(organization=org, event_name="api.request", request_id="next")
+    assert BillingEvent.objects.count() == 2
+
+
+def test_price_book_wins_over_default_rate(org, settings):
+    settings.USAGE_RATE_CENTS = 1
+    settings.BILLING_PRICE_BOOK = {"doc.processed": 7}
+    processed = record_event(organization=org, event_name="doc.processed", unit="page", quantity=3)
+    call = record_event(organization=org, event_name="api.request")
+    explicit = record_event(organization=org, event_name="api.request", unit_cost_cents=0)
+    assert (processed.unit_cost_cents, call.unit_cost_cents, explicit.unit_cost_cents) == (7, 1, 0)
+
+
+def test_bad_price_book_is_a_configuration_error(settings):
+    settings.BILLING_PRICE_BOOK = {"api.request": "cheap"}
+    with pytest.raises(ImproperlyConfigured):
+        pricing.unit_cost_cents("api.request")
+
+
+@pytest.mark.parametrize(
+    ("exact", "cents"),
+    [
+        (Decimal("2.5"), 3),
+        (Decimal("2.4999"), 2),
+        (Decimal("3.5"), 4),
+        (Decimal("0.5"), 1),
+        (Decimal("0"), 0),
+        (None, 0),
+    ],
+)
+def test_line_cost_rounds_half_up_once(exact, cents):
+    assert pricing.line_cost_cents(exact) == cents
+
+
+def test_record_events_batch_of_thousand_in_two_queries(org, outsider_org):
+    events = [
+        {
+            "organization": org if i % 2 else outsider_org,
+            "event_name": "api.request",
+            "request_id": f"b-{i}",
+            "dimensions": {"i": i},
+        }
+        for i in range(1000)
+    ]
+    with CaptureQueriesContext(connection) as ctx:
+        created = record_events(events)
+    assert len(created) == 1000
+    assert len(ctx.captured_queries) == 2, [q["sql"][:80] for q in ctx.captured_queries]
+    assert BillingEvent.objects.filter(organization=org).count() == 500
+    assert BillingEvent.objects.filter(organization=outsider_org).count() == 500
+
+
+def test_record_events_returns_only_created_and_skips_in_batch_duplicates(org):
+    record_event(organization=org, event_name="api.request", request_id="old")
+    created = record_events(
+        [
+            {"organization": org, "event_name": "api.request", "request_id": "old"},
+            {"organization_id": org.pk, "event_name": "api.request", "request_id": "new"},
+            {"organization": org, "event_name": "api.request", "request_id": "new"},
+            {"organization": org, "event_name": "doc.upload", "unit": "document"},
+        ]
+    )
+    assert [(e.event_name, e.request_id) for e in created] == [
+        ("api.request", "new"),
+        ("doc.upload", None),
+    ]
+    assert BillingEvent.objects.count() == 3
+
+
+def test_record_events_bad_item_writes_nothing(org):
+    with pytest.raises(InvalidBillingEvent, match="event 1"):
+        record_events(
+            [
+                {"organization": org, "event_name": "api.request"},
+                {"organization": org, "event_name": "api.request", "quantity": "-1"},
+            ]
+        )
+    with pytest.raises(InvalidBillingEvent, match="unknown fields"):
+        record_events([{"organization": org, "event_name": "x", "colour": "red"}])
+    with pytest.raises(InvalidBillingEvent, match="organization"):
+        record_event(organization=None, event_name="api.request")
+    assert BillingEvent.objects.count() == 0
+
+
+def test_record_events_empty_batch_no_query():
+    with CaptureQueriesContext(connection) as ctx:
+        assert record_events([]) == []
+    assert ctx.captured_queries == []
