@@ -183,10 +183,10 @@ def print_table(sections: dict) -> None:
             lines.append(
                 (
                     name,
-                    r["figure"],
-                    _fmt(r["value"], r["unit"]),
+                    r.get("figure", "?"),
+                    _fmt(r.get("value"), r.get("unit", "")),
                     r.get("baseline", ""),
-                    _fmt(r.get("baseline_value"), r["unit"])
+                    _fmt(r.get("baseline_value"), r.get("unit", ""))
                     if r.get("baseline_value") is not None
                     else "-",
                     f"{r['ratio']:.2f}" if r.get("ratio") is not None else "-",
