@@ -17,6 +17,13 @@ rows written equal the requests the server answered (from its access log):
 billing_events rows == successful (2xx) billable requests for b, no
 billing_events for a and c, one drf-api-tracking row per request for c.
 
+The size of billing_events matters: each metered request inserts into it (six
+indexes, random UUID primary key), and on a table of millions of rows whose
+indexes exceed shared_buffers that insert costs far more than on an empty one.
+The row count at start is printed and stored (``billing_events_rows_at_start``);
+``make bench`` runs this script before bench/usage_summary.py, so the first run
+on a fresh database sees an empty table and later runs see the 10M events.
+
 Load generator: ``wrk`` (Debian package ``wrk``) when it is on PATH, else a
 built-in asyncio HTTP/1.1 client (stdlib only); ``--client`` chooses.
 Usage: ``python bench/request_overhead.py [--quick] [--client auto|wrk|python]``.
@@ -412,6 +419,14 @@ def main(argv=None) -> int:
         check=True,
     )
     fx = seed()
+    from django.db import connection
+
+    with connection.cursor() as cur:  # what each metered request inserts into (an estimate)
+        cur.execute(
+            "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE relname = %s",
+            ["billing_events"],
+        )
+        billing_rows = cur.fetchone()[0]
     section = Section(
         "request_overhead",
         params={
@@ -422,11 +437,13 @@ def main(argv=None) -> int:
             "gunicorn_workers": args.workers,
             "worker_class": "sync",
             "cases_seeded": CASES,
+            "billing_events_rows_at_start": billing_rows,
         },
     )
     print(
         f"request_overhead: {rounds} round(s) x 3 variants x GET/POST, {duration:.0f} s each, "
-        f"c={args.concurrency}, {args.workers} sync workers, load by {client}",
+        f"c={args.concurrency}, {args.workers} sync workers, load by {client}; "
+        f"billing_events holds ~{billing_rows:,} rows",
         file=sys.stderr,
     )
     per: dict = {v: {"GET": [], "POST": [], "rss": []} for v in VARIANTS}
