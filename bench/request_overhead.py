@@ -246,7 +246,10 @@ end
 
 
 def _wrk_ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if match is None:
+        return float("nan")
+    value, unit = match.groups()
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
@@ -275,14 +278,16 @@ def run_wrk(url: str, method: str, *, fx: dict, concurrency: int, duration: floa
         ).stdout
     finally:
         os.unlink(fh.name)
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    pct = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
     total = int(re.search(r"(\d+) requests in", out).group(1))
+    if not total or "50" not in pct or "99" not in pct:  # nothing completed: say so, keep going
+        print(f"  wrk: no latency figures in its report:\n{out}", file=sys.stderr)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)$", out, re.M)
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": _wrk_ms(pct["50"]),
-        "p99_ms": _wrk_ms(pct["99"]),
+        "p50_ms": _wrk_ms(pct["50"]) if "50" in pct else float("nan"),
+        "p99_ms": _wrk_ms(pct["99"]) if "99" in pct else float("nan"),
         "requests": total,
         "non_2xx": int(non2xx.group(1)) if non2xx else 0,
         "socket_errors": errors.group(1) if errors else "",
