@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test venv env setup lint format clean-data
+.PHONY: run test venv env setup lint format clean-data bench bench-quick
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,3 +42,12 @@ format: venv
 
 clean-data:
 	rm -rf .data
+
+# Benchmarks (bench/): every bench/*.py in a fixed order, a table of figures beside their
+# baselines, and bench/results/latest.json. Uses wrk when it is on PATH (apt-get install wrk),
+# else a built-in asyncio load generator. bench-quick: small sizes, under 5 minutes.
+bench: venv
+	$(PY) bench/run.py
+
+bench-quick: venv
+	$(PY) bench/run.py --quick

@@ -1,0 +1,295 @@
+"""How fast events go in: ``record_events`` in batches of 1,000 beside PostgreSQL's COPY.
+
+1,000,000 ``api.request`` events over 1,000 organizations, each with its own
+request id (idempotency on):
+
+1. baselines: ``COPY`` of the same rows (same columns and values, built by the
+   same Python generator, outside the clock) (a) into ``bench_ingest_copy``, a
+   fresh table made with ``CREATE TABLE ... (LIKE billing_events INCLUDING ALL)``
+   (same columns, defaults, primary key, partial unique index and indexes, but
+   empty), and (b) into billing_events itself, with request ids of its own: the
+   same indexes *and* the same existing rows as ``record_events`` faces. The
+   ratio target is taken against (b): with millions of rows already there
+   (e.g. the 10M of bench/usage_summary.py), index maintenance dominates, and an
+   empty table would flatter COPY;
+2. ``billing.services.record_events`` in batches of 1,000 into billing_events;
+3. the same events again through ``record_events`` (every one a conflict), to
+   show what deduplication costs.
+
+Prints events/s for each and the ratios; checks that pass 2 created every event
+and pass 3 none. The number of rows billing_events already held is printed.
+
+Cleans up after itself (drops the COPY table, deletes its events).
+``--quick``: 100,000 events over 100 organizations.
+Usage: ``python bench/ingest.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import Progress, Section, setup_django  # noqa: E402
+
+SIZES = {
+    "full": {"events": 1_000_000, "orgs": 1_000},
+    "quick": {"events": 100_000, "orgs": 100},
+}
+PREFIX = "bench-ing-"
+BATCH = 1_000
+COPY_TABLE = "bench_ingest_copy"
+COLUMNS = (
+    "id",
+    "organization_id",
+    "user_id",
+    "event_type",
+    "event_name",
+    "resource_id",
+    "request_id",
+    "quantity",
+    "unit",
+    "unit_cost_cents",
+    "dimensions",
+    "status",
+    "created_at",
+)
+T0 = datetime(2026, 10, 1, tzinfo=UTC)
+
+
+def organizations(n: int) -> list:
+    """The ingest organizations (idempotent on slug), in slug order."""
+    from tenancy.models import Organization
+
+    existing = set(
+        Organization.objects.filter(slug__startswith=PREFIX).values_list("slug", flat=True)
+    )
+    Organization.objects.bulk_create(
+        Organization(name=f"Ingest bench {i}", slug=f"{PREFIX}{i:04d}", plan_tier="pro")
+        for i in range(n)
+        if f"{PREFIX}{i:04d}" not in existing
+    )
+    return list(Organization.objects.filter(slug__startswith=PREFIX).order_by("slug")[:n])
+
+
+def event_fields(i: int, orgs: list) -> dict:
+    """Event ``i``: organization ``i % len(orgs)``, a unique request id, 1 call at 1 cent."""
+    return {
+        "organization": orgs[i % len(orgs)],
+        "event_type": "api",
+        "event_name": "api.request",
+        "request_id": f"ing-{i:08d}",
+        "quantity": Decimal("1"),
+        "unit": "call",
+        "unit_cost_cents": 1,
+        "dimensions": {
+            "endpoint": "/api/v1/cases/",
+            "route": "/api/v1/cases/",
+            "method": "GET",
+            "status_code": 200,
+            "duration_ms": 12.5,
+            "request_id": f"ing-{i:08d}",
+        },
+        "created_at": T0 + timedelta(milliseconds=i),
+    }
+
+
+def copy_rows(total: int, orgs: list, request_prefix: str):
+    """The rows COPY writes: the same values ``record_events`` is given, plus what the
+    ORM fills in (a UUID, ``status`` 0, no user, no resource). ``request_prefix``
+    replaces ``ing-`` in the request ids (so COPY rows never collide with the others)."""
+    for i in range(total):
+        f = event_fields(i, orgs)
+        f["request_id"] = f["request_id"].replace("ing-", request_prefix, 1)
+        yield (
+            uuid.uuid4(),
+            f["organization"].pk,
+            None,
+            f["event_type"],
+            f["event_name"],
+            None,
+            f["request_id"],
+            f["quantity"],
+            f["unit"],
+            f["unit_cost_cents"],
+            json.dumps(f["dimensions"]),
+            0,
+            f["created_at"],
+        )
+
+
+def run_copy(total: int, orgs: list, *, table: str) -> float:
+    """COPY ``total`` rows into ``table`` in one COPY statement and one transaction.
+
+    ``table`` is ``COPY_TABLE`` (created fresh: ``LIKE billing_events INCLUDING ALL``)
+    or ``billing_events`` itself (same indexes and same existing rows as what
+    ``record_events`` writes into; request ids ``copy-...``, deleted by ``cleanup``).
+    Returns the seconds spent writing and committing: the rows are built in chunks
+    of ``BATCH`` outside the clock, as for ``record_events``."""
+    from django.db import connection
+
+    if table == COPY_TABLE:
+        with connection.cursor() as cur:
+            cur.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
+            cur.execute(f"CREATE TABLE {COPY_TABLE} (LIKE billing_events INCLUDING ALL)")
+    connection.ensure_connection()
+    raw = connection.connection
+    progress = Progress(f"COPY into {table}", total)
+    rows = copy_rows(total, orgs, "copy-" if table == "billing_events" else "ing-")
+    elapsed = 0.0
+    with raw.cursor() as cur:
+        t0 = time.perf_counter()
+        with raw.transaction():
+            with cur.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                elapsed += time.perf_counter() - t0
+                for lo in range(0, total, BATCH):
+                    chunk = [next(rows) for _ in range(min(BATCH, total - lo))]
+                    t0 = time.perf_counter()
+                    for row in chunk:
+                        copy.write_row(row)
+                    elapsed += time.perf_counter() - t0
+                    progress.update(lo + len(chunk))
+                t0 = time.perf_counter()
+        elapsed += time.perf_counter() - t0  # end of COPY and COMMIT
+    return elapsed
+
+
+def run_record_events(total: int, orgs: list, label: str) -> tuple[float, int]:
+    """``record_events`` in batches of ``BATCH``; returns (seconds inside ``record_events``,
+    events created). Building each batch's input is outside the clock."""
+    from billing.services import record_events
+
+    progress = Progress(label, total)
+    created, elapsed = 0, 0.0
+    for lo in range(0, total, BATCH):
+        batch = [event_fields(i, orgs) for i in range(lo, min(lo + BATCH, total))]
+        t0 = time.perf_counter()
+        created += len(record_events(batch))
+        elapsed += time.perf_counter() - t0
+        progress.update(lo + len(batch))
+    return elapsed, created
+
+
+def count_events(orgs: list) -> int:
+    """Events of ``orgs`` written by ``record_events`` (request ids ``ing-...``)."""
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM billing_events WHERE organization_id = ANY(%s)"
+            " AND request_id LIKE 'ing-%%'",
+            [[o.pk for o in orgs]],
+        )
+        return cur.fetchone()[0]
+
+
+def cleanup(orgs: list) -> None:
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
+        cur.execute(
+            "DELETE FROM billing_events WHERE organization_id = ANY(%s)", [[o.pk for o in orgs]]
+        )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 events, 100 organizations")
+    args = parser.parse_args(argv)
+    size = SIZES["quick" if args.quick else "full"]
+    total = size["events"]
+
+    setup_django()
+    from django.core.management import call_command
+    from django.db import connection
+
+    call_command("migrate", verbosity=0, interactive=False)
+    orgs = organizations(size["orgs"])
+    cleanup(orgs)
+    with connection.cursor() as cur:
+        cur.execute("SELECT reltuples::bigint FROM pg_class WHERE relname = 'billing_events'")
+        existing = max(cur.fetchone()[0], 0)
+    print(
+        f"ingest: {total:,} events over {len(orgs):,} organizations, batches of {BATCH:,}; "
+        f"billing_events already holds ~{existing:,} rows",
+        file=sys.stderr,
+    )
+    section = Section(
+        "ingest",
+        params={
+            "events": total,
+            "organizations": len(orgs),
+            "batch": BATCH,
+            "billing_events_rows_before": existing,
+        },
+    )
+    try:
+        copy_fresh_s = run_copy(total, orgs, table=COPY_TABLE)
+        copy_s = run_copy(total, orgs, table="billing_events")
+        rec_s, created = run_record_events(total, orgs, "record_events")
+        rows_after_first = count_events(orgs)
+        dup_s, created_again = run_record_events(total, orgs, "record_events, all duplicates")
+        rows_after_second = count_events(orgs)
+    finally:
+        cleanup(orgs)
+
+    copy_rate, rec_rate, dup_rate = total / copy_s, total / rec_s, total / dup_s
+    section.add(
+        "COPY into a fresh identical table (LIKE billing_events INCLUDING ALL)",
+        total / copy_fresh_s,
+        "events/s",
+    )
+    section.add(
+        "COPY into billing_events (same indexes, same existing rows): baseline",
+        copy_rate,
+        "events/s",
+    )
+    section.add(
+        "record_events, batches of 1,000, idempotent",
+        rec_rate,
+        "events/s",
+        "COPY into billing_events",
+        copy_rate,
+        target=">= 0.4 of COPY",
+        met=rec_rate / copy_rate >= 0.4,
+    )
+    section.add(
+        "record_events throughput",
+        rec_rate,
+        "events/s",
+        "Lago PostgreSQL-only (documented)",
+        10_000,
+        target=">= 30,000 events/s",
+        met=rec_rate >= 30_000,
+    )
+    section.add(
+        "record_events, every event a duplicate (dedup pass)",
+        dup_rate,
+        "events/s",
+        "record_events, first pass",
+        rec_rate,
+    )
+    section.check(
+        "first pass created every event",
+        created == total and rows_after_first == total,
+        f"returned {created:,} created, {rows_after_first:,} rows, {total:,} sent",
+    )
+    section.check(
+        "dedup pass created nothing",
+        created_again == 0 and rows_after_second == total,
+        f"returned {created_again:,} created, {rows_after_second:,} rows",
+    )
+    section.save()
+    return 1 if section.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
