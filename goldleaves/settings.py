@@ -162,7 +162,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "goldleaves.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_CLASSES": [],
+    "DEFAULT_THROTTLE_CLASSES": ["billing.ratelimit.PlanRateThrottle"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
@@ -196,6 +196,10 @@ REDIS_URL = env.str("REDIS_URL", default="")
 TIER_RATE_LIMITS = env.json(
     "TIER_RATE_LIMITS", default={"starter": {"api": 60}, "pro": {"api": 300}}
 )
+# Seconds: Redis timeout for a rate-limit check, and the minimum gap between
+# "Redis unavailable, failing open" warnings.
+RATE_LIMIT_REDIS_TIMEOUT = env.float("RATE_LIMIT_REDIS_TIMEOUT", default=0.25)
+RATE_LIMIT_WARNING_INTERVAL = env.int("RATE_LIMIT_WARNING_INTERVAL", default=60)
 BILLABLE_ROUTES = env.list("BILLABLE_ROUTES", default=["/api/v1/"])
 USAGE_RATE_CENTS = env.int("USAGE_RATE_CENTS", default=1)
 # Metering (billing.middleware.UsageMiddleware, billing.pricing): see .env.example.

@@ -26,6 +26,15 @@ class TenantAPIMixin:
     def organization(self):
         return self.request._request.organization
 
+    def finalize_response(self, request, response, *args, **kwargs):
+        """Add the plan-tier RateLimit headers (``billing.ratelimit``) to every response."""
+        response = super().finalize_response(request, response, *args, **kwargs)
+        rate_limit = getattr(request._request, "rate_limit", None)
+        if rate_limit is not None:
+            for name, value in rate_limit.headers().items():
+                response[name] = value
+        return response
+
 
 class TenantModelViewSet(TenantAPIMixin, viewsets.ModelViewSet):
     """A ``ModelViewSet`` over ``tenant_queryset()``, always scoped to the organization.

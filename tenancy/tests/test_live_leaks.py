@@ -128,7 +128,10 @@ def tenants(django_db_setup, django_db_blocker):
     with django_db_blocker.unblock():
         result = {}
         for key in ("a", "b"):
-            org = OrganizationFactory(slug=f"leak-{key}-{uuid.uuid4().hex[:6]}")
+            # enterprise: unlimited rate, so 600 requests per organization are all served
+            org = OrganizationFactory(
+                slug=f"leak-{key}-{uuid.uuid4().hex[:6]}", plan_tier="enterprise"
+            )
             user = member_of(org, email=f"leak-{key}-{uuid.uuid4().hex[:6]}@leak.test")
             CaseFactory(organization=org)
             token = OrganizationTokenObtainPairSerializer.get_token(user).access_token

@@ -1,0 +1,233 @@
+"""Plan-tier rate limits: requests per minute per organization and scope.
+
+The limit comes from ``settings.TIER_RATE_LIMITS`` (``{"starter": {"api": 60}, ...}``)
+and the organization's *current* ``plan_tier`` (read with the membership on every
+request, so a plan change takes effect without a restart); a tier or scope that is
+not listed is unlimited.
+
+Algorithm: GCRA (generic cell rate algorithm, the "virtual scheduling" form of the
+leaky bucket, as in ITU-T I.371): each organization has a theoretical arrival time
+(TAT); a request is admitted if ``TAT - period <= now``, which allows a burst of
+``limit`` requests and then one every ``period / limit`` seconds. It needs one value
+per key and no clean-up.
+
+Backends:
+
+* ``RedisLimiter`` (``REDIS_URL`` set): one atomic Lua script per request (one round
+  trip; Redis runs a script atomically, and it reads the clock with ``TIME`` so every
+  process and host shares one clock). Exact across any number of processes.
+* ``LocalLimiter`` (no ``REDIS_URL``): the same algorithm in this process's memory,
+  behind a lock. **Development only**: each process counts on its own.
+
+If Redis does not answer, requests are admitted (fail open): a rate limit is worth
+less than the API being up. A warning is logged at most once per
+``RATE_LIMIT_WARNING_INTERVAL`` seconds and ``/health/`` shows ``"redis": "unavailable"``.
+
+Headers follow the IETF draft "RateLimit header fields for HTTP"
+(draft-ietf-httpapi-ratelimit-headers): ``RateLimit-Limit`` (requests per window),
+``RateLimit-Remaining`` (requests left now), ``RateLimit-Reset`` (seconds until the
+quota is whole again); a 429 also carries ``Retry-After`` (RFC 9110, 10.2.3), seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+from rest_framework.throttling import BaseThrottle
+
+logger = logging.getLogger("billing.ratelimit")
+
+PERIOD_SECONDS = 60
+SCOPE = "api"
+RATE_LIMIT_ATTR = "rate_limit"
+
+
+@dataclass(frozen=True)
+class RateLimitResult:
+    """The outcome of one request against a limit.
+
+    ``limit``: requests per ``PERIOD_SECONDS``; ``remaining``: requests still admitted
+    now; ``reset_seconds``: until the quota is whole again; ``retry_after_seconds``:
+    until the next request is admitted (0 when this one was).
+    """
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_seconds: float
+    retry_after_seconds: float
+
+    def headers(self) -> dict[str, str]:
+        """The draft-ietf-httpapi-ratelimit-headers fields (whole seconds, rounded up)."""
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(max(self.remaining, 0)),
+            "RateLimit-Reset": str(math.ceil(self.reset_seconds)),
+        }
+
+
+def _result(allowed: bool, limit: int, tat_minus_now: float, retry: float) -> RateLimitResult:
+    interval = PERIOD_SECONDS / limit
+    remaining = int((PERIOD_SECONDS - tat_minus_now) // interval) if allowed else 0
+    return RateLimitResult(
+        allowed=allowed,
+        limit=limit,
+        remaining=max(min(remaining, limit), 0),
+        reset_seconds=max(tat_minus_now, 0.0),
+        retry_after_seconds=max(retry, 0.0),
+    )
+
+
+# KEYS[1]: the counter key. ARGV[1]: limit (requests), ARGV[2]: period (seconds).
+# Returns {allowed (0/1), tat - now (s, string), retry after (s, string)}.
+GCRA_LUA = """
+local limit = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local interval = period / limit
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - period
+if allow_at > now then
+  return {0, tostring(tat - now), tostring(allow_at - now)}
+end
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+return {1, tostring(new_tat - now), '0'}
+"""
+
+
+class LocalLimiter:
+    """GCRA in this process's memory. Development only: not shared between processes."""
+
+    backend = "local"
+
+    def __init__(self):
+        self._tat: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def hit(self, key: str, limit: int) -> RateLimitResult:
+        """Count one request on ``key`` against ``limit`` per minute."""
+        now = time.monotonic()
+        interval = PERIOD_SECONDS / limit
+        with self._lock:
+            tat = max(self._tat.get(key, now), now)
+            new_tat = tat + interval
+            allow_at = new_tat - PERIOD_SECONDS
+            if allow_at > now:
+                return _result(False, limit, tat - now, allow_at - now)
+            self._tat[key] = new_tat
+        return _result(True, limit, new_tat - now, 0.0)
+
+
+class RedisLimiter:
+    """GCRA in Redis: one ``EVALSHA`` of ``GCRA_LUA`` per request, atomic across processes.
+
+    Raises:
+        redis.exceptions.RedisError: Redis did not answer (the throttle fails open).
+    """
+
+    backend = "redis"
+
+    def __init__(self, url: str):
+        import redis
+
+        timeout = getattr(settings, "RATE_LIMIT_REDIS_TIMEOUT", 0.25)
+        self.client = redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self.script = self.client.register_script(GCRA_LUA)
+
+    def hit(self, key: str, limit: int) -> RateLimitResult:
+        allowed, tat_minus_now, retry = self.script(keys=[key], args=[limit, PERIOD_SECONDS])
+        return _result(bool(allowed), limit, float(tat_minus_now), float(retry))
+
+
+_limiter: LocalLimiter | RedisLimiter | None = None
+_limiter_lock = threading.Lock()
+_last_warning = {"at": float("-inf")}
+
+
+def get_limiter() -> LocalLimiter | RedisLimiter:
+    """The process's limiter for ``settings.REDIS_URL`` (created once, lazily)."""
+    global _limiter
+    if _limiter is None:
+        with _limiter_lock:
+            if _limiter is None:
+                url = settings.REDIS_URL
+                _limiter = RedisLimiter(url) if url else LocalLimiter()
+    return _limiter
+
+
+def reset_limiter() -> None:
+    """Forget the limiter (after ``REDIS_URL`` changed: tests, reconfiguration)."""
+    global _limiter
+    with _limiter_lock:
+        _limiter = None
+
+
+def redis_state() -> str:
+    """``"ok"``, ``"unavailable"`` or ``"not configured"``, checked now with a PING.
+
+    For ``/health/``; never raises.
+    """
+    if not settings.REDIS_URL:
+        return "not configured"
+    limiter = get_limiter()
+    try:
+        limiter.client.ping()
+    except Exception:  # noqa: BLE001 - any failure means unavailable
+        return "unavailable"
+    return "ok"
+
+
+def tier_limit(organization, scope: str = SCOPE) -> int | None:
+    """Requests per minute for ``organization``'s plan tier and ``scope``; ``None`` = unlimited."""
+    limit = settings.TIER_RATE_LIMITS.get(organization.plan_tier, {}).get(scope)
+    return int(limit) if limit else None
+
+
+def _warn_unavailable(exc: Exception) -> None:
+    interval = getattr(settings, "RATE_LIMIT_WARNING_INTERVAL", 60)
+    now = time.monotonic()
+    if now - _last_warning["at"] >= interval:
+        _last_warning["at"] = now
+        logger.warning("rate limits not enforced: Redis unavailable (%s); failing open", exc)
+
+
+class PlanRateThrottle(BaseThrottle):
+    """DRF throttle: the organization's plan-tier limit for scope ``api``.
+
+    Requests without an organization (anonymous, token endpoint) are not limited
+    here. Stores the ``RateLimitResult`` on the Django request as ``rate_limit`` so
+    that ``TenantAPIMixin.finalize_response`` can add the RateLimit headers.
+    """
+
+    def allow_request(self, request, view) -> bool:
+        django_request = getattr(request, "_request", request)
+        organization = getattr(django_request, "organization", None)
+        if organization is None:
+            return True
+        limit = tier_limit(organization)
+        if limit is None:
+            return True
+        try:
+            # The limit is part of the key: after a plan change the organization
+            # starts a fresh bucket at its new rate instead of inheriting the old
+            # rate's schedule.
+            result = get_limiter().hit(f"ratelimit:{SCOPE}:{organization.pk}:{limit}", limit)
+        except Exception as exc:  # noqa: BLE001 - fail open on any Redis failure
+            _warn_unavailable(exc)
+            return True
+        setattr(django_request, RATE_LIMIT_ATTR, result)
+        self._wait = result.retry_after_seconds
+        return result.allowed
+
+    def wait(self) -> float | None:
+        return math.ceil(getattr(self, "_wait", 0)) or None
