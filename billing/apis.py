@@ -12,13 +12,15 @@ from rest_framework import exceptions, generics
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import selectors
+from billing import reporting, selectors
 from billing.filters import BillingEventFilter
 from billing.middleware import write_failures
+from billing.models import MeterReport
 from billing.serializers import (
     REPORT_ROW_SERIALIZERS,
     BillingEventSerializer,
     BillingHealthSerializer,
+    MeterReportSerializer,
     PeriodQuerySerializer,
     ReportQuerySerializer,
     UsageReportSerializer,
@@ -148,3 +150,33 @@ class BillingHealthApi(TenantAPIMixin, APIView):
         health["scope"] = "all" if staff else "organization"
         health["metering_write_failures"] = write_failures()
         return Response(BillingHealthSerializer(health).data)
+
+
+class ReportUsageApi(TenantAPIMixin, APIView):
+    """``POST report-usage/``: report the active organization's pending usage to Stripe.
+
+    Staff or the organization's owner only (403 otherwise). Returns 202 with the report
+    id; the work runs after the request's transaction commits
+    (``transaction.on_commit``), in-process until a worker queue exists. ``GET
+    report-usage/<id>/`` shows its status.
+    """
+
+    @extend_schema(request=None, responses={202: MeterReportSerializer})
+    def post(self, request):
+        if not (request.user.is_staff or request.membership.role == "owner"):
+            raise exceptions.PermissionDenied(
+                "Only the organization's owner or staff may report usage.", code="not_owner"
+            )
+        report = reporting.queue_report(organization=self.organization, requested_by=request.user)
+        return Response(MeterReportSerializer(report).data, status=202)
+
+
+class ReportUsageDetailApi(TenantAPIMixin, generics.RetrieveAPIView):
+    """``GET report-usage/<id>/``: a usage-reporting run of the active organization."""
+
+    serializer_class = MeterReportSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return MeterReport.objects.none()
+        return MeterReport.objects.for_organization(self.organization)

@@ -48,6 +48,14 @@ class BillingEvent(TenantModel):
         choices=BillingEventStatus.choices, default=BillingEventStatus.PENDING
     )
     created_at = models.DateTimeField(default=timezone.now)
+    usage_aggregate = models.ForeignKey(
+        "billing.UsageAggregate",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="events",
+        help_text="The Stripe outbox aggregate this event was reported in.",
+    )
 
     class Meta:
         db_table = "billing_events"
@@ -69,3 +77,104 @@ class BillingEvent(TenantModel):
 
     def __str__(self) -> str:
         return f"{self.event_name} x{self.quantity} ({self.organization_id})"
+
+
+class MeterReportStatus(models.TextChoices):
+    QUEUED = "queued", "queued"
+    RUNNING = "running", "running"
+    SUCCEEDED = "succeeded", "succeeded"
+    PARTIAL = "partial", "partial (some aggregates failed)"
+    FAILED = "failed", "failed"
+    DRY_RUN = "dry_run", "dry run (nothing sent)"
+    SKIPPED = "skipped", "skipped (no Stripe customer)"
+
+
+class MeterReport(TenantModel):
+    """One run of usage reporting to Stripe meters for one organization (command or API).
+
+    ``until`` is the exclusive end (UTC) of the events it covers; counts say what it
+    did. The outbox rows it created or sent are ``UsageAggregate``s.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="meter_reports"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    status = models.CharField(
+        max_length=16, choices=MeterReportStatus.choices, default=MeterReportStatus.QUEUED
+    )
+    dry_run = models.BooleanField(default=False)
+    until = models.DateTimeField(help_text="Exclusive end (UTC) of the events covered.")
+    aggregates_created = models.IntegerField(default=0)
+    aggregates_sent = models.IntegerField(default=0)
+    aggregates_failed = models.IntegerField(default=0)
+    events_posted = models.IntegerField(default=0)
+    detail = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["organization", "created_at"], name="meter_report_org_idx")]
+
+    def __str__(self) -> str:
+        return f"usage report {self.id} ({self.status})"
+
+
+class UsageAggregateStatus(models.TextChoices):
+    PENDING = "pending", "pending"
+    SENT = "sent", "sent (acknowledged by Stripe)"
+    FAILED = "failed", "failed (retries exhausted)"
+
+
+class UsageAggregate(TenantModel):
+    """The outbox: one Stripe meter event to send, for (organization, meter, UTC hour, sequence).
+
+    ``identifier`` (also the ``Idempotency-Key``) is derived from those four, so a
+    resend of the same aggregate can never count twice at Stripe, while events that
+    arrive late for an hour already reported go into the next ``sequence``. ``value``
+    is the summed quantity (decimal). Events point at their aggregate
+    (``BillingEvent.usage_aggregate``) and become posted only when it is ``sent``.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="usage_aggregates"
+    )
+    report = models.ForeignKey(
+        MeterReport, null=True, blank=True, on_delete=models.SET_NULL, related_name="aggregates"
+    )
+    event_name = models.CharField(max_length=64)
+    meter_event_name = models.CharField(max_length=100)
+    period_start = models.DateTimeField(help_text="Start of the UTC hour aggregated.")
+    sequence = models.PositiveSmallIntegerField(default=1)
+    value = models.DecimalField(max_digits=28, decimal_places=4)
+    event_count = models.IntegerField(default=0)
+    identifier = models.CharField(max_length=100)
+    status = models.CharField(
+        max_length=16, choices=UsageAggregateStatus.choices, default=UsageAggregateStatus.PENDING
+    )
+    attempts = models.PositiveSmallIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["period_start", "meter_event_name", "sequence"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "meter_event_name", "period_start", "sequence"],
+                name="usage_aggregate_org_meter_hour_seq_unique",
+            ),
+            models.UniqueConstraint(
+                fields=["organization", "identifier"], name="usage_aggregate_org_identifier_unique"
+            ),
+        ]
+        indexes = [models.Index(fields=["organization", "status"], name="usage_agg_org_status_idx")]
+
+    def __str__(self) -> str:
+        return self.identifier

@@ -19,7 +19,13 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from billing.models import BillingEvent, BillingEventStatus
+from billing.models import (
+    BillingEvent,
+    BillingEventStatus,
+    MeterReport,
+    UsageAggregate,
+    UsageAggregateStatus,
+)
 from billing.pricing import line_cost_cents
 
 GROUP_BY_CHOICES = ("day", "route", "user")
@@ -154,7 +160,10 @@ def pipeline_health(*, organization=None, now: datetime | None = None) -> dict:
         ``{"pending_count": int, "oldest_pending_at": datetime | None,
         "oldest_pending_age_seconds": float | None, "last_posted_event_at": datetime | None}``.
         ``last_posted_event_at`` is the creation time of the newest event already
-        posted to the payment provider (the last report covered events up to it).
+        posted to the payment provider (the last report covered events up to it);
+        also ``last_report_at`` (the newest finished Stripe report run),
+        ``failed_aggregates`` (outbox rows whose retries are exhausted) and
+        ``unsent_aggregates`` (outbox rows still to send).
     """
     now = now or timezone.now()
     events = BillingEvent.objects.all()
@@ -170,9 +179,20 @@ def pipeline_health(*, organization=None, now: datetime | None = None) -> dict:
         .first()
     )
     oldest = pending["oldest_pending_at"]
+    reports = MeterReport.objects.all()
+    aggregates = UsageAggregate.objects.all()
+    if organization is not None:
+        reports = reports.for_organization(organization)
+        aggregates = aggregates.for_organization(organization)
+    last_report = (
+        reports.exclude(finished_at=None).order_by("-finished_at").values("finished_at").first()
+    )
     return {
         "pending_count": pending["pending_count"],
         "oldest_pending_at": oldest,
         "oldest_pending_age_seconds": (now - oldest).total_seconds() if oldest else None,
         "last_posted_event_at": last_posted,
+        "last_report_at": last_report["finished_at"] if last_report else None,
+        "failed_aggregates": aggregates.filter(status=UsageAggregateStatus.FAILED).count(),
+        "unsent_aggregates": aggregates.filter(status=UsageAggregateStatus.PENDING).count(),
     }

@@ -2,7 +2,7 @@
 
 from rest_framework import serializers
 
-from billing.models import BillingEvent
+from billing.models import BillingEvent, MeterReport
 from billing.selectors import GROUP_BY_CHOICES, parse_period_bound
 
 
@@ -134,4 +134,28 @@ class BillingHealthSerializer(serializers.Serializer):
     oldest_pending_at = serializers.DateTimeField(allow_null=True)
     oldest_pending_age_seconds = serializers.FloatField(allow_null=True)
     last_posted_event_at = serializers.DateTimeField(allow_null=True)
+    last_report_at = serializers.DateTimeField(allow_null=True)
+    failed_aggregates = serializers.IntegerField()
+    unsent_aggregates = serializers.IntegerField()
     metering_write_failures = serializers.IntegerField()
+
+
+class MeterReportSerializer(serializers.ModelSerializer):
+    """A usage-reporting run to Stripe (``report-usage/``)."""
+
+    class Meta:
+        model = MeterReport
+        fields = [
+            "id",
+            "status",
+            "dry_run",
+            "until",
+            "aggregates_created",
+            "aggregates_sent",
+            "aggregates_failed",
+            "events_posted",
+            "detail",
+            "created_at",
+            "finished_at",
+        ]
+        read_only_fields = fields

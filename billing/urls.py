@@ -15,4 +15,10 @@ urlpatterns = [
         name="billing-usage-report",
     ),
     path("health/", apis.BillingHealthApi.as_view(), name="billing-health"),
+    path("report-usage/", apis.ReportUsageApi.as_view(), name="billing-report-usage"),
+    path(
+        "report-usage/<uuid:pk>/",
+        apis.ReportUsageDetailApi.as_view(),
+        name="billing-report-usage-detail",
+    ),
 ]

@@ -214,6 +214,14 @@ BILLING_EXCLUDED_PATHS = env.list(
 )
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
+# Billing event name -> Stripe billing meter event name (JSON).
+STRIPE_METERS = env.json(
+    "STRIPE_METERS",
+    default={"api.request": "api_requests", "doc.upload": "documents", "doc.processed": "pages"},
+)
+STRIPE_MAX_ATTEMPTS = env.int("STRIPE_MAX_ATTEMPTS", default=5)
+STRIPE_RETRY_BACKOFF_SECONDS = env.float("STRIPE_RETRY_BACKOFF_SECONDS", default=1.0)
+STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30.0)
 
 # --- Logging: every line carries the request id -------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")

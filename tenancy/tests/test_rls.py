@@ -10,8 +10,9 @@ import pytest
 from django.apps import apps
 from django.core.management import CommandError, call_command
 from django.db import DataError, IntegrityError, ProgrammingError, connection, transaction
+from django.utils import timezone
 
-from billing.models import BillingEvent
+from billing.models import BillingEvent, MeterReport, UsageAggregate
 from cases.models import Case, Client, Document
 from cases.tests.factories import CaseFactory, ClientFactory
 from conftest import bearer_client
@@ -50,8 +51,22 @@ def _populate(organization, user):
         Document.objects.create(
             organization=organization, case=case, file="documents/t.pdf", original_filename="t.pdf"
         )
+        report = MeterReport.objects.create(organization=organization, until=timezone.now())
+        aggregate = UsageAggregate.objects.create(
+            organization=organization,
+            report=report,
+            event_name="api.request",
+            meter_event_name="api_requests",
+            period_start=timezone.now().replace(minute=0, second=0, microsecond=0),
+            value=1,
+            identifier=f"gl-test-{organization.pk}",
+        )
         BillingEvent.objects.create(
-            organization=organization, user=user, event_type="api", event_name="api.request"
+            organization=organization,
+            user=user,
+            event_type="api",
+            event_name="api.request",
+            usage_aggregate=aggregate,
         )
     return case
 

@@ -1,0 +1,93 @@
+"""``manage.py report_usage``: send pending metered usage to Stripe (see billing/reporting.py)."""
+
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from billing.models import MeterReportStatus
+from billing.reporting import ReportingError, current_hour, report_usage
+from tenancy.models import Organization
+
+FAILED = {MeterReportStatus.FAILED, MeterReportStatus.PARTIAL}
+
+
+class Command(BaseCommand):
+    help = (
+        "Aggregate pending billing events per organization, Stripe meter and UTC hour, and send "
+        "each aggregate as a Stripe meter event (identifier and Idempotency-Key derived from the "
+        "aggregate, so nothing counts twice). Events become 'posted' only once Stripe "
+        "acknowledged their aggregate. Without STRIPE_API_KEY this is a dry run. Exits 1 if any "
+        "aggregate failed."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--organization", metavar="SLUG", help="Only this organization.")
+        parser.add_argument(
+            "--until",
+            metavar="ISO",
+            help="Exclusive end of the events to report (ISO 8601; naive = UTC). "
+            "Default: the start of the current UTC hour (complete hours only).",
+        )
+        parser.add_argument(
+            "--dry-run", action="store_true", help="Show what would be sent; change nothing."
+        )
+
+    def handle(self, *args, **opts):
+        until = self._until(opts["until"])
+        organizations = Organization.objects.order_by("slug")
+        if opts["organization"]:
+            organizations = organizations.filter(slug=opts["organization"])
+            if not organizations.exists():
+                raise CommandError(f"No organization with slug {opts['organization']!r}.")
+        dry_run = opts["dry_run"] or not settings.STRIPE_API_KEY
+        if not settings.STRIPE_API_KEY:
+            self.stdout.write("STRIPE_API_KEY is not set: dry run, nothing is sent or posted.")
+        self.stdout.write(
+            f"Reporting usage before {until.isoformat()} for "
+            f"{organizations.count()} organization(s)."
+        )
+        failures = 0
+        totals = {"sent": 0, "failed": 0, "posted": 0, "skipped": 0}
+        for index, organization in enumerate(organizations, start=1):
+            prefix = f"[{index}] {organization.slug}:"
+            try:
+                result = report_usage(organization=organization, until=until, dry_run=dry_run)
+            except ReportingError as exc:
+                failures += 1
+                self.stderr.write(f"{prefix} {exc}")
+                continue
+            report = result.report
+            if report.status == MeterReportStatus.SKIPPED:
+                totals["skipped"] += 1
+                self.stdout.write(f"{prefix} skipped: {report.detail}")
+                continue
+            for planned in result.planned:
+                self.stdout.write(
+                    f"{prefix} would send {planned['identifier']} meter={planned['meter']} "
+                    f"value={planned['value']} ({planned['events']} events)"
+                )
+            for line in result.lines:
+                self.stdout.write(f"{prefix} {line}")
+            totals["sent"] += report.aggregates_sent
+            totals["failed"] += report.aggregates_failed
+            totals["posted"] += report.events_posted
+            if report.status in FAILED:
+                failures += 1
+        self.stdout.write(
+            f"Done: {totals['sent']} meter event(s) sent, {totals['failed']} failed, "
+            f"{totals['posted']} billing event(s) posted, {totals['skipped']} organization(s) "
+            "skipped (no Stripe customer)."
+        )
+        if failures:
+            raise CommandError(f"{failures} organization(s) had failures; see above.")
+
+    @staticmethod
+    def _until(value):
+        if not value:
+            return current_hour()
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise CommandError(f"--until {value!r} is not an ISO 8601 date or datetime.") from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
