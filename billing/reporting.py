@@ -373,7 +373,7 @@ def _plan(organization, until: datetime, result: ReportResult) -> None:
                     "identifier": aggregate.identifier,
                     "meter": aggregate.meter_event_name,
                     "hour": aggregate.period_start.isoformat(),
-                    "value": str(aggregate.value),
+                    "value": format(aggregate.value.normalize(), "f"),
                     "events": aggregate.event_count,
                 }
             )

@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from billing.models import MeterReportStatus
 from billing.reporting import ReportingError, current_hour, report_usage
@@ -34,7 +35,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **opts):
-        until = self._until(opts["until"])
+        until = min(self._until(opts["until"]), timezone.now())  # never in the future
         organizations = Organization.objects.order_by("slug")
         if opts["organization"]:
             organizations = organizations.filter(slug=opts["organization"])
