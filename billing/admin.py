@@ -5,8 +5,21 @@ from django.contrib import admin
 from billing.models import BillingEvent, MeterReport, UsageAggregate, UsageAggregateStatus
 
 
+class _ReadOnlyAdmin(admin.ModelAdmin):
+    """Money records: visible and searchable, never edited or deleted by hand."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(BillingEvent)
-class BillingEventAdmin(admin.ModelAdmin):
+class BillingEventAdmin(_ReadOnlyAdmin):
     """Staff can read and filter events; nobody adds, edits or deletes them here."""
 
     list_display = [
@@ -29,28 +42,6 @@ class BillingEventAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return [field.name for field in self.model._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
-class _ReadOnlyAdmin(admin.ModelAdmin):
-    """Money records: visible and searchable, never edited or deleted by hand."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(UsageAggregate)
@@ -75,7 +66,10 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
     list_select_related = ["organization"]
     actions = ["retry_failed"]
 
-    @admin.action(description="Retry the selected failed aggregates (same identifier)")
+    @admin.action(
+        description="Retry the selected failed aggregates (same identifier)",
+        permissions=["change"],
+    )
     def retry_failed(self, request, queryset):
         count = queryset.filter(status=UsageAggregateStatus.FAILED).update(
             status=UsageAggregateStatus.PENDING, attempts=0, next_attempt_at=None
@@ -83,8 +77,9 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
         self.message_user(request, f"{count} aggregate(s) queued for the next report_usage run.")
 
     def has_change_permission(self, request, obj=None):
-        # the changelist action needs change permission; the form itself stays read-only
-        return obj is None and request.user.is_staff
+        # The retry action needs the model's change permission on the changelist;
+        # a single aggregate's page stays read-only for everyone.
+        return obj is None and admin.ModelAdmin.has_change_permission(self, request)
 
 
 @admin.register(MeterReport)
