@@ -324,3 +324,36 @@ def test_timestamps_are_utc_hours(customer_org):
     assert reporting.current_hour(datetime(2026, 3, 1, 10, 59, 59, tzinfo=UTC)) == datetime(
         2026, 3, 1, 10, tzinfo=UTC
     )
+
+
+def test_admin_lists_the_outbox_and_retries_failed_aggregates(customer_org, client):
+    from tenancy.models import User
+
+    with tenant_context(customer_org):
+        failed = UsageAggregate.objects.create(
+            organization=customer_org,
+            event_name="api.request",
+            meter_event_name="api_requests",
+            period_start=HOUR,
+            value=1,
+            identifier=ident(customer_org, "api_requests", 0),
+            status=UsageAggregateStatus.FAILED,
+            attempts=3,
+        )
+    admin_user = User.objects.create_superuser(email="staff@goldleaves.test", password="pw-123456")
+    client.force_login(admin_user)
+    listing = client.get("/admin/billing/usageaggregate/?status=failed")
+    assert listing.status_code == 200
+    assert failed.identifier in listing.content.decode()
+    assert client.get("/admin/billing/meterreport/").status_code == 200
+    response = client.post(
+        "/admin/billing/usageaggregate/",
+        {"action": "retry_failed", "_selected_action": [str(failed.pk)]},
+    )
+    assert response.status_code == 302
+    failed.refresh_from_db()
+    assert (failed.status, failed.attempts) == ("pending", 0)
+    # a single aggregate's page is read-only
+    page = client.get(f"/admin/billing/usageaggregate/{failed.pk}/change/")
+    assert page.status_code == 200
+    assert 'name="value"' not in page.content.decode()
