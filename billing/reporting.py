@@ -38,6 +38,7 @@ changes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -254,11 +255,26 @@ def send_aggregate(client, aggregate: UsageAggregate, *, organization) -> bool:
             time.sleep(settings.STRIPE_RETRY_BACKOFF_SECONDS * (2 ** (aggregate.attempts - 1)))
 
 
-def _advisory_lock(organization) -> bool:
+@contextlib.contextmanager
+def _organization_lock(organization):
+    """Hold a session-level PostgreSQL advisory lock for this organization's reporting
+    (https://www.postgresql.org/docs/15/explicit-locking.html#ADVISORY-LOCKS), so two runs
+    never send for the same customer at once. Session-level, so it needs a direct
+    connection (not PgBouncer in transaction mode, see DEPLOY.md).
+
+    Raises:
+        ReportingError: another run holds it.
+    """
     key = int(hashlib.sha256(f"usage-report:{organization.pk}".encode()).hexdigest()[:15], 16)
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [key])
-        return cursor.fetchone()[0]
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        if not cursor.fetchone()[0]:
+            raise ReportingError(f"another usage report for {organization.slug} is running")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
 
 
 def report_usage(
@@ -302,10 +318,28 @@ def report_usage(
         report.status = MeterReportStatus.RUNNING
         report.save(update_fields=["status", "until", "dry_run"])
 
-    # Step 1, committed before anything is sent; the lock lasts for this transaction only.
+    try:
+        with _organization_lock(organization):
+            _build_and_send(organization, until, report, result, client_factory)
+    except ReportingError as exc:
+        with tenant_context(organization):
+            _finish(report, MeterReportStatus.FAILED, str(exc))
+        raise
     with tenant_context(organization):
-        if not _advisory_lock(organization):
-            raise ReportingError(f"another usage report for {organization.slug} is running")
+        if report.aggregates_failed and report.aggregates_sent:
+            status = MeterReportStatus.PARTIAL
+        elif report.aggregates_failed:
+            status = MeterReportStatus.FAILED
+        else:
+            status = MeterReportStatus.SUCCEEDED
+        _finish(report, status, "")
+    return result
+
+
+def _build_and_send(organization, until, report, result, client_factory) -> None:
+    """Steps 1-3 for one organization (the caller holds its reporting lock)."""
+    # Step 1, committed before anything is sent.
+    with tenant_context(organization):
         report.aggregates_created = build_aggregates(
             organization=organization, until=until, report=report
         )
@@ -330,15 +364,6 @@ def report_usage(
         else:
             report.aggregates_failed += 1
             result.lines.append(f"FAILED {aggregate.identifier}: {aggregate.last_error}")
-    with tenant_context(organization):
-        if report.aggregates_failed and report.aggregates_sent:
-            status = MeterReportStatus.PARTIAL
-        elif report.aggregates_failed:
-            status = MeterReportStatus.FAILED
-        else:
-            status = MeterReportStatus.SUCCEEDED
-        _finish(report, status, "")
-    return result
 
 
 def queue_report(*, organization, requested_by=None) -> MeterReport:
@@ -352,9 +377,8 @@ def queue_report(*, organization, requested_by=None) -> MeterReport:
     def run():
         try:
             report_usage(organization=organization, report=report, requested_by=requested_by)
-        except ReportingError as exc:
-            with tenant_context(organization):
-                _finish(report, MeterReportStatus.FAILED, str(exc))
+        except ReportingError as exc:  # recorded on the report by report_usage
+            logger.warning("usage report %s not run: %s", report.pk, exc)
 
     transaction.on_commit(run)
     return report

@@ -357,3 +357,29 @@ def test_admin_lists_the_outbox_and_retries_failed_aggregates(customer_org, clie
     page = client.get(f"/admin/billing/usageaggregate/{failed.pk}/change/")
     assert page.status_code == 200
     assert 'name="value"' not in page.content.decode()
+
+
+def test_a_second_run_for_the_same_organization_is_refused_while_one_runs(
+    fake_stripe, customer_org
+):
+    import hashlib
+
+    import psycopg
+    from django.db import connection
+
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    key = int(hashlib.sha256(f"usage-report:{customer_org.pk}".encode()).hexdigest()[:15], 16)
+    other = psycopg.connect(**connection.get_connection_params(), autocommit=True)
+    try:
+        other.execute("SELECT pg_advisory_lock(%s)", [key])  # another run holds the lock
+        with pytest.raises(reporting.ReportingError, match="another usage report"):
+            reporting.report_usage(organization=customer_org)
+        assert fake_stripe.requests == []
+        refused = MeterReport.objects.get()
+        assert refused.status == MeterReportStatus.FAILED
+        assert "another usage report" in refused.detail
+        other.execute("SELECT pg_advisory_unlock(%s)", [key])
+    finally:
+        other.close()
+    reporting.report_usage(organization=customer_org)
+    assert len(fake_stripe.requests) == 1
