@@ -30,10 +30,11 @@ import argparse
 import json
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+
+from uuid6 import uuid7
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -103,13 +104,13 @@ def event_fields(i: int, orgs: list) -> dict:
 
 def copy_rows(total: int, orgs: list, request_prefix: str):
     """The rows COPY writes: the same values ``record_events`` is given, plus what the
-    ORM fills in (a UUID, ``status`` 0, no user, no resource). ``request_prefix``
+    ORM fills in (a UUIDv7, ``status`` 0, no user, no resource). ``request_prefix``
     replaces ``ing-`` in the request ids (so COPY rows never collide with the others)."""
     for i in range(total):
         f = event_fields(i, orgs)
         f["request_id"] = f["request_id"].replace("ing-", request_prefix, 1)
         yield (
-            uuid.uuid4(),
+            uuid7(),
             f["organization"].pk,
             None,
             f["event_type"],
@@ -135,10 +136,24 @@ def run_copy(total: int, orgs: list, *, table: str) -> float:
     of ``BATCH`` outside the clock, as for ``record_events``."""
     from django.db import connection
 
-    if table == COPY_TABLE:
-        with connection.cursor() as cur:
-            cur.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
-            cur.execute(f"CREATE TABLE {COPY_TABLE} (LIKE billing_events INCLUDING ALL)")
+    from tenancy.db_roles import owner_connection
+
+    # Both baselines run on the login (owner) connection: the app role may not create
+    # tables, and PostgreSQL refuses COPY FROM into a table whose row-level security
+    # applies to the role ("COPY FROM not supported with row-level security"; the bench
+    # logs in as a superuser, which RLS does not apply to). record_events runs as the
+    # app role, policies included: the baseline is the raw physical cost.
+    with owner_connection():
+        if table == COPY_TABLE:
+            with connection.cursor() as cur:
+                cur.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
+                cur.execute(f"CREATE TABLE {COPY_TABLE} (LIKE billing_events INCLUDING ALL)")
+        return _copy(total, orgs, table)
+
+
+def _copy(total: int, orgs: list, table: str) -> float:
+    from django.db import connection
+
     connection.ensure_connection()
     raw = connection.connection
     progress = Progress(f"COPY into {table}", total)
@@ -193,8 +208,11 @@ def count_events(orgs: list) -> int:
 def cleanup(orgs: list) -> None:
     from django.db import connection
 
-    with connection.cursor() as cur:
+    from tenancy.db_roles import owner_connection
+
+    with owner_connection(), connection.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
+    with connection.cursor() as cur:
         cur.execute(
             "DELETE FROM billing_events WHERE organization_id = ANY(%s)", [[o.pk for o in orgs]]
         )
