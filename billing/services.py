@@ -9,21 +9,26 @@ request's) is never aborted by a duplicate. Concurrent inserts of the same key w
 for each other on the unique index; exactly one row survives.
 """
 
-import uuid
+import json
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 
-from django.db import transaction
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import connection, transaction
 from django.utils import timezone
+from uuid6 import uuid7
 
 from billing.models import BillingEvent, BillingEventStatus
 from billing.pricing import unit_cost_cents as price_of
 
-#: Rows per INSERT statement: 13 columns x 2,000 rows = 26,000 bind parameters,
-#: well under PostgreSQL's 65,535 per statement. 1,000 events = 1 INSERT.
+#: Events per INSERT statement. ``bulk_create`` binds 13 parameters per row (2,000
+#: rows = 26,000, under PostgreSQL's 65,535 per statement); the batch path binds 13
+#: arrays whatever the size. 1,000 events = 1 INSERT.
 INSERT_BATCH_SIZE = 2000
 
 _EVENT_TYPES = {"api": "api", "doc": "document"}
+# Computed once: iterating the enum for every event cost a quarter of build_event.
+_STATUSES = frozenset(BillingEventStatus.values)
 _FIELDS = {
     "organization",
     "organization_id",
@@ -95,12 +100,12 @@ def build_event(
         raise InvalidBillingEvent(f"quantity {quantity!r} is not a decimal") from exc
     if not quantity.is_finite() or quantity < 0:
         raise InvalidBillingEvent("quantity must be a finite, non-negative decimal")
-    if status not in BillingEventStatus.values:
-        raise InvalidBillingEvent(f"status must be one of {BillingEventStatus.values}")
+    if status not in _STATUSES:
+        raise InvalidBillingEvent(f"status must be one of {sorted(_STATUSES)}")
     if not unit or len(unit) > 16:
         raise InvalidBillingEvent("unit must be 1-16 characters")
     return BillingEvent(
-        id=uuid.uuid4(),
+        id=uuid7(),
         organization_id=org_id,
         user_id=getattr(user, "pk", None) or user_id,
         event_type=(event_type or default_event_type(event_name))[:40],
@@ -128,13 +133,85 @@ def insert_events(events: list[BillingEvent]) -> None:
         )
 
 
-def _created(events: list[BillingEvent]) -> list[BillingEvent]:
-    """The subset of ``events`` that the insert really created (one SELECT of their ids)."""
-    if not events:
-        return []
-    ids = [event.id for event in events]
-    present = set(BillingEvent.objects.filter(id__in=ids).values_list("id", flat=True))
-    return [event for event in events if event.id in present]
+# (column, PostgreSQL array type) in the order of ``_row``.
+_UNNEST_COLUMNS = (
+    ("id", "uuid"),
+    ("organization_id", "uuid"),
+    ("user_id", "bigint"),
+    ("event_type", "text"),
+    ("event_name", "text"),
+    ("resource_id", "uuid"),
+    ("request_id", "text"),
+    ("quantity", "numeric"),
+    ("unit", "text"),
+    ("unit_cost_cents", "integer"),
+    ("dimensions", "text"),
+    ("status", "smallint"),
+    ("created_at", "timestamptz"),
+)
+_UNNEST_INSERT = (
+    "INSERT INTO billing_events ({cols}) SELECT {select} FROM unnest({arrays}) AS t({cols}) "
+    "ON CONFLICT DO NOTHING RETURNING id"
+).format(
+    cols=", ".join(name for name, _ in _UNNEST_COLUMNS),
+    select=", ".join(
+        "dimensions::jsonb" if name == "dimensions" else name for name, _ in _UNNEST_COLUMNS
+    ),
+    arrays=", ".join(f"%b::{kind}[]" for _, kind in _UNNEST_COLUMNS),
+)
+
+
+def _row(event: BillingEvent) -> tuple:
+    return (
+        event.id,
+        event.organization_id,
+        event.user_id,
+        event.event_type,
+        event.event_name,
+        event.resource_id,
+        event.request_id,
+        event.quantity,
+        event.unit,
+        event.unit_cost_cents,
+        json.dumps(event.dimensions, cls=DjangoJSONEncoder),
+        event.status,
+        event.created_at,
+    )
+
+
+def _server_binding_cursor():
+    """A cursor on the request's connection (same transaction) that binds parameters on
+    the server, so the 13 arrays travel in psycopg's binary format instead of being
+    quoted into the SQL text by Django's default client-side-binding cursor (a third of
+    the batch's time at 1,000 events). Wrapped like Django's own cursors, so it is
+    logged, counted by ``CaptureQueriesContext`` and seen by execute wrappers."""
+    import psycopg
+    from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+
+    connection.ensure_connection()
+    wrapper = CursorDebugWrapper if connection.queries_logged else CursorWrapper
+    return wrapper(psycopg.Cursor(connection.connection), connection)
+
+
+def _insert_returning_created(events: list[BillingEvent]) -> list[BillingEvent]:
+    """Insert ``events`` and return those really created, in one statement per
+    ``INSERT_BATCH_SIZE`` events: ``INSERT ... SELECT FROM unnest(<one array per column>)
+    ON CONFLICT DO NOTHING RETURNING id`` (PostgreSQL manual: INSERT, "ON CONFLICT
+    Clause" and "RETURNING"; 9.19 Array Functions, ``unnest``).
+
+    The one raw-SQL write of billing events, for batches: 13 array parameters instead
+    of 13 per row, and the ids of the created rows come back with the INSERT (no
+    confirming SELECT). It runs through Django's connection, in the caller's
+    transaction, so row-level security and the tenant context apply as to the ORM.
+    """
+    created_ids: set = set()
+    with _server_binding_cursor() as cursor:
+        for lo in range(0, len(events), INSERT_BATCH_SIZE):
+            chunk = events[lo : lo + INSERT_BATCH_SIZE]
+            columns = [list(column) for column in zip(*map(_row, chunk), strict=True)]
+            cursor.execute(_UNNEST_INSERT, columns)
+            created_ids.update(row[0] for row in cursor.fetchall())
+    return [event for event in events if event.id in created_ids]
 
 
 def record_event(*, organization, event_name: str, **fields) -> BillingEvent | None:
@@ -142,8 +219,8 @@ def record_event(*, organization, event_name: str, **fields) -> BillingEvent | N
     when an event with the same (organization, event_name, request_id) already exists.
 
     ``fields``: see ``build_event`` (event_type, user, resource_id, request_id, quantity,
-    unit, unit_cost_cents, dimensions, status, created_at). Two queries: the INSERT
-    and a SELECT of the new id. Joins the caller's transaction (no savepoint).
+    unit, unit_cost_cents, dimensions, status, created_at). One query (INSERT ...
+    RETURNING). Joins the caller's transaction (no savepoint).
 
     Raises:
         InvalidBillingEvent: see ``build_event``.
@@ -159,9 +236,9 @@ def record_events(events: Iterable[Mapping | BillingEvent]) -> list[BillingEvent
     Each item is a mapping of ``build_event`` keyword arguments (``organization`` or
     ``organization_id``, ``event_name``, ...), or an unsaved ``BillingEvent`` (saved
     as given: price it yourself). Duplicates, against the table or inside the batch,
-    are skipped. Round trips: one INSERT per 2,000 events plus one SELECT of the ids
-    (so 1,000 events = 2 queries). Joins the caller's transaction (no savepoint);
-    all or nothing.
+    are skipped. Round trips: one ``INSERT ... RETURNING`` per ``INSERT_BATCH_SIZE``
+    events (so 1,000 events = 1 query). Joins the caller's transaction (no
+    savepoint); all or nothing.
 
     Raises:
         InvalidBillingEvent: an item is malformed (message gives its index); nothing
@@ -188,5 +265,6 @@ def record_events(events: Iterable[Mapping | BillingEvent]) -> list[BillingEvent
 def _insert_and_confirm(events: list[BillingEvent]) -> list[BillingEvent]:
     # Validation happens before this atomic block, so bad input never marks the
     # caller's transaction for rollback.
-    insert_events(events)
-    return _created(events)
+    if not events:
+        return []
+    return _insert_returning_created(events)

@@ -93,7 +93,7 @@ def test_line_cost_rounds_half_up_once(exact, cents):
     assert pricing.line_cost_cents(exact) == cents
 
 
-def test_record_events_batch_of_thousand_in_two_queries(org, outsider_org):
+def test_record_events_batch_of_thousand_in_one_query(org, outsider_org):
     events = [
         {
             "organization": org if i % 2 else outsider_org,
@@ -106,8 +106,11 @@ def test_record_events_batch_of_thousand_in_two_queries(org, outsider_org):
     with CaptureQueriesContext(connection) as ctx:
         created = record_events(events)
     assert len(created) == 1000
-    assert len(ctx.captured_queries) == 2, [q["sql"][:80] for q in ctx.captured_queries]
+    # one INSERT ... RETURNING: the created ids come back with the insert
+    assert len(ctx.captured_queries) == 1, [q["sql"][:80] for q in ctx.captured_queries]
     assert BillingEvent.objects.filter(organization=org).count() == 500
+    stored = BillingEvent.objects.get(organization=org, request_id="b-7")
+    assert stored.dimensions == {"i": 7} and stored.unit_cost_cents is not None
     assert BillingEvent.objects.filter(organization=outsider_org).count() == 500
 
 
