@@ -375,3 +375,44 @@ def test_check_isolation_flags_a_missing_policy_and_a_unique_without_org(owner_c
         with owner_conn.cursor() as cursor:
             for statement in rls.enable_sql(rls.TenantTable("cases_client")):
                 cursor.execute(statement)
+
+
+@pytest.fixture
+def owner_conn_committed(transactional_db):
+    """``owner_conn`` for a test whose own writes commit (the GRANT must be visible to
+    the separate owner connection that drops the table afterwards, without a lock wait)."""
+    import psycopg
+
+    from tenancy.tests.dburl import socket_or_host
+
+    s = connection.settings_dict
+    host, port = socket_or_host()
+    conn = psycopg.connect(
+        host=host,
+        port=port,
+        dbname=s["NAME"],
+        user=s["USER"],
+        password=s["PASSWORD"] or None,
+        autocommit=True,
+    )
+    yield conn
+    conn.close()
+
+
+def test_migrate_with_an_app_label_grants_the_app_role_the_new_tables(owner_conn_committed):
+    # A table the owner created (as a migration of one app would) is out of the app
+    # role's reach until migrate grants it; `migrate <app>` used to skip the grant.
+    owner_conn_committed.execute("CREATE TABLE granted_later (id bigint PRIMARY KEY)")
+    try:
+
+        def app_role_can_read():
+            row = owner_conn_committed.execute(
+                "SELECT has_table_privilege('goldleaves_app', 'granted_later', 'SELECT')"
+            ).fetchone()
+            return row[0]
+
+        assert not app_role_can_read()
+        call_command("migrate", "cases", verbosity=0)
+        assert app_role_can_read()
+    finally:
+        owner_conn_committed.execute("DROP TABLE granted_later")

@@ -1,11 +1,13 @@
 """``manage.py migrate`` as the owner, then the app role and row-level security.
 
 Django's ``migrate``, run on a connection that stays the login (owner) role
-(``tenancy.db_roles.owner_connection``). After a full migrate (no app label),
-it also creates/grants the app role, writes the database default
-``app.rls_enabled`` from ``RLS_ENABLED``, and re-applies row-level security to
-every tenant table of every app (``tenancy.rls``), so a tenant table whose
-migration forgot ``TenantRowLevelSecurity`` is still protected.
+(``tenancy.db_roles.owner_connection``). After every migrate, with or without an
+app label (a table created by ``migrate some_app`` must be usable by the app role
+too), but not after ``--plan`` or ``--check``, it also creates/grants the app role,
+writes the database default ``app.rls_enabled`` from ``RLS_ENABLED``, and
+re-applies row-level security to every tenant table of every app
+(``tenancy.rls``), so a tenant table whose migration forgot
+``TenantRowLevelSecurity`` is still protected.
 """
 
 from django.apps import apps
@@ -26,7 +28,7 @@ class Command(migrate.Command):
         using = options["database"]
         with db_roles.owner_connection(using):
             super().handle(*args, **options)
-            if options["app_label"] or options.get("plan") or options.get("check_unapplied"):
+            if options.get("plan") or options.get("check_unapplied"):
                 return
             connection = connections[using]
             done = db_roles.ensure_app_role(connection, rls_enabled=settings.RLS_ENABLED)
