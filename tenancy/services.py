@@ -21,11 +21,21 @@ class OnboardResult:
 
     @property
     def changed(self) -> bool:
+        """True if any row was created."""
         return self.organization_created or self.owner_created or self.membership_created
 
 
 class OnboardingError(ValueError):
-    """Bad onboarding input (empty name, bad email, unknown plan); nothing was written."""
+    """Onboarding refused: empty name, bad email, unknown plan, or a slug that already
+    belongs to another owner's organization. Raised before anything is written (or with
+    the transaction rolled back), so nothing was written."""
+
+
+def organization_slug(name: str) -> str:
+    """The slug ``organization_onboard`` gives an organization named ``name``:
+    ``slugify(name)`` cut to 100 characters (``Organization.slug``'s length); ``''`` if the
+    name has no letters or digits. "Smith & Jones" and "Smith Jones" share ``smith-jones``."""
+    return slugify((name or "").strip())[:100]
 
 
 def organization_onboard(
@@ -37,23 +47,32 @@ def organization_onboard(
 ) -> OnboardResult:
     """Create an organization (slug from ``name``), its owner user and owner membership.
 
-    Idempotent on the slug: if the organization exists, nothing about it changes;
-    a missing owner user or membership is added. The owner's default
-    organization is set if they had none. All in one transaction.
+    Idempotent on the slug, in the safe sense: if an organization with that slug exists
+    and ``owner_email`` already has an OWNER membership of it, nothing is written and the
+    result reports nothing changed (its name and plan are left as they are). If it exists
+    and ``owner_email`` is not one of its owners, onboarding is refused: two firms whose
+    names share a slug ("Smith & Jones", "Smith Jones") must never share an owner's
+    access. For a new organization the owner user is created if missing (or reused,
+    matched case-insensitively) and gets the organization as default if they had none.
+    All in one transaction.
 
     Args:
-        name: the firm's display name; its slug (``slugify(name)``) must be non-empty.
+        name: the firm's display name; its slug (``organization_slug(name)``) must be
+            non-empty.
         owner_email: the owner's login (matched case-insensitively).
         plan_tier: one of ``PlanTier`` (``starter``, ``pro``, ``enterprise``).
         password: the owner's password if the user is created; unusable if ``None``.
+    Returns:
+        ``OnboardResult``: the organization, the owner and what was created.
     Raises:
-        OnboardingError: empty name/slug, invalid email, or unknown plan tier.
+        OnboardingError: empty name/slug, invalid email, unknown plan tier, or the slug
+            already exists with a different owner; in every case nothing was written.
     """
     from django.core.exceptions import ValidationError
     from django.core.validators import validate_email
 
     name = (name or "").strip()
-    slug = slugify(name)[:100]
+    slug = organization_slug(name)
     if not name or not slug:
         raise OnboardingError(f"invalid organization name {name!r}: it needs letters or digits")
     owner_email = (owner_email or "").strip()
@@ -67,9 +86,28 @@ def organization_onboard(
         )
 
     with transaction.atomic():
-        organization, org_created = Organization.objects.get_or_create(
-            slug=slug, defaults={"name": name, "plan_tier": plan_tier}
-        )
+        # Lock the slug's row (if any) while its owners are checked. Two runs creating the
+        # same new slug at once: the unique slug makes the second fail, never share it.
+        organization = Organization.objects.select_for_update().filter(slug=slug).first()
+        if organization is not None:
+            with tenant_context(organization):
+                membership = (
+                    Membership.objects.select_related("user")
+                    .filter(
+                        organization=organization,
+                        role=MembershipRole.OWNER,
+                        user__email__iexact=owner_email,
+                    )
+                    .first()
+                )
+            if membership is None:
+                raise OnboardingError(
+                    f"organization slug {slug!r} already exists with a different owner "
+                    f"({owner_email} is not an owner of {organization.name!r})"
+                )
+            return OnboardResult(organization, membership.user, False, False, False)
+
+        organization = Organization.objects.create(slug=slug, name=name, plan_tier=plan_tier)
         owner = User.objects.filter(email__iexact=owner_email).first()
         owner_created = owner is None
         if owner_created:
@@ -80,12 +118,10 @@ def organization_onboard(
             owner.organization = organization
             owner.save(update_fields=["organization"])
         with tenant_context(organization):
-            _, membership_created = Membership.objects.get_or_create(
-                organization=organization,
-                user=owner,
-                defaults={"role": MembershipRole.OWNER},
+            Membership.objects.create(
+                organization=organization, user=owner, role=MembershipRole.OWNER
             )
-    return OnboardResult(organization, owner, org_created, owner_created, membership_created)
+    return OnboardResult(organization, owner, True, owner_created, True)
 
 
 # --- Backfill: give every user without an organization a default one ---------------------

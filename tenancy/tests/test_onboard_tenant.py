@@ -118,3 +118,118 @@ def test_the_command_exits_non_zero_on_a_bad_row(tmp_path):
     )
     assert result.returncode == 1
     assert "unknown plan 'platinum'" in result.stderr
+
+
+# --- Idempotent on the slug, in the safe sense: never a second firm's owner in the first ---
+
+
+def test_same_slug_with_a_different_owner_is_refused_and_writes_nothing():
+    run("--name", "Smith & Jones", "--owner-email", "a@smith-jones.test")
+    first = Organization.objects.get(slug="smith-jones")
+    with pytest.raises(CommandError) as excinfo:
+        run("--name", "Smith Jones", "--owner-email", "b@smithjones.test", "--password", "pw-x1")
+    message = str(excinfo.value)
+    assert "organization slug 'smith-jones' already exists with a different owner" in message
+    assert message.endswith("nothing was written.")
+    assert not User.objects.filter(email__iexact="b@smithjones.test").exists()
+    assert list(Membership.objects.values_list("organization_id", "user__email", "role")) == [
+        (first.pk, "a@smith-jones.test", "owner")
+    ]
+    first.refresh_from_db()
+    assert first.name == "Smith & Jones"
+
+
+def test_same_slug_refused_even_for_an_existing_user_or_a_member_of_that_organization():
+    from tenancy.tests.factories import member_of
+
+    run("--name", "Smith & Jones", "--owner-email", "a@smith-jones.test")
+    org = Organization.objects.get(slug="smith-jones")
+    member = member_of(org, role="member", email="m@smith-jones.test")
+    with pytest.raises(CommandError, match="already exists with a different owner"):
+        run("--name", "Smith Jones", "--owner-email", member.email)
+    assert Membership.objects.get(organization=org, user=member).role == "member"
+    assert Membership.objects.filter(organization=org, role="owner").count() == 1
+
+
+def test_same_slug_and_the_same_owner_in_another_case_is_unchanged():
+    run("--name", "Smith & Jones", "--owner-email", "a@smith-jones.test", "--plan", "pro")
+    out = run("--name", "Smith Jones", "--owner-email", "A@Smith-Jones.TEST", "--plan", "starter")
+    assert "unchanged: organization 'smith-jones' and owner a@smith-jones.test exist" in out
+    org = Organization.objects.get(slug="smith-jones")
+    assert (org.name, org.plan_tier) == ("Smith & Jones", "pro")
+    assert User.objects.count() == 1 and Membership.objects.count() == 1
+
+
+def test_csv_row_whose_slug_exists_with_a_different_owner_rolls_back_every_row(tmp_path):
+    run("--name", "Smith & Jones", "--owner-email", "a@smith-jones.test")
+    path = tmp_path / "tenants.csv"
+    path.write_text("name,owner_email,plan\nBeta LLP,b@beta.test,pro\nSmith Jones,c@c.test,pro\n")
+    with pytest.raises(CommandError) as excinfo:
+        run("--csv", str(path))
+    assert "row 3: organization slug 'smith-jones' already exists with a different owner" in str(
+        excinfo.value
+    )
+    assert set(Organization.objects.values_list("slug", flat=True)) == {"smith-jones"}
+    assert not User.objects.filter(email__in=["b@beta.test", "c@c.test"]).exists()
+
+
+def test_csv_rows_with_one_slug_and_different_owners_are_rejected_before_writing(tmp_path):
+    path = tmp_path / "tenants.csv"
+    path.write_text(
+        "name,owner_email,plan\nSmith & Jones,a@sj.test,pro\nBeta LLP,b@beta.test,\n"
+        "Smith Jones,c@other.test,starter\n"
+    )
+    with pytest.raises(CommandError) as excinfo:
+        run("--csv", str(path))
+    assert (
+        "row 4: 'Smith Jones' has the organization slug 'smith-jones' of row 2 "
+        "('Smith & Jones') with a different owner (c@other.test here, a@sj.test there)"
+    ) in str(excinfo.value)
+    assert not Organization.objects.exists()
+    assert not User.objects.exists()
+
+
+def test_csv_rows_with_one_slug_and_the_same_owner_onboard_once(tmp_path):
+    path = tmp_path / "tenants.csv"
+    path.write_text("name,owner_email,plan\nSmith & Jones,a@sj.test,pro\nSmith Jones,A@SJ.test,\n")
+    out = run("--csv", str(path))
+    assert "row 2: created" in out and "row 3: unchanged" in out
+    assert Organization.objects.get().name == "Smith & Jones"
+    assert Membership.objects.count() == 1
+
+
+def test_csv_name_without_letters_or_digits_is_a_bad_row(tmp_path):
+    path = tmp_path / "tenants.csv"
+    path.write_text("name,owner_email,plan\nAcme Law,a@acme.test,pro\n&&&,b@b.test,pro\n")
+    with pytest.raises(CommandError, match="row 3: invalid organization name '&&&'"):
+        run("--csv", str(path))
+    assert not Organization.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_command_exits_1_when_the_slug_has_a_different_owner(tmp_path):
+    """The real process, on this run's test database: exit status 1, the message on stderr,
+    and nothing written (committed data, so a leak would be visible)."""
+    import os
+    import subprocess
+    import sys
+
+    from tenancy.tests.dburl import subprocess_database_url
+
+    run("--name", "Smith & Jones", "--owner-email", "a@smith-jones.test")
+    path = tmp_path / "tenants.csv"
+    path.write_text("name,owner_email,plan\nBeta LLP,b@beta.test,pro\nSmith Jones,c@c.test,pro\n")
+    env = {**os.environ, "DATABASE_URL": subprocess_database_url()}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "onboard_tenant", "--csv", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "row 3: organization slug 'smith-jones' already exists with a different owner" in (
+        result.stderr
+    )
+    assert set(Organization.objects.values_list("slug", flat=True)) == {"smith-jones"}
+    assert list(User.objects.values_list("email", flat=True)) == ["a@smith-jones.test"]

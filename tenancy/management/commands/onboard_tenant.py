@@ -7,16 +7,28 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from tenancy.models import PlanTier
-from tenancy.services import OnboardingError, organization_onboard
+from tenancy.services import OnboardingError, organization_onboard, organization_slug
 
 CSV_COLUMNS = ("name", "owner_email", "plan")
 
 
 class Command(BaseCommand):
+    """``onboard_tenant``: ``tenancy.services.organization_onboard`` for one tenant
+    (``--name``/``--owner-email``) or every row of a CSV (``--csv FILE``, columns
+    ``name,owner_email,plan``), all in one transaction.
+
+    Reports each row (``created ...`` or ``unchanged ...``). Any refused row -- bad input,
+    two CSV rows with the same slug and different owners, or a slug that already exists
+    with a different owner -- raises ``CommandError`` (exit status 1) and nothing is
+    written, not even the rows before it. ``--dry-run`` validates and rolls back.
+    """
+
     help = (
         "Onboard a tenant: create the organization (slug from the name), its owner user and "
-        "owner membership. Idempotent on the slug. Either --name/--owner-email or --csv FILE "
-        "(columns name,owner_email,plan). A CSV with any bad row writes nothing and exits 1."
+        "owner membership. Idempotent on the slug: an existing organization with the same "
+        "owner is left unchanged; one with a different owner is refused. Either "
+        "--name/--owner-email or --csv FILE (columns name,owner_email,plan). Any refused row "
+        "writes nothing and exits 1."
     )
 
     def add_arguments(self, parser):
@@ -91,17 +103,33 @@ class Command(BaseCommand):
                     f"missing: {', '.join(missing)}"
                 )
             rows, errors = [], []
+            by_slug: dict[str, tuple[int, str, str]] = {}  # slug -> first (row, name, email)
             for record in reader:
                 line = reader.line_num
                 name = (record.get("name") or "").strip()
                 email = (record.get("owner_email") or "").strip()
                 plan = (record.get("plan") or PlanTier.STARTER).strip() or PlanTier.STARTER
+                slug = organization_slug(name)
                 if not name or not email:
                     errors.append(f"row {line}: name and owner_email are required")
+                elif not slug:
+                    errors.append(
+                        f"row {line}: invalid organization name {name!r}: "
+                        "it needs letters or digits"
+                    )
                 elif plan not in PlanTier.values:
                     errors.append(
                         f"row {line}: unknown plan {plan!r} (one of {', '.join(PlanTier.values)})"
                     )
+                elif slug in by_slug and by_slug[slug][2].lower() != email.lower():
+                    first_line, first_name, first_email = by_slug[slug]
+                    errors.append(
+                        f"row {line}: {name!r} has the organization slug {slug!r} of row "
+                        f"{first_line} ({first_name!r}) with a different owner "
+                        f"({email} here, {first_email} there)"
+                    )
+                else:
+                    by_slug.setdefault(slug, (line, name, email))
                 rows.append((line, name, email, plan))
         if errors:
             raise CommandError("Bad CSV rows; nothing was written:\n  " + "\n  ".join(errors))

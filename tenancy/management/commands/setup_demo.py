@@ -1,8 +1,8 @@
 """``manage.py setup_demo``: the demo organization and owner that ``make run`` prints."""
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from tenancy.services import organization_onboard
+from tenancy.services import OnboardingError, organization_onboard
 
 DEMO_NAME = "Demo Law"
 DEMO_EMAIL = "owner@demo.test"
@@ -10,17 +10,26 @@ DEMO_PASSWORD = "demo-password-123"
 
 
 class Command(BaseCommand):
+    """``setup_demo``: ``organization_onboard`` for "Demo Law" (slug ``demo-law``, plan pro)
+    with owner ``owner@demo.test``; prints whether it was created and the login.
+
+    Raises ``CommandError`` (exit 1) if ``demo-law`` exists with a different owner.
+    """
+
     help = (
         "Create (idempotently) the demo organization 'Demo Law' and its owner, and print the login."
     )
 
     def handle(self, *args, **opts):
-        result = organization_onboard(
-            name=DEMO_NAME,
-            owner_email=DEMO_EMAIL,
-            plan_tier="pro",
-            password=DEMO_PASSWORD,
-        )
+        try:
+            result = organization_onboard(
+                name=DEMO_NAME,
+                owner_email=DEMO_EMAIL,
+                plan_tier="pro",
+                password=DEMO_PASSWORD,
+            )
+        except OnboardingError as exc:
+            raise CommandError(f"{exc}; nothing was written.") from None
         state = "created" if result.changed else "exists"
         self.stdout.write(
             f"Demo organization {state}: {result.organization.name} ({result.organization.id})"
