@@ -11,6 +11,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.utils import timezone
 
+from billing.models import BillingEvent
 from billing.services import record_event
 from cases.models import Case, CaseStatus, Client, Document, DocumentProcessingStatus
 from cases.processing import DocumentProcessingError, count_pages
@@ -22,6 +23,12 @@ logger = logging.getLogger("cases.documents")
 
 class CrossTenantReferenceError(ValueError):
     """A related object belongs to another organization."""
+
+
+class UploadRequestIdConflict(ValueError):
+    """An upload reuses a request id whose first upload cannot be replayed: the document
+    it created no longer exists, or it was a different upload (another case, file name
+    or size). The message says which; the API answers 409."""
 
 
 def _check_same_tenant(organization, obj, label: str) -> None:
@@ -43,6 +50,13 @@ def client_create(*, organization, acting_user, name: str, **fields) -> Client:
 
 @transaction.atomic
 def client_update(*, organization, acting_user, client: Client, **fields) -> Client:
+    """Set ``fields`` (name, email, phone, notes) on ``client`` and save only those columns.
+
+    Returns:
+        the updated ``Client``.
+    Raises:
+        CrossTenantReferenceError: ``client`` belongs to another organization.
+    """
     _check_same_tenant(organization, client, "client")
     client.save(update_fields=_apply(client, fields))
     return client
@@ -101,6 +115,11 @@ def case_update(*, organization, acting_user, case: Case, **fields) -> Case:
 
 @transaction.atomic
 def case_delete(*, organization, acting_user, case: Case) -> None:
+    """Delete ``case`` and, by cascade, its documents' rows (stored files are not removed).
+
+    Raises:
+        CrossTenantReferenceError: ``case`` belongs to another organization.
+    """
     _check_same_tenant(organization, case, "case")
     case.delete()
 
@@ -119,20 +138,47 @@ def document_create(
     file: UploadedFile,
     request_id: str | None = None,
 ) -> Document:
-    """Store ``file`` through the default storage and record it against ``case``.
+    """Store ``file`` through the default storage and record it against ``case``;
+    idempotent on (organization, request id).
 
-    Records the original filename, the client-declared content type and the
-    size in bytes. The file is written to storage first; if the row cannot be
-    saved, the stored file is deleted again.
+    Records the original filename, the client-declared content type and the size in
+    bytes. ``request_id`` defaults to the current request's id (``X-Request-ID``, or
+    the generated one); outside a request there is none and every call creates a
+    document.
 
-    Billing (issue 3): in the same transaction, a ``doc.upload`` event (1
-    ``document``; dimensions ``content_type``, ``size_bytes``, ``filename``),
-    idempotent on ``request_id`` (default: the current request's id, so a retried
-    upload is billed once). After commit, ``document_process`` runs in-process
-    (``transaction.on_commit(..., robust=True)``: a processing crash is logged and
-    never fails the upload).
+    Order, all in the caller's transaction (the request's):
+
+    1. The ``doc.upload`` billing event (1 ``document``; dimensions ``content_type``,
+       ``size_bytes``, ``filename``; ``resource_id`` = the new document's id, chosen
+       now) is inserted FIRST, with ``INSERT ... ON CONFLICT DO NOTHING``
+       (``billing.services.record_event``). The unique constraint on (organization,
+       event_name, request_id) is the arbiter between retries: of two concurrent
+       uploads with the same request id, the second's INSERT waits on the unique
+       index until the first commits (PostgreSQL manual, INSERT, "ON CONFLICT
+       Clause") and then inserts nothing; if the first rolls back, the second's
+       INSERT creates the row instead.
+    2. Only when that INSERT created the row: the file is written to storage and the
+       document row saved (if the row cannot be saved, the stored file is deleted
+       again and the error propagates, rolling the event back with it); processing is
+       scheduled after commit (``transaction.on_commit(..., robust=True)``, see
+       ``document_process``).
+    3. When it did not (a retry): no file is stored and no row is created; the
+       document the first upload created (the event's ``resource_id``) is returned as
+       it is now. The API answers it as the first upload was answered, ``201`` with
+       the document (a replay returns the original result, as Stripe's idempotent
+       requests do: https://docs.stripe.com/api/idempotent_requests).
+
+    Returns:
+        the new ``Document``, or on a retry the one the first upload created.
+    Raises:
+        CrossTenantReferenceError: ``case`` belongs to another organization.
+        UploadRequestIdConflict: a retry whose first upload's document was deleted
+            since, or whose case, file name or size differ from the first upload
+            (the request id was reused for another upload; Stripe also refuses
+            those).
     """
     _check_same_tenant(organization, case, "case")
+    request_id = request_id or _current_request_id()
     document = Document(
         organization=organization,
         case=case,
@@ -141,21 +187,13 @@ def document_create(
         size_bytes=file.size or 0,
         uploaded_by=acting_user,
     )
-    document.file.save(file.name, file, save=False)
-    stored_name = document.file.name
-    storage = document.file.storage
-    try:
-        document.save()
-    except Exception:
-        storage.delete(stored_name)
-        raise
-    record_event(
+    created = record_event(
         organization=organization,
         event_name="doc.upload",
         event_type="document",
         user=acting_user,
         resource_id=document.pk,
-        request_id=request_id or _current_request_id(),
+        request_id=request_id,
         quantity=1,
         unit="document",
         dimensions={
@@ -164,12 +202,79 @@ def document_create(
             "filename": document.original_filename,
         },
     )
+    if created is None:
+        return _replayed_upload(organization=organization, request_id=request_id, new=document)
+    document.file.save(file.name, file, save=False)
+    stored_name = document.file.name
+    storage = document.file.storage
+    try:
+        document.save(force_insert=True)
+    except Exception:
+        storage.delete(stored_name)
+        raise
     document_id = document.pk
     transaction.on_commit(
-        lambda: document_process(organization=organization, document_id=document_id),
+        lambda: _process_after_commit(organization=organization, document_id=document_id),
         robust=True,
     )
     return document
+
+
+def _replayed_upload(*, organization, request_id: str, new: Document) -> Document:
+    """The document of the earlier upload with ``request_id`` (whose ``doc.upload``
+    event made this upload's INSERT a no-op), checked against the retried one ``new``."""
+    resource_id = (
+        BillingEvent.objects.filter(
+            organization_id=organization.pk, event_name="doc.upload", request_id=request_id
+        )
+        .values_list("resource_id", flat=True)
+        .first()
+    )
+    document = (
+        Document.objects.filter(organization_id=organization.pk, pk=resource_id).first()
+        if resource_id is not None
+        else None
+    )
+    if document is None:
+        raise UploadRequestIdConflict(
+            f"request id {request_id!r} was already used by an upload whose document "
+            "no longer exists; send the upload with a new X-Request-ID"
+        )
+    first = (document.case_id, document.original_filename, document.size_bytes)
+    if first != (new.case_id, new.original_filename, new.size_bytes):
+        raise UploadRequestIdConflict(
+            f"request id {request_id!r} was already used for another upload "
+            f"(document {document.pk}); send a different upload with a new X-Request-ID"
+        )
+    logger.info("upload retry %s: returning document %s", request_id, document.pk)
+    return document
+
+
+def _process_after_commit(*, organization, document_id) -> None:
+    """The ``on_commit`` callback of an upload: ``document_process``, and if even that
+    raised (it marks the document failed for any error of the processing itself, so
+    this is a database failure while locking or marking it), log at ERROR with the
+    document id: the document then stays ``pending`` and a later call of
+    ``document_process`` retries it. Never raises (the upload has committed)."""
+    try:
+        document_process(organization=organization, document_id=document_id)
+    except Exception:
+        logger.exception("document %s: processing did not run; it stays pending", document_id)
+
+
+def _mark_failed(document: Document, reason: str) -> None:
+    document.processing_status = DocumentProcessingStatus.FAILED
+    document.processing_failure_reason = reason[:500]
+    document.page_count = None
+    document.processed_at = timezone.now()
+    document.save(
+        update_fields=[
+            "processing_status",
+            "processing_failure_reason",
+            "page_count",
+            "processed_at",
+        ]
+    )
 
 
 def document_process(*, organization, document_id) -> Document | None:
@@ -181,12 +286,22 @@ def document_process(*, organization, document_id) -> Document | None:
     is ``doc.processed:<document id>``, so it is unique per document anyway.
 
     On success: ``processed``, ``page_count``, ``processed_at`` and one event of
-    ``page_count`` ``page`` units (dimensions ``content_type``, ``pages``). On
-    ``DocumentProcessingError`` (or a storage error): ``failed`` with the reason,
-    and no event.
+    ``page_count`` ``page`` units (dimensions ``content_type``, ``pages``). The
+    counting and those writes run in a savepoint, so any failure leaves the document
+    ``failed`` with a reason, ``processed_at`` set and NO event:
+
+    * ``DocumentProcessingError`` or a storage error (``OSError``): the reason is the
+      error's message (shown to users); logged at WARNING.
+    * any other exception (a bug in a parser, a database error while saving or
+      billing): the reason is ``unexpected processing error (<exception class>)``
+      (no internal detail shown to users); logged at ERROR with the document id and
+      the traceback. The savepoint rollback keeps the transaction usable for
+      marking the document failed.
 
     Returns:
         the document, or ``None`` if it no longer exists.
+    Raises:
+        only errors of locking the row or of marking it failed (a database failure).
     """
     with tenant_context(organization):
         document = (
@@ -197,41 +312,53 @@ def document_process(*, organization, document_id) -> Document | None:
         if document is None or document.processing_status != DocumentProcessingStatus.PENDING:
             return document
         try:
-            with document.file.open("rb") as handle:
-                pages = count_pages(
-                    handle,
-                    content_type=document.content_type,
-                    filename=document.original_filename,
-                )
+            with transaction.atomic():
+                _count_and_bill(organization, document)
         except (DocumentProcessingError, OSError) as exc:
-            document.processing_status = DocumentProcessingStatus.FAILED
-            document.processing_failure_reason = str(exc)[:500] or exc.__class__.__name__
-            document.processed_at = timezone.now()
-            document.save(
-                update_fields=["processing_status", "processing_failure_reason", "processed_at"]
-            )
+            _mark_failed(document, str(exc) or exc.__class__.__name__)
             logger.warning("document %s not processed: %s", document.pk, exc)
-            return document
-        document.processing_status = DocumentProcessingStatus.PROCESSED
-        document.page_count = pages
-        document.processed_at = timezone.now()
-        document.save(update_fields=["processing_status", "page_count", "processed_at"])
-        record_event(
-            organization=organization,
-            event_name="doc.processed",
-            event_type="document",
-            user_id=document.uploaded_by_id,
-            resource_id=document.pk,
-            request_id=f"doc.processed:{document.pk}",
-            quantity=pages,
-            unit="page",
-            dimensions={"content_type": document.content_type, "pages": pages},
-        )
+        except Exception as exc:
+            _mark_failed(document, f"unexpected processing error ({exc.__class__.__name__})")
+            logger.exception("document %s: unexpected processing error; marked failed", document.pk)
         return document
+
+
+def _count_and_bill(organization, document: Document) -> None:
+    with document.file.open("rb") as handle:
+        pages = count_pages(
+            handle,
+            content_type=document.content_type,
+            filename=document.original_filename,
+        )
+    document.processing_status = DocumentProcessingStatus.PROCESSED
+    document.page_count = pages
+    document.processed_at = timezone.now()
+    document.save(update_fields=["processing_status", "page_count", "processed_at"])
+    record_event(
+        organization=organization,
+        event_name="doc.processed",
+        event_type="document",
+        user_id=document.uploaded_by_id,
+        resource_id=document.pk,
+        request_id=f"doc.processed:{document.pk}",
+        quantity=pages,
+        unit="page",
+        dimensions={"content_type": document.content_type, "pages": pages},
+    )
 
 
 @transaction.atomic
 def document_update(*, organization, acting_user, document: Document, **fields) -> Document:
+    """Set ``fields`` on ``document`` and save only those columns. Through the API the
+    only writable field is ``case`` (``DocumentUpdateSerializer``: the file and its
+    metadata are immutable); the stored file and its billing events are unchanged.
+
+    Returns:
+        the updated ``Document``.
+    Raises:
+        CrossTenantReferenceError: ``document`` or the new ``case`` belongs to another
+            organization.
+    """
     _check_same_tenant(organization, document, "document")
     _check_same_tenant(organization, fields.get("case"), "case")
     document.save(update_fields=_apply(document, fields))

@@ -1,14 +1,22 @@
 import io
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from pypdf import PdfWriter
 
 from billing.models import BillingEvent
-from cases import services
+from cases import processing, services
 from cases.models import Document
 from cases.processing import TEXT_LINES_PER_PAGE, count_text_pages
 from cases.tests.factories import CaseFactory
+from tenancy.context import cross_tenant, tenant_context
+from tenancy.tests.factories import OrganizationFactory, member_of
 
 pytestmark = pytest.mark.django_db
 
@@ -94,13 +102,119 @@ def test_upload_event_is_in_the_documents_transaction(org, owner):
     assert BillingEvent.objects.count() == 0
 
 
-def test_retried_upload_is_billed_once(api, org, django_capture_on_commit_callbacks):
+def stored_files(root) -> list:
+    return [path for path in Path(root).rglob("*") if path.is_file()]
+
+
+def test_retried_upload_is_one_document_billed_once(
+    api, org, settings, django_capture_on_commit_callbacks
+):
     case = CaseFactory(organization=org)
-    with django_capture_on_commit_callbacks(execute=True):
-        for _ in range(2):
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        responses = [
             upload(api, case, "a.txt", b"line\n", "text/plain", HTTP_X_REQUEST_ID="up-1")
-    assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
+            for _ in range(2)
+        ]
+    # the retry is answered like the first upload: 201 with the same document
+    assert [r.status_code for r in responses] == [201, 201], responses[1].content
+    assert responses[0].json()["id"] == responses[1].json()["id"]
+    assert Document.objects.count() == 1
+    assert len(stored_files(settings.MEDIA_ROOT)) == 1
+    assert len(callbacks) == 1  # processing scheduled once, by the first upload
+    document = Document.objects.get()
+    assert document.processing_status == "processed"
+    upload_event = BillingEvent.objects.get(event_name="doc.upload")
+    assert upload_event.resource_id == document.pk
+    processed = BillingEvent.objects.get(event_name="doc.processed")
+    assert processed.resource_id == document.pk
     assert BillingEvent.objects.filter(event_name="api.request").count() == 1
+
+
+def test_reused_request_id_for_another_upload_is_409(api, org):
+    case, other_case = CaseFactory(organization=org), CaseFactory(organization=org)
+    first = upload(api, case, "a.txt", b"line\n", "text/plain", HTTP_X_REQUEST_ID="up-2")
+    assert first.status_code == 201
+    for target, name, content in ((other_case, "a.txt", b"line\n"), (case, "b.txt", b"x\n")):
+        response = upload(api, target, name, content, "text/plain", HTTP_X_REQUEST_ID="up-2")
+        assert response.status_code == 409, response.content
+        assert response.json()["code"] == "request_id_conflict"
+    assert list(Document.objects.values_list("pk", flat=True)) == [uuid.UUID(first.json()["id"])]
+    assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
+
+
+def test_retry_after_the_document_was_deleted_is_409_not_a_new_document(api, org):
+    case = CaseFactory(organization=org)
+    first = upload(api, case, "a.txt", b"line\n", "text/plain", HTTP_X_REQUEST_ID="up-3")
+    assert api.delete(f"/api/v1/documents/{first.json()['id']}/").status_code == 204
+    retry = upload(api, case, "a.txt", b"line\n", "text/plain", HTTP_X_REQUEST_ID="up-3")
+    assert retry.status_code == 409
+    assert "no longer exists" in retry.json()["detail"]
+    assert Document.objects.count() == 0
+    assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_retries_create_one_document(settings):
+    """Two uploads with the same request id in two transactions at once: the second's
+    INSERT of the doc.upload event waits on the unique index until the first commits
+    (asserted: ``pg_blocking_pids`` of its backend is the first's), then inserts
+    nothing, and the second returns the first's document without storing a file."""
+    with cross_tenant(reason="test set-up"):
+        org = OrganizationFactory()
+        user = member_of(org)
+        case = CaseFactory(organization=org)
+    first_inserted, release = threading.Event(), threading.Event()
+    results: dict = {}
+    pids: dict = {}
+
+    def run(name: str, hold: bool) -> None:
+        try:
+            with tenant_context(org):
+                pids[name] = connection.connection.info.backend_pid
+                document = services.document_create(
+                    organization=org,
+                    acting_user=user,
+                    case=case,
+                    file=SimpleUploadedFile("race.txt", b"line\n", "text/plain"),
+                    request_id="race-1",
+                )
+                if hold:
+                    first_inserted.set()
+                    assert release.wait(20)
+            results[name] = document.pk
+        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
+            results[name] = exc
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=run, args=("first", True))
+    second = threading.Thread(target=run, args=("second", False))
+    first.start()
+    assert first_inserted.wait(20)
+    second.start()
+    try:
+        blockers: list = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "second" not in results:
+            if "second" in pids:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_blocking_pids(%s)", [pids["second"]])
+                    blockers = cursor.fetchone()[0]
+                if blockers:
+                    break
+            time.sleep(0.02)
+        assert blockers == [pids["first"]], "the second upload never waited on the first"
+    finally:
+        release.set()
+        first.join(30)
+        second.join(30)
+    assert not isinstance(results["first"], Exception), results["first"]
+    assert results["second"] == results["first"]
+    with cross_tenant(reason="test assertions"):
+        assert list(Document.objects.values_list("pk", flat=True)) == [results["first"]]
+        assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
+        assert BillingEvent.objects.filter(event_name="doc.processed").count() == 1
+    assert len(stored_files(settings.MEDIA_ROOT)) == 1
 
 
 def test_text_pages(api, org, django_capture_on_commit_callbacks):
@@ -132,6 +246,57 @@ def test_unprocessable_document_is_failed_and_not_billed_for_processing(
     assert reason in document.processing_failure_reason
     assert document.page_count is None
     assert not BillingEvent.objects.filter(event_name="doc.processed").exists()
+    assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
+
+
+def test_unexpected_processing_error_marks_failed_logs_and_does_not_bill(
+    api, org, monkeypatch, caplog, django_capture_on_commit_callbacks
+):
+    """A bug in the page counter (any exception, not DocumentProcessingError) must not
+    leave the document pending forever: failed, a reason, ERROR with the document id."""
+
+    def broken_counter(text):
+        raise RuntimeError("parser bug")
+
+    monkeypatch.setattr(processing, "count_text_pages", broken_counter)
+    case = CaseFactory(organization=org)
+    with (
+        caplog.at_level(logging.ERROR, logger="cases.documents"),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
+        response = upload(api, case, "notes.txt", b"some text\n", "text/plain")
+    assert response.status_code == 201
+    document = Document.objects.get()
+    assert document.processing_status == "failed"
+    assert document.processing_failure_reason == "unexpected processing error (RuntimeError)"
+    assert document.processed_at is not None
+    assert document.page_count is None
+    assert not BillingEvent.objects.filter(event_name="doc.processed").exists()
+    assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
+    errors = [r for r in caplog.records if r.name == "cases.documents"]
+    assert [r.levelno for r in errors] == [logging.ERROR]
+    assert str(document.pk) in errors[0].getMessage()
+    assert errors[0].exc_info[0] is RuntimeError
+
+
+def test_database_error_while_billing_processing_rolls_back_to_failed(org, owner, settings):
+    """A real database error inside the processing (a page price overflowing the integer
+    column: DataError on the doc.processed INSERT) is rolled back to the savepoint: the
+    document is failed (not half 'processed' with a page count) and nothing is billed."""
+    settings.BILLING_PRICE_BOOK = {"doc.processed": 3_000_000_000}
+    case = CaseFactory(organization=org)
+    document = services.document_create(
+        organization=org,
+        acting_user=owner,
+        case=case,
+        file=SimpleUploadedFile("c.pdf", pdf_bytes(2), "application/pdf"),
+    )
+    services.document_process(organization=org, document_id=document.pk)
+    document.refresh_from_db()
+    assert (document.processing_status, document.page_count) == ("failed", None)
+    assert document.processing_failure_reason == "unexpected processing error (DataError)"
+    assert not BillingEvent.objects.filter(event_name="doc.processed").exists()
+    # the transaction is still usable after the error
     assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
 
 
