@@ -7,8 +7,10 @@ cost is ``sum(quantity * unit_cost_cents)`` summed exactly by PostgreSQL
 (``numeric``) and rounded once, half-up, by ``billing.pricing.line_cost_cents``.
 
 Every summary/report is ONE query over the ``(organization_id, created_at)``
-index ``billing_ev_org_created_idx`` (see ``billing/tests/test_selectors.py``,
-which checks the plan with ``EXPLAIN``).
+index ``billing_ev_org_created_idx`` (see
+``billing/tests/test_apis.py::test_summary_and_report_use_the_organization_created_at_index``,
+which EXPLAINs the exact SQL of ``usage_summary`` and of ``usage_report`` for each
+``group_by`` on 6,000 analysed rows and asserts that index, and no other, is used).
 """
 
 from datetime import date, datetime, time, timedelta
