@@ -172,5 +172,4 @@ class UsageMiddleware:
                 request.method,
                 request.path,
                 response.status_code,
-                extra={"request_id": request_id},
             )

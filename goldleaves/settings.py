@@ -1,7 +1,8 @@
 """Goldleaves settings: every value comes from the environment (django-environ).
 
 `.env.example` lists every key with a comment. A `.env` file beside `manage.py`
-is read if present; real environment variables win over it.
+(or the file named by the environment variable `GOLDLEAVES_ENV_FILE`) is read if
+present; real environment variables win over it.
 """
 
 from datetime import timedelta
@@ -15,7 +16,9 @@ from goldleaves.db_pool import reset_pooled_connection
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
-environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+# GOLDLEAVES_ENV_FILE: another env file (tests point it at a missing one to see the defaults).
+ENV_FILE = Path(env.str("GOLDLEAVES_ENV_FILE", default="") or BASE_DIR / ".env")
+environ.Env.read_env(ENV_FILE, overwrite=False)
 
 DEBUG = env.bool("DEBUG", default=False)
 SECRET_KEY = env.str("SECRET_KEY", default="")
@@ -45,10 +48,12 @@ INSTALLED_APPS = [
 ]
 
 # Order matters and is asserted by a test: request id -> timer -> session/auth -> tenant -> usage.
+# Request id and timer come first, so every response (SecurityMiddleware's redirects too)
+# carries X-Request-ID and Server-Timing.
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
     "goldleaves.middleware.RequestIdMiddleware",
     "goldleaves.middleware.RequestTimerMiddleware",
+    "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -224,6 +229,8 @@ STRIPE_RETRY_BACKOFF_SECONDS = env.float("STRIPE_RETRY_BACKOFF_SECONDS", default
 STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30.0)
 
 # --- Logging: every line carries the request id -------------------------------
+# Every LogRecord gets request_id from the record factory that goldleaves.middleware installs
+# when imported (the filter below imports it); the filter is a safety net for foreign records.
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
