@@ -21,7 +21,7 @@ import contextlib
 
 from django.conf import settings
 from django.core.management.base import CommandError
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.signals import connection_created
 
 _owner_mode = {"on": False}
@@ -33,6 +33,7 @@ def app_role() -> str:
 
 
 def _quote(name: str) -> str:
+    """``name`` as a double-quoted SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -49,6 +50,7 @@ def switch_to_app_role(sender, connection, **kwargs) -> None:
 
 
 def connect_signals() -> None:
+    """Connect ``switch_to_app_role`` to ``connection_created`` (from ``AppConfig.ready``)."""
     connection_created.connect(switch_to_app_role, dispatch_uid="goldleaves_app_role")
 
 
@@ -76,14 +78,18 @@ CREATE_ROLE_SQL = (
 
 def ensure_app_role(connection, *, rls_enabled: bool) -> list[str]:
     """Create (if missing and allowed) and grant the app role; set the database default
-    ``app.rls_enabled``. Runs as the owner. Returns what it did.
+    ``app.rls_enabled`` unless it already matches (``ensure_rls_default``). Runs as the
+    owner. Returns what it did (list of human-readable lines).
 
     Raises:
-        CommandError: the role is missing and the login role may not create it.
+        CommandError: the role is missing and the login role may not create it, or the
+            login role may not write the database default (message says what to GRANT).
     """
     role = app_role()
-    if not role or connection.vendor != "postgresql":
+    if connection.vendor != "postgresql":
         return []
+    if not role:
+        return ensure_rls_default(connection, rls_enabled=rls_enabled)
     done = []
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
@@ -105,9 +111,58 @@ def ensure_app_role(connection, *, rls_enabled: bool) -> list[str]:
             f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {q}"
         )
         cursor.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {q}")
-        value = "on" if rls_enabled else "off"
-        cursor.execute("SELECT current_database()")
-        database = cursor.fetchone()[0]
-        cursor.execute(f"ALTER DATABASE {_quote(database)} SET app.rls_enabled = '{value}'")
-        done.append(f"granted DML to {role}; database default app.rls_enabled={value}")
+        done.append(f"granted DML to {role}")
+    done += ensure_rls_default(connection, rls_enabled=rls_enabled)
     return done
+
+
+_DATABASE_DEFAULT = """
+SELECT split_part(s.setting, '=', 2)
+FROM pg_db_role_setting d, unnest(d.setconfig) AS s(setting)
+WHERE d.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND d.setrole = 0 AND s.setting LIKE 'app.rls_enabled=%%'
+"""
+
+
+def rls_database_default(connection) -> str | None:
+    """The database default of ``app.rls_enabled`` (``pg_db_role_setting``, what every
+    new session starts with): ``'on'``, ``'off'`` or None when never set."""
+    with connection.cursor() as cursor:
+        cursor.execute(_DATABASE_DEFAULT)
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def ensure_rls_default(connection, *, rls_enabled: bool) -> list[str]:
+    """Write the database default ``app.rls_enabled`` (``'on'``/``'off'``) unless it
+    already has that value, in which case nothing is executed (no privilege needed).
+
+    ``ALTER DATABASE ... SET`` of a custom ``app.*`` setting needs the database's owner
+    AND, unless superuser, ``SET`` privilege on the parameter (PostgreSQL 15+:
+    ``GRANT SET ON PARAMETER app.rls_enabled TO <owner>``; PostgreSQL manual, "GRANT" and
+    "ALTER DATABASE"). Returns what it did (a list of one line, or empty).
+
+    Raises:
+        CommandError: the login role may not write it; the message gives the SQL to run.
+    """
+    value = "on" if rls_enabled else "off"
+    if rls_database_default(connection) == value:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT current_database(), current_user")
+        database, user = cursor.fetchone()
+    try:
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            cursor.execute(f"ALTER DATABASE {_quote(database)} SET app.rls_enabled = '{value}'")
+    except DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) != "42501":  # insufficient_privilege
+            raise
+        raise CommandError(
+            f"Role {user!r} may not set the database default app.rls_enabled={value!r} "
+            f"({exc.__cause__}). As a superuser, run either\n"
+            f"  GRANT SET ON PARAMETER app.rls_enabled TO {_quote(user)};  -- PostgreSQL 15+\n"
+            "(then rerun migrate), or set it yourself:\n"
+            f"  ALTER DATABASE {_quote(database)} SET app.rls_enabled = '{value}';\n"
+            "See DEPLOY.md ('Production SQL')."
+        ) from exc
+    return [f"database default app.rls_enabled={value}"]

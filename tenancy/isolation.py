@@ -147,3 +147,46 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
                 f"expects {expected!r} (run manage.py migrate)"
             )
     return problems
+
+
+_SESSION_ROLE = """
+SELECT r.rolname, r.rolsuper, r.rolbypassrls,
+       EXISTS (SELECT 1 FROM pg_roles o
+               WHERE (o.rolsuper OR o.rolbypassrls) AND o.oid <> r.oid
+                 AND pg_has_role(r.oid, o.oid, 'MEMBER'))
+FROM pg_roles r WHERE r.rolname = session_user
+"""
+
+
+def isolation_warnings(using: str = DEFAULT_DB_ALIAS) -> list[str]:
+    """Findings that do not break isolation by themselves but weaken it (list of lines).
+
+    The login role (``session_user``): when it is a superuser, has BYPASSRLS or is a
+    member of such a role while requests ``SET ROLE`` to the app role, a ``RESET ROLE``
+    (or ``SET ROLE`` back) in any code path restores the bypass. Expected in development
+    and CI (they log in as the local superuser and ``SET ROLE`` the app role); in
+    production the app servers log in as the app role itself, so
+    ``check_isolation --strict`` turns these into failures there (DEPLOY.md).
+    """
+    warnings: list[str] = []
+    with connections[using].cursor() as cursor:
+        cursor.execute("SELECT session_user = current_user")
+        if cursor.fetchone()[0]:
+            return warnings  # the login role is the one isolation_problems checks
+        cursor.execute(_SESSION_ROLE)
+        role, is_super, bypass, inherits = cursor.fetchone()
+    reasons = [
+        label
+        for label, flag in (
+            ("is a superuser", is_super),
+            ("has BYPASSRLS", bypass),
+            ("is a member of a superuser or BYPASSRLS role", inherits),
+        )
+        if flag
+    ]
+    if reasons:
+        warnings.append(
+            f"login role {role}: {', '.join(reasons)}; requests SET ROLE to the app role, "
+            "but RESET ROLE would restore the bypass (log in as the app role in production)"
+        )
+    return warnings

@@ -6,14 +6,27 @@ Each app with tenant models ends its migrations with::
 
     operations = [..., TenantRowLevelSecurity()]
 
-It protects every tenant table of that app as it stands in the migration state
-(see ``tenancy.rls`` for what "tenant table" means and what is applied), and is
-reversible. ``manage.py migrate`` also re-applies the same rules to every
-tenant table after a full migrate, and ``manage.py check_isolation`` fails on
-any table it missed, so a forgotten operation is caught, not silently open.
+Forwards, it protects every tenant table of that app as it stands in the migration
+state (see ``tenancy.rls`` for what "tenant table" means and what is applied), with
+static, idempotent SQL run through ``schema_editor.execute`` inside the migration's
+transaction: ``sqlmigrate`` prints it (and runs nothing) and no session ever sees a
+table enabled without its policy.
+
+Backwards, it removes only what its own migration added: RLS from the tables that
+were not already protected by an earlier ``TenantRowLevelSecurity`` of the same app
+(so reversing ``billing 0004`` leaves ``billing_events``, protected by ``0003``, as
+``0003`` left it), and the composite foreign keys that did not exist before.
+
+``protected_tables(connection)`` is what ``manage.py migrate``'s backstop keeps
+protected: the tenant tables of the *applied* migration state (not the current
+models, which may be ahead of a database migrated backwards) of every app with an
+applied ``TenantRowLevelSecurity``. ``manage.py check_isolation`` fails on any
+table that is still missed (e.g. an app that never added the operation).
 """
 
 from django.db import migrations
+from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.loader import MigrationLoader
 
 from tenancy import rls
 
@@ -28,24 +41,61 @@ class TenantRowLevelSecurity(migrations.operations.base.Operation):
     def state_forwards(self, app_label, state):
         pass
 
-    def _entries(self, app_label, state):
-        apps = state.apps
-        return [
-            e
-            for e in rls.tenant_tables(apps.get_models())
-            if e.table in {m._meta.db_table for m in apps.get_app_config(app_label).get_models()}
-            or (
-                e.through_parent
-                and e.through_parent
-                in {m._meta.db_table for m in apps.get_app_config(app_label).get_models()}
-            )
-        ]
+    @staticmethod
+    def _entries(app_label, state) -> list[rls.TenantTable]:
+        return [e for e in rls.tenant_tables(state.apps.get_models()) if e.app_label == app_label]
+
+    def _execute(self, schema_editor, statements):
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        for statement in statements:
+            schema_editor.execute(statement, params=None)
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        rls.apply_to_tables(schema_editor.connection, self._entries(app_label, to_state))
+        self._execute(schema_editor, rls.forwards_sql(self._entries(app_label, to_state)))
+
+    def _protected_before_migration(self, app_label) -> list[rls.TenantTable]:
+        """The app's tenant tables (with their references) as an earlier
+        ``TenantRowLevelSecurity`` of the same app left them, i.e. in the state just
+        before this operation's migration; ``[]`` if no earlier migration of the app has
+        the operation (or this operation's migration cannot be found)."""
+        loader = MigrationLoader(None, ignore_no_migrations=True)
+        key = next(
+            (
+                k
+                for k, migration in loader.disk_migrations.items()
+                if k[0] == app_label and any(op is self for op in migration.operations)
+            ),
+            None,
+        )
+        if key is None or key not in loader.graph.nodes:
+            return []
+        earlier = [
+            k
+            for k in loader.graph.forwards_plan(key)
+            if k != key and k[0] == app_label and _has_rls_operation(loader.graph.nodes[k])
+        ]
+        if not earlier:
+            return []
+        return self._entries(app_label, loader.project_state(key, at_end=False))
 
     def database_backwards(self, app_label, schema_editor, from_state, to_state):
-        rls.remove_from_tables(schema_editor.connection, self._entries(app_label, from_state))
+        if schema_editor.connection.vendor != "postgresql":
+            return
+        current = self._entries(app_label, from_state)
+        kept = self._protected_before_migration(app_label)
+        kept_tables = {e.table for e in kept}
+        kept_fks = {(e.table, column) for e in kept for column, _ in e.references}
+        kept_targets = {t for e in kept for _, t in e.references}
+        strip = [e for e in current if e.table not in kept_tables]
+        fks = [
+            (e.table, column)
+            for e in current
+            for column, _ in e.references
+            if (e.table, column) not in kept_fks
+        ]
+        targets = sorted({t for e in current for _, t in e.references} - kept_targets)
+        self._execute(schema_editor, rls.backwards_sql(strip, fks, targets))
 
     def describe(self):
         return "Row-level security on this app's tenant tables"
@@ -53,3 +103,23 @@ class TenantRowLevelSecurity(migrations.operations.base.Operation):
     @property
     def migration_name_fragment(self):
         return "row_level_security"
+
+
+def _has_rls_operation(migration) -> bool:
+    return any(isinstance(op, TenantRowLevelSecurity) for op in migration.operations)
+
+
+def protected_tables(connection) -> list[rls.TenantTable]:
+    """The tenant tables ``manage.py migrate`` keeps protected after migrating: those of
+    the APPLIED migration state (``django_migrations``; what the database holds now, even
+    after ``migrate <app> <earlier>``) whose app has at least one applied migration with
+    ``TenantRowLevelSecurity``. So a later migration that forgot the operation is still
+    covered, and a reversed RLS migration is not re-applied behind the operator's back."""
+    executor = MigrationExecutor(connection)
+    graph = executor.loader.graph
+    applied = [k for k in executor.recorder.applied_migrations() if k in graph.nodes]
+    if not applied:
+        return []
+    apps_with_rls = {k[0] for k in applied if _has_rls_operation(graph.nodes[k])}
+    state = executor.loader.project_state(applied, at_end=True)
+    return [e for e in rls.tenant_tables(state.apps.get_models()) if e.app_label in apps_with_rls]

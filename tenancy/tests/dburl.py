@@ -7,20 +7,25 @@ from django.db import connection
 
 
 def socket_or_host() -> tuple[str, int]:
+    """(host or socket directory, port) of the test database server."""
     s = connection.settings_dict
     host = s["HOST"] or (s.get("OPTIONS") or {}).get("host") or "127.0.0.1"
     return host, int(s["PORT"] or 5432)
 
 
-def subprocess_database_url(*, host=None, port=None, user=None) -> str:
+def subprocess_database_url(*, host=None, port=None, user=None, name=None, password=None) -> str:
+    """A URL for the test database (or database ``name`` on the same server), logging in
+    as ``user`` (default: the suite's login role, with its password unless ``password``)."""
     s = connection.settings_dict
     default_host, default_port = socket_or_host()
     host, port = host or default_host, port or default_port
     user = user or s["USER"]
     auth = quote(user, safe="")
-    if s["PASSWORD"] and user == s["USER"]:
-        auth += ":" + quote(s["PASSWORD"], safe="")
-    name = quote(s["NAME"], safe="")
+    if password is None and user == s["USER"]:
+        password = s["PASSWORD"]
+    if password:
+        auth += ":" + quote(password, safe="")
+    name = quote(name or s["NAME"], safe="")
     if host.startswith("/"):
         return f"postgres://{auth}@/{name}?host={quote(host, safe='/')}&port={port}"
     return f"postgres://{auth}@{host}:{port}/{name}"

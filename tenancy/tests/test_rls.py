@@ -6,6 +6,8 @@ transaction's ``app.rls_enabled`` so each test means the same whatever the
 environment's ``RLS_ENABLED`` is.
 """
 
+import uuid
+
 import pytest
 from django.apps import apps
 from django.core.management import CommandError, call_command
@@ -16,13 +18,19 @@ from billing.models import BillingEvent, MeterReport, UsageAggregate
 from cases.models import Case, Client, Document
 from cases.tests.factories import CaseFactory, ClientFactory
 from conftest import bearer_client
-from tenancy import rls
+from tenancy import operations, rls
 from tenancy.context import cross_tenant, tenant_context
-from tenancy.isolation import isolation_problems
+from tenancy.isolation import isolation_problems, isolation_warnings
 from tenancy.models import Membership, Organization, User
 from tenancy.tests.factories import PASSWORD, MembershipFactory, OrganizationFactory, member_of
 
 TENANT_TABLES = [e.table for e in rls.tenant_tables(apps.get_models()) if not e.through_parent]
+#: Every foreign key from a tenant table to another, as the migrations see them.
+TENANT_FKS = [
+    (e.table, column, target)
+    for e in rls.tenant_tables(apps.get_models())
+    for column, target in e.references
+]
 
 
 pytestmark = pytest.mark.rls_raw
@@ -141,6 +149,25 @@ def test_insert_of_another_organizations_row_is_refused(two_orgs):
                 Client.objects.create(organization=org_b, name="smuggled")
 
 
+@pytest.mark.parametrize("table", TENANT_TABLES)
+def test_insert_of_another_organizations_row_is_refused_on_every_tenant_table(two_orgs, table):
+    """A copy of a real B row (every column valid), inserted under A's context."""
+    org_a, _ = two_orgs["a"]
+    org_b, _ = two_orgs["b"]
+    with cross_tenant(reason="test: copy one of B's rows"), connection.cursor() as cursor:
+        cursor.execute(
+            f'CREATE TEMP TABLE smuggled AS SELECT * FROM "{table}" WHERE organization_id = %s'
+            " LIMIT 1",
+            [org_b.pk],
+        )
+        cursor.execute("SELECT count(*) FROM smuggled")
+        assert cursor.fetchone()[0] == 1, f"the fixture has no {table} row of B"
+    with tenant_context(org_a):
+        with pytest.raises(ProgrammingError, match="row-level security"):
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(f'INSERT INTO "{table}" SELECT * FROM smuggled')
+
+
 def test_insert_with_no_context_is_refused(two_orgs):
     org_a, _ = two_orgs["a"]
     with pytest.raises(ProgrammingError, match="row-level security"):
@@ -207,6 +234,26 @@ def test_a_case_cannot_reference_another_organizations_client(two_orgs):
             Case.objects.create(
                 organization=org_a, client_id=case_b.client_id, title="x", reference_number="X-1"
             )
+
+
+@pytest.mark.parametrize(("table", "column", "target"), TENANT_FKS)
+def test_no_tenant_foreign_key_can_point_into_another_organization(two_orgs, table, column, target):
+    """Every tenant -> tenant FK: point one of A's rows at one of B's rows, through the
+    cross-tenant path (RLS admits both): the composite same-organization FK refuses."""
+    assert len(TENANT_FKS) >= 4  # case->client, document->case, event->aggregate, ...
+    org_a, _ = two_orgs["a"]
+    org_b, _ = two_orgs["b"]
+    with pytest.raises(IntegrityError, match=rls.same_org_fk_name(table, column)):
+        with cross_tenant(reason="test: try to link across organizations"):
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+                cursor.execute(
+                    f'UPDATE "{table}" SET "{column}" = (SELECT id FROM "{target}" WHERE '
+                    f'organization_id = %s LIMIT 1) WHERE id = (SELECT id FROM "{table}" '
+                    "WHERE organization_id = %s LIMIT 1)",
+                    [org_b.pk, org_a.pk],
+                )
+                assert cursor.rowcount == 1, f"the fixture has no {table} row of A"
 
 
 def test_reference_numbers_are_unique_per_organization_only(two_orgs):
@@ -355,9 +402,161 @@ def test_check_isolation_names_a_table_without_rls_and_a_unique_without_org(owne
         owner_conn.execute("DROP TABLE leaky_notes")
 
 
-def test_check_isolation_flags_an_app_role_that_could_bypass(db, settings):
+def test_check_isolation_flags_a_connection_that_is_not_the_app_role(db, settings):
     settings.DATABASE_APP_ROLE = "someone_else"
     assert any("expected the app role" in p for p in isolation_problems())
+
+
+@pytest.fixture
+def scratch_role(owner_conn, settings):
+    """Create a scratch role with the given attributes, ``SET LOCAL ROLE`` to it in the
+    test's transaction (the suite logs in as a superuser, so it may), drop it after."""
+    created = []
+
+    def make(attributes: str, member_of: str | None = None) -> str:
+        name = f"gl_scratch_{len(created)}_{uuid.uuid4().hex[:6]}"
+        owner_conn.execute(f"CREATE ROLE {name} NOLOGIN {attributes}")
+        created.append(name)
+        if member_of:
+            owner_conn.execute(f"GRANT {member_of} TO {name}")
+        settings.DATABASE_APP_ROLE = name
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL ROLE {name}")
+        return name
+
+    yield make
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL ROLE goldleaves_app")
+    for name in reversed(created):
+        owner_conn.execute(f"DROP ROLE {name}")
+
+
+@pytest.mark.parametrize(
+    ("attributes", "member_of", "expected"),
+    [
+        ("NOSUPERUSER BYPASSRLS", None, "has BYPASSRLS"),
+        ("SUPERUSER", None, "is a superuser (bypasses row-level security)"),
+        ("NOSUPERUSER NOBYPASSRLS INHERIT", "bypass", "is a member of a superuser or BYPASSRLS"),
+    ],
+)
+def test_check_isolation_flags_an_app_role_that_could_bypass(
+    scratch_role, attributes, member_of, expected
+):
+    if member_of:
+        member_of = scratch_role("NOSUPERUSER BYPASSRLS")
+    role = scratch_role(attributes, member_of)
+    problems = isolation_problems()
+    assert f"role {role}: {expected}" in " | ".join(problems), problems
+    assert not any("expected the app role" in p for p in problems)
+
+
+def test_check_isolation_passes_for_a_plain_scratch_role(scratch_role):
+    """The control for the test above: the same set-up without the bypass is clean."""
+    role = scratch_role("NOSUPERUSER NOBYPASSRLS")
+    assert not [p for p in isolation_problems() if p.startswith(("role", f"role {role}"))]
+
+
+@pytest.mark.parametrize(
+    ("setup", "missing"),
+    [
+        ("ENABLE", "FORCE ROW LEVEL SECURITY, policy tenant_isolation"),
+        ("ENABLE FORCE", "policy tenant_isolation"),
+        ("ENABLE POLICY", "FORCE ROW LEVEL SECURITY"),
+        ("FORCE POLICY", "ENABLE ROW LEVEL SECURITY"),
+    ],
+)
+def test_check_isolation_names_each_missing_piece_alone(owner_conn, setup, missing):
+    owner_conn.execute(
+        "CREATE TABLE leaky_parts (id bigint PRIMARY KEY, organization_id uuid NOT NULL)"
+    )
+    try:
+        if "ENABLE" in setup:
+            owner_conn.execute("ALTER TABLE leaky_parts ENABLE ROW LEVEL SECURITY")
+        if "FORCE" in setup:
+            owner_conn.execute("ALTER TABLE leaky_parts FORCE ROW LEVEL SECURITY")
+        if "POLICY" in setup:
+            owner_conn.execute(
+                rls.Policy(rls.POLICY_NAME, "ALL", rls.POLICY_PREDICATE, None).create_sql(
+                    "leaky_parts"
+                )
+            )
+        problems = [p for p in isolation_problems() if "leaky_parts" in p]
+        assert problems == [f"table leaky_parts: missing {missing}"]
+    finally:
+        owner_conn.execute("DROP TABLE leaky_parts")
+
+
+def test_check_isolation_warns_about_a_bypassing_login_role_and_fails_if_strict(db, capsys):
+    """The suite logs in as a superuser and SET ROLEs to the app role: RESET ROLE would
+    restore the bypass. A warning by default (development, CI), a failure with --strict."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT session_user <> current_user, rolsuper FROM pg_roles "
+            "WHERE rolname = session_user"
+        )
+        assert cursor.fetchone() == (True, True)
+    warnings = isolation_warnings()
+    assert len(warnings) == 1 and "RESET ROLE would restore the bypass" in warnings[0]
+    call_command("check_isolation")
+    assert "warning: login role" in capsys.readouterr().err
+    with pytest.raises(CommandError, match="1 problem"):
+        call_command("check_isolation", "--strict")
+    assert "(strict) login role" in capsys.readouterr().err
+
+
+def _policy_oids():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT oid, polrelid::regclass::text, polname FROM pg_policy")
+        return sorted(cursor.fetchall())
+
+
+def test_sqlmigrate_prints_the_rls_sql_and_runs_nothing(db, capsys):
+    before = _policy_oids()
+    call_command("sqlmigrate", "cases", "0004")
+    out = capsys.readouterr().out
+    assert 'ALTER TABLE "cases_client" FORCE ROW LEVEL SECURITY;' in out
+    assert 'CREATE POLICY tenant_isolation ON "cases_case" FOR ALL USING' in out
+    assert "cases_case_client_id_same_org_fk" in out
+    assert _policy_oids() == before
+
+
+def test_sqlmigrate_backwards_of_a_later_rls_migration_keeps_the_earlier_tables(db, capsys):
+    """billing 0004 re-runs the operation over billing_events, which 0003 protected: its
+    reverse removes RLS only from the tables 0004 created."""
+    call_command("sqlmigrate", "billing", "0004", "--backwards")
+    out = capsys.readouterr().out
+    assert 'ALTER TABLE "billing_usageaggregate" DISABLE ROW LEVEL SECURITY;' in out
+    assert 'ALTER TABLE "billing_meterreport" DISABLE ROW LEVEL SECURITY;' in out
+    assert 'DROP CONSTRAINT IF EXISTS "billing_events_usage_aggregate_id_same_org_fk"' in out
+    assert 'ALTER TABLE "billing_events" DISABLE' not in out
+    assert 'DROP POLICY IF EXISTS tenant_isolation ON "billing_events"' not in out
+    call_command("sqlmigrate", "cases", "0004", "--backwards")
+    assert 'ALTER TABLE "cases_client" DISABLE ROW LEVEL SECURITY;' in capsys.readouterr().out
+
+
+def test_the_backstop_changes_nothing_on_up_to_date_tables(db):
+    """``rls.sync_tables`` (migrate's post-migrate step) on the migrated test database:
+    only catalog reads and the rolled-back TEMP probe, no DDL on a real table."""
+    executed = []
+
+    def capture(execute, sql, params, many, context):
+        executed.append(sql)
+        return execute(sql, params, many, context)
+
+    before = _policy_oids()
+    with connection.execute_wrapper(capture):
+        done = rls.sync_tables(connection, operations.protected_tables(connection))
+    assert done == []
+    ddl = [
+        sql
+        for sql in executed
+        if sql.lstrip().upper().startswith(("ALTER", "DROP", "CREATE", "DO"))
+        and "TEMP" not in sql
+        and "pg_temp." not in sql
+    ]
+    assert ddl == []
+    assert any("CREATE TEMP TABLE" in sql for sql in executed)  # the probe did run
+    assert _policy_oids() == before
 
 
 def test_check_isolation_flags_a_missing_policy_and_a_unique_without_org(owner_conn):

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from tenancy.isolation import isolation_problems
+from tenancy.isolation import isolation_problems, isolation_warnings
 
 
 class Command(BaseCommand):
@@ -12,14 +12,26 @@ class Command(BaseCommand):
         "if the app role can bypass row-level security, if a unique constraint of a tenant "
         "table omits organization_id, if a tenant-to-tenant foreign key has no composite "
         "same-organization twin, or if the database default app.rls_enabled does not match "
-        "RLS_ENABLED. Connects as the app role, like the requests."
+        "RLS_ENABLED. Connects as the app role, like the requests. Warnings (e.g. a login "
+        "role that could bypass RLS after RESET ROLE) are printed; --strict makes them fail "
+        "too (production: DEPLOY.md)."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("--database", default="default", help="Database alias (default).")
+        parser.add_argument(
+            "--strict",
+            action="store_true",
+            help="Fail on warnings too (production, where the app logs in as the app role).",
+        )
 
     def handle(self, *args, **opts):
         problems = isolation_problems(opts["database"])
+        warnings = isolation_warnings(opts["database"])
+        for line in warnings:
+            self.stderr.write(f"  warning: {line}")
+        if opts["strict"]:
+            problems += [f"(strict) {w}" for w in warnings]
         if problems:
             for line in problems:
                 self.stderr.write(f"  {line}")

@@ -2,26 +2,32 @@
 
 Django's ``migrate``, run on a connection that stays the login (owner) role
 (``tenancy.db_roles.owner_connection``). After every migrate, with or without an
-app label (a table created by ``migrate some_app`` must be usable by the app role
-too), but not after ``--plan`` or ``--check``, it also creates/grants the app role,
-writes the database default ``app.rls_enabled`` from ``RLS_ENABLED``, and
-re-applies row-level security to every tenant table of every app
-(``tenancy.rls``), so a tenant table whose migration forgot
-``TenantRowLevelSecurity`` is still protected.
+app label or target (a table created by ``migrate some_app`` must be usable by the
+app role too), but not after ``--plan`` or ``--check``, it also:
+
+* creates/grants the app role and writes the database default ``app.rls_enabled``
+  from ``RLS_ENABLED`` (skipped when it already matches; ``tenancy.db_roles``);
+* runs the row-level-security backstop (``tenancy.rls.sync_tables``) on
+  ``tenancy.operations.protected_tables``: the tenant tables of the APPLIED
+  migration state whose app has an applied ``TenantRowLevelSecurity``. So after
+  ``migrate billing 0003`` it does not touch the tables 0004 created (they are
+  gone), after ``migrate cases 0003`` it does not re-apply what the reverse of
+  ``cases 0004`` removed, and a later migration of an RLS app that forgot the
+  operation is still covered. A table that already matches gets no DDL; a table
+  that needs a change gets it in one transaction with a ``lock_timeout``.
 """
 
-from django.apps import apps
 from django.conf import settings
 from django.core.management.commands import migrate
 from django.db import connections
 
-from tenancy import db_roles, rls
+from tenancy import db_roles, operations, rls
 
 
 class Command(migrate.Command):
     help = migrate.Command.help + (
         " Runs as the owner role, then grants the app role and applies row-level security "
-        "to every tenant table."
+        "to the tenant tables of every app whose RLS migration is applied."
     )
 
     def handle(self, *args, **options):
@@ -32,12 +38,13 @@ class Command(migrate.Command):
                 return
             connection = connections[using]
             done = db_roles.ensure_app_role(connection, rls_enabled=settings.RLS_ENABLED)
-            done += rls.apply_to_tables(connection, rls.tenant_tables(apps.get_models()))
+            done += rls.sync_tables(connection, operations.protected_tables(connection))
             if options["verbosity"] >= 2:
                 for line in done:
                     self.stdout.write(f"  {line}")
             if options["verbosity"] >= 1:
+                changed = sum(d.startswith(("rls ", "unique ", "fk ")) for d in done)
                 self.stdout.write(
-                    f"Row-level security: {sum(d.startswith('rls ') for d in done)} tenant "
-                    f"table(s) protected; RLS_ENABLED={settings.RLS_ENABLED}."
+                    f"Row-level security: {changed} change(s) to tenant tables; "
+                    f"RLS_ENABLED={settings.RLS_ENABLED}."
                 )
