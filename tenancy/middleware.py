@@ -28,6 +28,9 @@ class TenantMiddleware:
 
     * No ``Authorization: Bearer`` header: passes through untouched (health,
       docs, admin, token endpoints); ``request.organization`` is ``None``.
+    * The token endpoints (URL names ``token-obtain`` and ``token-refresh``) pass through
+      untouched whatever the header says: they need no access token, and clients often
+      still send their stale (expired) one while they get a new one.
     * Invalid or expired token: 401 ``{"detail", "code"}``.
     * Organization: the ``X-Organization-ID`` header if present, else the
       token's ``org`` claim. A header that is not a UUID is a 400; an
@@ -39,14 +42,25 @@ class TenantMiddleware:
       A 5xx response rolls the transaction back, as an exception would.
     """
 
+    #: URL names of the views that issue tokens: never judged by their bearer header.
+    TOKEN_URL_NAMES = ("token-obtain", "token-refresh")
+
     def __init__(self, get_response):
         self.get_response = get_response
         self.jwt = JWTAuthentication()
+        self._token_paths: frozenset[str] | None = None
+
+    def _is_token_endpoint(self, request) -> bool:
+        if self._token_paths is None:  # reversed on first use: the URLconf is loaded by then
+            from django.urls import reverse
+
+            self._token_paths = frozenset(reverse(name) for name in self.TOKEN_URL_NAMES)
+        return request.path in self._token_paths
 
     def __call__(self, request):
         request.organization = None
         request.membership = None
-        if self.jwt.get_header(request) is None:
+        if self.jwt.get_header(request) is None or self._is_token_endpoint(request):
             return self.get_response(request)
         try:
             result = self.jwt.authenticate(request)

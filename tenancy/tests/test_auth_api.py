@@ -10,6 +10,12 @@ from tenancy.tests.factories import PASSWORD, MembershipFactory, OrganizationFac
 pytestmark = pytest.mark.django_db
 
 
+def bearer_client_from(access: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {access}")
+    return client
+
+
 def obtain(email, password=PASSWORD):
     return APIClient().post(
         "/api/v1/auth/token/", {"email": email, "password": password}, format="json"
@@ -24,11 +30,13 @@ def test_token_carries_the_default_organization_and_login_is_case_insensitive(ow
     assert access["user_id"] == str(owner.pk)
 
 
-def test_token_refresh(owner):
+def test_token_refresh(owner, org):
     refresh = obtain(owner.email).json()["refresh"]
     response = APIClient().post("/api/v1/auth/token/refresh/", {"refresh": refresh}, format="json")
     assert response.status_code == 200
-    assert "access" in response.json()
+    access = AccessToken(response.json()["access"])
+    assert access["org"] == str(org.pk)  # the refreshed access token still names the tenant
+    assert bearer_client_from(response.json()["access"]).get("/api/v1/cases/").status_code == 200
     bad = APIClient().post("/api/v1/auth/token/refresh/", {"refresh": "nope"}, format="json")
     assert bad.status_code == 401
     assert bad.json()["code"] == "token_not_valid"
@@ -149,3 +157,50 @@ def test_organizations_endpoints_never_show_another_organization(outsider_api, o
 def test_organizations_endpoints_need_a_token(anon_api):
     assert anon_api.get("/api/v1/organizations/").status_code == 401
     assert anon_api.get("/api/v1/organizations/current/").status_code == 401
+
+
+def expired_access_token(user) -> str:
+    token = AccessToken.for_user(user)
+    token["org"] = str(user.organization_id)
+    token.set_exp(lifetime=-timedelta(minutes=1))
+    return str(token)
+
+
+@pytest.mark.parametrize("header", ["expired", "Bearer garbage"])
+def test_token_endpoints_ignore_a_stale_bearer_header(owner, org, header):
+    """Clients refresh with their expired access token still in the header: the token
+    endpoints need no access token, so the middleware lets them through untouched."""
+    refresh = obtain(owner.email).json()["refresh"]
+    client = APIClient()
+    value = f"Bearer {expired_access_token(owner)}" if header == "expired" else header
+    client.credentials(HTTP_AUTHORIZATION=value)
+    refreshed = client.post("/api/v1/auth/token/refresh/", {"refresh": refresh}, format="json")
+    assert refreshed.status_code == 200, refreshed.content
+    assert AccessToken(refreshed.json()["access"])["org"] == str(org.pk)
+    obtained = client.post(
+        "/api/v1/auth/token/", {"email": owner.email, "password": PASSWORD}, format="json"
+    )
+    assert obtained.status_code == 200, obtained.content
+    # the same stale header on any other endpoint is still a 401
+    assert client.get("/api/v1/organizations/current/").status_code == 401
+
+
+def test_drf_reuses_the_middlewares_token_validation(api, monkeypatch):
+    """The bearer token is validated once per request: by TenantMiddleware; DRF's
+    TenantJWTAuthentication takes the middleware's (user, token) result."""
+    from rest_framework_simplejwt.authentication import JWTAuthentication
+
+    validated_by = []
+    real = JWTAuthentication.get_validated_token
+
+    def spy(self, raw_token):
+        validated_by.append(type(self).__name__)
+        return real(self, raw_token)
+
+    monkeypatch.setattr(JWTAuthentication, "get_validated_token", spy)
+    assert api.get("/api/v1/cases/").status_code == 200
+    assert validated_by == ["JWTAuthentication"]  # the middleware's instance, only
+    validated_by.clear()
+    created = api.post("/api/v1/clients/", {"name": "Spy Client"}, format="json")
+    assert created.status_code == 201
+    assert validated_by == ["JWTAuthentication"]
