@@ -84,6 +84,20 @@ def route_template(route: str | None) -> str | None:
     return "/" + text.lstrip("/")
 
 
+#: The smallest ``duration_ms`` recorded (1 microsecond, the precision it is rounded to).
+MIN_DURATION_MS = 0.001
+
+
+def duration_ms(request) -> float:
+    """Milliseconds since ``RequestTimerMiddleware`` started timing ``request``, rounded
+    to 3 decimals (microseconds), and positive by construction: at least
+    ``MIN_DURATION_MS``. ``goldleaves.middleware.elapsed_ms`` is 0.0 for a request the
+    timer never saw (a request built outside the middleware stack), and a very fast
+    request could round to 0.0; a recorded duration of 0 would read as "not measured"
+    (issue 3: "never 0 by construction"), so both become 0.001."""
+    return max(round(elapsed_ms(request), 3), MIN_DURATION_MS)
+
+
 def _status_is_unbilled(status_code: int, rules: list[str]) -> bool:
     for rule in rules:
         rule = rule.strip().lower()
@@ -105,7 +119,7 @@ class UsageMiddleware:
     ``billing.pricing``, ``request_id`` = the request's id (``X-Request-ID``, so a
     retry is billed once), dimensions ``endpoint``, ``route``, ``method``,
     ``status_code``, ``duration_ms`` (float, ms since ``RequestTimerMiddleware``'s
-    start, measured now) and ``request_id``.
+    start, measured now, at least 0.001: see ``duration_ms``) and ``request_id``.
 
     Raises ``MiddlewareNotUsed`` at start-up when ``BILLING_METERING_ENABLED`` is false.
     """
@@ -158,7 +172,7 @@ class UsageMiddleware:
                     "route": route_template(match.route if match else None),
                     "method": request.method,
                     "status_code": response.status_code,
-                    "duration_ms": round(elapsed_ms(request), 3),
+                    "duration_ms": duration_ms(request),
                     "request_id": request_id,
                 },
             )

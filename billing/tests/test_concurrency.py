@@ -7,7 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from billing.models import BillingEvent
+from billing.ratelimit import tier_limit
 from tenancy.context import cross_tenant
+from tenancy.models import PlanTier
 from tenancy.serializers import OrganizationTokenObtainPairSerializer
 from tenancy.tests.factories import OrganizationFactory, member_of
 
@@ -21,8 +23,21 @@ def _token(user) -> str:
 
 
 @pytest.mark.live
-def test_concurrent_requests_are_billed_once_per_request_id(live_server, transactional_db):
-    orgs = [OrganizationFactory(), OrganizationFactory()]
+def test_concurrent_requests_are_billed_once_per_request_id(
+    live_server, transactional_db, settings
+):
+    # Rate limits are out of scope here: each organization sends 4 x 50 = 200 requests
+    # in a few seconds, which only stayed under the factory's 'pro' tier (300/min) by
+    # luck of the numbers. Pin both organizations to 'enterprise' and make sure that
+    # tier has no limit (PlanRateThrottle: no limit configured = unlimited), so a 429
+    # can never replace a billable 200 whatever THREADS or TIER_RATE_LIMITS become.
+    settings.TIER_RATE_LIMITS = {
+        tier: limits
+        for tier, limits in settings.TIER_RATE_LIMITS.items()
+        if tier != PlanTier.ENTERPRISE
+    }
+    orgs = [OrganizationFactory(plan_tier=PlanTier.ENTERPRISE) for _ in range(2)]
+    assert all(tier_limit(org) is None for org in orgs)
     users = [member_of(org) for org in orgs]
     tokens = [_token(user) for user in users]
     barrier = threading.Barrier(THREADS)

@@ -2,14 +2,19 @@ import logging
 import uuid
 
 import pytest
+from django.core.handlers.base import BaseHandler
 from django.db import connection
+from django.http import JsonResponse
+from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.utils.module_loading import import_string
 
 from billing import middleware
 from billing.models import BillingEvent
-from cases.models import Client
+from cases.models import Case, Client
 from cases.tests.factories import CaseFactory
 from conftest import bearer_client
+from tenancy.tests.factories import PASSWORD
 
 pytestmark = pytest.mark.django_db
 
@@ -30,6 +35,25 @@ def test_one_get_creates_exactly_one_event(api, org, owner):
     assert dims["status_code"] == 200
     assert dims["request_id"] == request_id
     assert isinstance(dims["duration_ms"], float) and dims["duration_ms"] > 0
+
+
+def test_duration_is_positive_even_without_the_timer(org, owner, rf, monkeypatch):
+    """``elapsed_ms`` is 0.0 for a request RequestTimerMiddleware never saw, and a
+    sub-microsecond one rounds to 0.0: the recorded duration_ms is still 0.001."""
+    response = JsonResponse({}, status=200)
+    usage = middleware.UsageMiddleware(lambda request: response)
+
+    def request_without_timer(request_id):
+        request = rf.get("/api/v1/cases/")
+        assert not hasattr(request, "start_time")
+        request.organization, request.user, request.request_id = org, owner, request_id
+        return request
+
+    assert usage(request_without_timer("no-timer")) is response
+    monkeypatch.setattr(middleware, "elapsed_ms", lambda request: 0.0004)
+    usage(request_without_timer("too-fast"))
+    durations = dict(BillingEvent.objects.values_list("request_id", "dimensions__duration_ms"))
+    assert durations == {"no-timer": 0.001, "too-fast": 0.001}
 
 
 def test_route_is_the_url_pattern(api, org):
@@ -73,6 +97,24 @@ def test_anonymous_and_bad_token_are_not_billed(anon_api, org):
     anon_api.credentials(HTTP_AUTHORIZATION="Bearer not-a-token")
     assert anon_api.get("/api/v1/cases/").status_code == 401
     assert BillingEvent.objects.count() == 0
+
+
+def test_successful_anonymous_request_on_a_billable_route_is_not_billed(
+    anon_api, owner, settings, caplog
+):
+    """The token endpoint answers 200 to an anonymous caller under /api/v1/ (billable
+    prefix): no organization, so no event, and no write even attempted (an attempt
+    without an organization would fail validation and count a write failure)."""
+    path = "/api/v1/auth/token/"
+    assert any(path.startswith(prefix) for prefix in settings.BILLABLE_ROUTES)
+    before = middleware.write_failures()
+    with caplog.at_level(logging.ERROR, logger="billing.metering"):
+        response = anon_api.post(path, {"email": owner.email, "password": PASSWORD}, format="json")
+    assert response.status_code == 200, response.content
+    assert response.json()["access"]
+    assert BillingEvent.objects.count() == 0
+    assert middleware.write_failures() == before
+    assert not [r for r in caplog.records if r.name == "billing.metering"]
 
 
 def test_foreign_organization_header_is_403_and_not_billed(api, outsider_org):
@@ -133,10 +175,17 @@ def test_unbilled_statuses_are_configurable(api, settings):
 
 @pytest.mark.urls("billing.tests.urls_metering")
 def test_view_with_savepoint_rollback_and_4xx_is_billed_once(api, org):
+    """A real unique violation inside the view's savepoint (PostgreSQL's failed-transaction
+    state, cleared by the savepoint rollback): the 400 is billed once, in the request's
+    transaction, and the writes the view made before the savepoint are kept."""
     response = api.post("/api/v1/test-savepoint/", HTTP_X_REQUEST_ID="sp-1")
-    assert response.status_code == 409
-    assert BillingEvent.objects.filter(request_id="sp-1").count() == 1
+    assert response.status_code == 400, response.content
+    assert response.json()["sqlstate"] == "23505"  # unique_violation, from PostgreSQL
+    event = BillingEvent.objects.get()
+    assert (event.request_id, event.organization_id) == ("sp-1", org.pk)
+    assert event.dimensions["status_code"] == 400
     assert list(Client.objects.values_list("name", flat=True)) == ["kept"]
+    assert list(Case.objects.values_list("reference_number", "title")) == [("SP-1", "first")]
 
 
 def test_nonexistent_object_404_is_billed(api):
@@ -160,8 +209,30 @@ def test_write_failure_keeps_response_and_data_logs_and_counts(api, org, setting
     assert errors[0].request_id == "fail-1"
 
 
+def middleware_chain() -> list[type]:
+    """The classes of the middleware a new handler really runs, outermost first: walk
+    ``BaseHandler._middleware_chain`` (each link is ``convert_exception_to_response``'s
+    wrapper, whose ``__wrapped__`` is the middleware instance, whose ``get_response`` is
+    the next link) down to the handler's own ``_get_response``."""
+    handler = BaseHandler()
+    handler.load_middleware()
+    classes = []
+    link = handler._middleware_chain
+    while True:
+        instance = link.__wrapped__
+        if getattr(instance, "__self__", None) is handler:  # handler._get_response
+            return classes
+        classes.append(type(instance))
+        link = instance.get_response
+
+
 def test_disabled_metering_removes_the_middleware(owner, settings):
+    expected = [import_string(path) for path in settings.MIDDLEWARE]
+    assert expected[-1] is middleware.UsageMiddleware
+    with override_settings(BILLING_METERING_ENABLED=True):
+        assert middleware_chain() == expected  # control: the walk sees every middleware
     settings.BILLING_METERING_ENABLED = False
+    assert middleware_chain() == expected[:-1]  # MiddlewareNotUsed: not in the chain
     client = bearer_client(owner)  # a new client builds a new handler
     assert client.get("/api/v1/cases/").status_code == 200
     assert BillingEvent.objects.count() == 0

@@ -5,7 +5,7 @@ from django.db import IntegrityError, transaction
 from django.http import JsonResponse
 from django.urls import include, path
 
-from cases.models import Client
+from cases.models import Case, Client
 
 
 def status_view(request, code: int):
@@ -13,15 +13,30 @@ def status_view(request, code: int):
 
 
 def savepoint_error_view(request):
-    """Writes a client, then fails a second write inside a savepoint and answers 409."""
-    Client.objects.create(organization=request.organization, name="kept")
+    """Writes a client and a case (reference ``SP-1``), then tries a second case with the
+    same reference inside a savepoint: PostgreSQL raises a real unique violation
+    (``cases_case_org_reference_unique``, SQLSTATE 23505), which puts the transaction in
+    the failed state until the savepoint is rolled back; answers 400 with the SQLSTATE,
+    so the test can tell a real database error from a Python-raised one."""
+    client = Client.objects.create(organization=request.organization, name="kept")
+    Case.objects.create(
+        organization=request.organization, client=client, title="first", reference_number="SP-1"
+    )
     try:
         with transaction.atomic():
-            Client.objects.create(organization=request.organization, name="dropped")
-            raise IntegrityError("simulated constraint failure")
-    except IntegrityError:
-        pass
-    return JsonResponse({"detail": "conflict", "code": "conflict"}, status=409)
+            Case.objects.create(
+                organization=request.organization,
+                client=client,
+                title="duplicate",
+                reference_number="SP-1",
+            )
+    except IntegrityError as exc:
+        sqlstate = getattr(exc.__cause__, "sqlstate", None)
+        return JsonResponse(
+            {"detail": "duplicate reference", "code": "duplicate", "sqlstate": sqlstate},
+            status=400,
+        )
+    return JsonResponse({"detail": "no error", "code": "unexpected"}, status=200)
 
 
 urlpatterns = [
