@@ -142,6 +142,52 @@ def test_case_crud_and_closing(api, org, client_obj):
     assert not Case.objects.filter(pk=pk).exists()
 
 
+def test_owner_put_replaces_a_case(api, org, case_obj):
+    new_client = ClientFactory(organization=org, name="New Client")
+    payload = {
+        "client": str(new_client.pk),
+        "title": "Replaced title",
+        "reference_number": "PUT-1",
+        "status": "pending",
+        "description": "full update",
+        "opened_at": "2026-01-02T03:04:05Z",
+    }
+    response = api.put(f"/api/v1/cases/{case_obj.pk}/", payload, format="json")
+    assert response.status_code == 200, response.content
+    case_obj.refresh_from_db()
+    assert (
+        case_obj.client_id,
+        case_obj.title,
+        case_obj.reference_number,
+        case_obj.status,
+        case_obj.description,
+        case_obj.opened_at.isoformat(),
+    ) == (
+        new_client.pk,
+        "Replaced title",
+        "PUT-1",
+        "pending",
+        "full update",
+        "2026-01-02T03:04:05+00:00",
+    )
+    # PUT is a full replacement: a missing required field is a 400 and changes nothing
+    partial = api.put(f"/api/v1/cases/{case_obj.pk}/", {"title": "Only title"}, format="json")
+    assert partial.status_code == 400
+    assert {"client", "reference_number"} <= set(partial.json()["errors"])
+    case_obj.refresh_from_db()
+    assert case_obj.title == "Replaced title"
+
+
+def test_owner_put_with_another_organizations_client_is_400(api, case_obj, outsider_org):
+    foreign = ClientFactory(organization=outsider_org)
+    payload = {"client": str(foreign.pk), "title": "T", "reference_number": "PUT-X"}
+    response = api.put(f"/api/v1/cases/{case_obj.pk}/", payload, format="json")
+    assert response.status_code == 400
+    assert "client" in response.json()["errors"]
+    case_obj.refresh_from_db()
+    assert case_obj.reference_number != "PUT-X"
+
+
 def test_case_with_another_organizations_client_is_400(api, outsider_org):
     foreign = ClientFactory(organization=outsider_org)
     response = api.post(
@@ -248,6 +294,30 @@ def test_document_without_file_is_400(api, case_obj):
     response = api.post("/api/v1/documents/", {"case": str(case_obj.pk)}, format="multipart")
     assert response.status_code == 400
     assert "file" in response.json()["errors"]
+
+
+def test_owner_put_moves_a_document_and_keeps_its_file(
+    api, org, document_obj, client_obj, outsider_org
+):
+    other_case = CaseFactory(organization=org, client=client_obj)
+    response = api.put(
+        f"/api/v1/documents/{document_obj.pk}/", {"case": str(other_case.pk)}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["case"] == str(other_case.pk)
+    document_obj.refresh_from_db()
+    assert document_obj.case_id == other_case.pk
+    assert document_obj.file.read() == b"hello\nworld\n"
+    foreign_case = CaseFactory(organization=outsider_org)
+    refused = api.put(
+        f"/api/v1/documents/{document_obj.pk}/", {"case": str(foreign_case.pk)}, format="json"
+    )
+    assert refused.status_code == 400
+    assert "case" in refused.json()["errors"]
+    missing = api.put(f"/api/v1/documents/{document_obj.pk}/", {}, format="json")
+    assert missing.status_code == 400
+    document_obj.refresh_from_db()
+    assert document_obj.case_id == other_case.pk
 
 
 def test_document_move_and_delete(
