@@ -3,23 +3,23 @@
 Served by gunicorn with ``DJANGO_SETTINGS_MODULE=tenancy.tests.leak_settings``:
 
 * ``/leak/whoami/``  (bearer): the organization, what RLS lets an UNFILTERED ORM query
-  see, ``current_setting('app.current_org')``, and one metered ``BillingEvent``.
+  see, ``current_setting('app.current_org')``. (Not billable: metering is checked on the
+  real ``/api/v1/`` endpoints, through the real ``UsageMiddleware``.)
 * ``/leak/boom/``    (bearer): the view raises after reading tenant rows.
 * ``/leak/savepoint/`` (bearer): a savepoint sets another organization and rolls back.
 * ``/leak/probe/``   (no bearer, no tenant context): backend pid, ``app.current_org``,
+  ``app.cross_tenant``, ``app.rls_enabled`` and the database default it must equal,
   and how many cases a context-free query sees.
 * Header ``X-Leak-Middleware-Boom: 1``: a middleware inside the tenant transaction raises.
 * Every response carries ``X-Backend-Pid`` (added outside the tenant transaction).
 """
 
-import uuid
-
 from django.db import connection, transaction
 from django.http import JsonResponse
 from django.urls import include, path
 
-from billing.models import BillingEvent
 from cases.models import Case
+from tenancy.db_roles import rls_database_default
 
 
 def _pid_and_org():
@@ -55,14 +55,6 @@ class RaisingMiddleware:
 
 def whoami(request):
     pid, setting = _pid_and_org()
-    request_id = request.headers.get("X-Leak-Request") or uuid.uuid4().hex
-    BillingEvent.objects.create(
-        organization=request.organization,
-        user=request.user,
-        event_type="api",
-        event_name="leak.request",
-        request_id=request_id,
-    )
     return JsonResponse(
         {
             "organization": str(request.organization.pk),
@@ -92,8 +84,22 @@ def savepoint(request, other):
 
 
 def probe(request):
-    pid, setting = _pid_and_org()
-    return JsonResponse({"pid": pid, "setting": setting, "cases": Case.objects.count()})
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_backend_pid(), current_setting('app.current_org', true),"
+            " current_setting('app.cross_tenant', true), current_setting('app.rls_enabled', true)"
+        )
+        pid, setting, cross_tenant, rls_enabled = cursor.fetchone()
+    return JsonResponse(
+        {
+            "pid": pid,
+            "setting": setting,
+            "cross_tenant": cross_tenant,
+            "rls_enabled": rls_enabled,
+            "rls_enabled_default": rls_database_default(connection),
+            "cases": Case.objects.count(),
+        }
+    )
 
 
 urlpatterns = [

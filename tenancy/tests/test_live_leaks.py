@@ -10,11 +10,16 @@ so no wrapping test transaction can hide a leak. Three deployments:
 * a real PgBouncer in transaction mode in front of PostgreSQL (``tenancy/tests/pgbouncer.py``
   starts and stops its own process and config in a temp dir).
 
-Each alternates two organizations' requests (1,200, 8 client threads) and checks every
-response shows only its own organization and every metered event lands in its own
-organization; then a view exception, a middleware exception and a savepoint rollback are
-each followed by a request on the same backend (``pg_backend_pid()``) that must read
-``current_setting('app.current_org', true)`` as empty.
+Each alternates two organizations' requests (1,200, 8 client threads): half on the real,
+billable ``GET /api/v1/cases/`` (each with its own ``X-Request-ID``), half on the test view
+``/leak/whoami/`` (an UNFILTERED query, so only row-level security keeps the other firm
+out). Every response must show only its own organization, and the ``api.request`` events
+the real ``UsageMiddleware`` wrote must be exactly one per API request sent, in the
+sender's organization (a metering failure the middleware swallows fails the test). Then a
+view exception, a middleware exception, a savepoint rollback and a staff admin request
+(the cross-tenant path) are each followed by a request on the same backend
+(``pg_backend_pid()``) that must read ``app.current_org`` and ``app.cross_tenant`` as
+empty and ``app.rls_enabled`` as the database default.
 """
 
 import os
@@ -63,6 +68,7 @@ class Gunicorn:
             "DJANGO_SETTINGS_MODULE": "tenancy.tests.leak_settings",
             "SECRET_KEY": settings.SECRET_KEY,
             "RLS_ENABLED": "true",
+            "BILLING_METERING_ENABLED": "true",
             "LOG_LEVEL": "ERROR",
             **env,
         }
@@ -115,6 +121,25 @@ class Gunicorn:
             self.proc.kill()
 
 
+def _staff_session() -> dict:
+    """A committed staff superuser and a logged-in session for it: the session cookie."""
+    from django.conf import settings as dj_settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from tenancy.models import User
+
+    staff = User.objects.create_superuser(
+        email=f"staff-{uuid.uuid4().hex[:6]}@leak.test", password=uuid.uuid4().hex
+    )
+    session = SessionStore()
+    session[SESSION_KEY] = str(staff.pk)
+    session[BACKEND_SESSION_KEY] = dj_settings.AUTHENTICATION_BACKENDS[0]
+    session[HASH_SESSION_KEY] = staff.get_session_auth_hash()
+    session.create()
+    return {dj_settings.SESSION_COOKIE_NAME: session.session_key}
+
+
 @pytest.fixture(scope="module")
 def tenants(django_db_setup, django_db_blocker):
     """Two organizations with a case each and an owner each, COMMITTED (the server is
@@ -133,12 +158,13 @@ def tenants(django_db_setup, django_db_blocker):
                 slug=f"leak-{key}-{uuid.uuid4().hex[:6]}", plan_tier="enterprise"
             )
             user = member_of(org, email=f"leak-{key}-{uuid.uuid4().hex[:6]}@leak.test")
-            CaseFactory(organization=org)
+            case = CaseFactory(organization=org)
             token = OrganizationTokenObtainPairSerializer.get_token(user).access_token
-            result[key] = {"org": org, "user": user, "token": str(token)}
+            result[key] = {"org": org, "user": user, "token": str(token), "case": case}
+        result["staff_session"] = _staff_session()
         yield result
         with cross_tenant(reason="test clean-up"):
-            ids = [v["org"].pk for v in result.values()]
+            ids = [result[k]["org"].pk for k in "ab"]
             BillingEvent.objects.filter(organization_id__in=ids).delete()
             from cases.models import Case, Client
             from tenancy.models import User
@@ -151,51 +177,70 @@ def tenants(django_db_setup, django_db_blocker):
 
 
 def _alternate(base: str, tenants: dict) -> None:
-    """REQUESTS alternating requests over CLIENT_THREADS threads; checks every response
-    and that each metered event landed in the requesting organization."""
+    """REQUESTS requests alternating organizations over CLIENT_THREADS threads, half on the
+    billable ``/api/v1/cases/``, half on ``/leak/whoami/``; checks every response, then
+    that the real ``UsageMiddleware`` metered each API request once, in its organization."""
     sessions: dict[int, requests.Session] = {}
 
     def one(i: int):
-        key = "ab"[i % 2]
-        t = tenants[key]
         import threading
 
+        key = "ab"[i % 2]
+        t = tenants[key]
+        org = str(t["org"].pk)
         session = sessions.setdefault(threading.get_ident(), requests.Session())
-        request_id = f"leak-{key}-{i}-{uuid.uuid4().hex[:8]}"
-        r = session.get(
-            base + "/leak/whoami/",
-            headers={"Authorization": f"Bearer {t['token']}", "X-Leak-Request": request_id},
-            timeout=30,
-        )
+        auth = {"Authorization": f"Bearer {t['token']}"}
+        if i % 4 < 2:
+            request_id = f"leak-{key}-{i}-{uuid.uuid4().hex[:12]}"
+            r = session.get(
+                base + "/api/v1/cases/", headers={**auth, "X-Request-ID": request_id}, timeout=30
+            )
+            assert r.status_code == 200, r.text
+            assert r.headers["X-Request-ID"] == request_id
+            ids = [row["id"] for row in r.json()["results"]]
+            assert ids == [str(t["case"].pk)], f"request {i} ({key}) saw {ids}"
+            return key, request_id
+        r = session.get(base + "/leak/whoami/", headers=auth, timeout=30)
         assert r.status_code == 200, r.text
         body = r.json()
-        org = str(t["org"].pk)
         assert body["organization"] == org
         assert body["setting"] == org
         assert body["cases"] == [org], f"request {i} ({key}) saw {body['cases']}"
-        return key, request_id
+        return key, None
 
     with ThreadPoolExecutor(CLIENT_THREADS) as pool:
-        sent = list(pool.map(one, range(REQUESTS)))
+        sent = [(k, rid) for k, rid in pool.map(one, range(REQUESTS)) if rid]
+    assert len(sent) == REQUESTS // 2
+    all_ids = [rid for _, rid in sent]
     with cross_tenant(reason="test: where did the metered events land"):
         for key in "ab":
-            expected = {rid for k, rid in sent if k == key}
-            landed = set(
+            expected = sorted(rid for k, rid in sent if k == key)
+            landed = sorted(
                 BillingEvent.objects.filter(
-                    organization=tenants[key]["org"], request_id__in=[r for _, r in sent]
+                    organization=tenants[key]["org"],
+                    event_name="api.request",
+                    request_id__in=all_ids,
                 ).values_list("request_id", flat=True)
             )
-            assert landed == expected, key
+            assert len(expected) == REQUESTS // 4
+            assert landed == expected, (
+                f"{key}: {len(expected)} API requests sent, {len(landed)} api.request events "
+                f"in its organization; missing {sorted(set(expected) - set(landed))[:5]}, "
+                f"foreign {sorted(set(landed) - set(expected))[:5]}"
+            )
 
 
 def _probe_same_backend(base: str, pid: int) -> dict:
     """Probe (no tenant context) until a request lands on backend ``pid``; every probe on
-    the way must already read an empty ``app.current_org``."""
+    the way must already read ``app.current_org`` and ``app.cross_tenant`` as empty and
+    ``app.rls_enabled`` as the database default (nothing a request set survives it)."""
     session = requests.Session()
     for _ in range(200):
         body = session.get(base + "/leak/probe/", timeout=10).json()
         assert body["setting"] in ("", None), body
-        if settings.RLS_ENABLED:
+        assert body["cross_tenant"] in ("", None), body
+        assert body["rls_enabled"] == body["rls_enabled_default"], body
+        if body["rls_enabled_default"] != "off":
             assert body["cases"] == 0, body  # no context: fail closed
         if body["pid"] == pid:
             return body
@@ -221,6 +266,16 @@ def _after_failures(base: str, tenants: dict) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["setting"] == str(a["org"].pk)  # the rollback restored A, not B
     _probe_same_backend(base, r.json()["pid"])
+
+    # The cross-tenant path: staff in the admin see every organization's cases...
+    admin = requests.Session()
+    admin.cookies.update(tenants["staff_session"])
+    r = admin.get(base + "/admin/cases/case/", timeout=10, allow_redirects=False)
+    assert r.status_code == 200, r.status_code
+    for key in "ab":
+        assert tenants[key]["case"].reference_number in r.text
+    # ... and the next request on that backend is back to no organization, no bypass.
+    _probe_same_backend(base, int(r.headers["X-Backend-Pid"]))
 
 
 @pytest.mark.django_db
