@@ -220,3 +220,66 @@ def test_a_crash_between_batches_then_a_rerun_finishes_correctly():
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{left} user(s) without an organization" in rerun.stdout
     assert_backfilled(data)
+
+
+@pytest.fixture
+def organization_insert_trap(transactional_db):
+    """A trigger (created as the login role, which owns the table) that raises on INSERT
+    of an organization whose slug starts with ``boom``; dropped afterwards."""
+    import psycopg
+
+    from tenancy.tests.dburl import socket_or_host
+
+    s = connection.settings_dict
+    host, port = socket_or_host()
+    with psycopg.connect(
+        host=host,
+        port=port,
+        dbname=s["NAME"],
+        user=s["USER"],
+        password=s["PASSWORD"] or None,
+        autocommit=True,
+    ) as owner:
+        owner.execute(
+            "CREATE FUNCTION gl_test_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE EXCEPTION 'test trap: refusing organization %', NEW.slug; END $$"
+        )
+        owner.execute(
+            "CREATE TRIGGER gl_test_boom BEFORE INSERT ON tenancy_organization FOR EACH ROW "
+            "WHEN (NEW.slug LIKE 'boom%') EXECUTE FUNCTION gl_test_boom()"
+        )
+        try:
+            yield
+        finally:
+            owner.execute("DROP TRIGGER gl_test_boom ON tenancy_organization")
+            owner.execute("DROP FUNCTION gl_test_boom()")
+
+
+def test_a_database_error_exits_non_zero_keeps_done_batches_and_rolls_back_the_failing_one(
+    organization_insert_trap,
+):
+    # batch 1 (10 users): ten firm domains; batch 2: gamma.test, then boom.test (trapped)
+    User.objects.bulk_create(
+        [User(email=f"u{i}@alpha{i}.test") for i in range(10)]
+        + [User(email="g@gamma.test"), User(email="b@boom.test")]
+    )
+    result = subprocess.run(
+        [sys.executable, "manage.py", "backfill_organizations", "--batch-size", "10"],
+        cwd=ROOT,
+        env=_subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0, result.stdout
+    assert "backfill failed in batch 2 (users after id" in result.stderr, result.stderr
+    assert "test trap: refusing organization boom-test" in result.stderr
+    assert "The batch was rolled back. 10 user(s) were done in committed batches" in result.stderr
+    assert "batch 1: 10/12 users" in result.stdout
+    with cross_tenant(reason="test: what was committed"):
+        done = dict(User.objects.values_list("email", "organization__slug"))
+        assert all(done[f"u{i}@alpha{i}.test"] == f"alpha{i}-test" for i in range(10)), done
+        assert done["g@gamma.test"] is None and done["b@boom.test"] is None
+        # the failing batch's gamma organization was rolled back with it
+        assert not Organization.objects.filter(slug__in=["gamma-test", "boom-test"]).exists()
+        assert Membership.objects.count() == 10

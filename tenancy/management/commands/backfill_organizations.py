@@ -3,6 +3,7 @@
 import contextlib
 import time
 
+import psycopg
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, transaction
 
@@ -64,7 +65,8 @@ class Command(BaseCommand):
         except _BatchFailed as failed:
             exc, batches, after_id = failed.args
             raise CommandError(
-                f"backfill failed in batch {batches + 1} (users after id {after_id}): {exc}. "
+                f"backfill failed in batch {batches + 1} (users after id {after_id}): "
+                f"{_first_error(exc)}. The batch was rolled back. "
                 f"{totals.users} user(s) were done in committed batches; rerun to resume."
             ) from exc
         elapsed = time.monotonic() - started
@@ -114,3 +116,27 @@ class Command(BaseCommand):
 
 class _BatchFailed(Exception):
     pass
+
+
+def _first_error(exc: BaseException) -> str:
+    """The database error that started the failure, not a follow-up raised while cleaning
+    up in the aborted transaction (``current transaction is aborted``): follows the
+    implicit ``__context__`` chain, also through Django's wrapping of the driver error
+    (``__cause__``). Returns its first line (PostgreSQL's CONTEXT lines dropped)."""
+    first, seen = exc, {id(exc)}
+    while True:
+        candidates = (first.__context__, getattr(first.__cause__, "__context__", None))
+        following = next(
+            (
+                c
+                for c in candidates
+                if isinstance(c, DatabaseError | psycopg.Error) and id(c) not in seen
+            ),
+            None,
+        )
+        if following is None:
+            break
+        seen.add(id(following))
+        first = following
+    text = str(first).strip()
+    return text.splitlines()[0] if text else repr(first)
