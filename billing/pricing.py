@@ -36,6 +36,67 @@ def price_book() -> dict[str, int]:
     return book
 
 
+#: The largest price that fits ``BillingEvent.unit_cost_cents``, a PostgreSQL ``integer``
+#: (4 bytes, -2147483648 to +2147483647: PostgreSQL manual, 8.1.1 "Integer Types").
+MAX_UNIT_COST_CENTS = 2_147_483_647
+
+#: ``BillingEvent.event_name`` is ``max_length=64``.
+MAX_EVENT_NAME_LENGTH = 64
+
+
+def _cents_problem(value) -> str | None:
+    """Why ``value`` is not a valid price in cents, or ``None`` if it is."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"must be an integer number of cents, not {type(value).__name__} {value!r}"
+    if not 0 <= value <= MAX_UNIT_COST_CENTS:
+        return f"must be between 0 and {MAX_UNIT_COST_CENTS} cents, not {value}"
+    return None
+
+
+def configuration_problems() -> list[tuple[str, str]]:
+    """Everything wrong with the pricing settings, for the start-up system check
+    (``billing.checks``): ``[(setting name, message)]``, empty when valid.
+
+    ``BILLING_PRICE_BOOK`` must be an object (``{}`` or unset is allowed) whose keys are
+    event names of 1-64 characters and whose values are integer cents in
+    ``[0, MAX_UNIT_COST_CENTS]``; ``USAGE_RATE_CENTS`` must be an integer in the same
+    range. Stricter than ``price_book()`` at write time, which checks types only: an
+    out-of-range price is refused by PostgreSQL on INSERT (a ``DataError``, logged by
+    the writer) rather than repeated here on every event.
+    """
+    problems = []
+    book = getattr(settings, "BILLING_PRICE_BOOK", None)
+    if book is None:
+        book = {}
+    if not isinstance(book, dict):
+        problems.append(
+            (
+                "BILLING_PRICE_BOOK",
+                f"must be a JSON object {{event_name: cents per unit}}, "
+                f"not {type(book).__name__} {book!r}",
+            )
+        )
+        book = {}
+    for name, cents in book.items():
+        if not isinstance(name, str) or not 1 <= len(name) <= MAX_EVENT_NAME_LENGTH:
+            problems.append(
+                (
+                    "BILLING_PRICE_BOOK",
+                    f"key {name!r} must be an event name of 1-{MAX_EVENT_NAME_LENGTH} characters",
+                )
+            )
+        problem = _cents_problem(cents)
+        if problem:
+            problems.append(("BILLING_PRICE_BOOK", f"[{name!r}] {problem}"))
+    if not hasattr(settings, "USAGE_RATE_CENTS"):
+        problems.append(("USAGE_RATE_CENTS", "is not set"))
+    else:
+        problem = _cents_problem(settings.USAGE_RATE_CENTS)
+        if problem:
+            problems.append(("USAGE_RATE_CENTS", problem))
+    return problems
+
+
 def unit_cost_cents(event_name: str) -> int:
     """Price of one unit of ``event_name`` in integer cents (price book, else USAGE_RATE_CENTS)."""
     book = price_book()
