@@ -354,6 +354,28 @@ def test_events_list_is_scoped_filtered_and_paginated(api, org, outsider_org):
     assert api.get("/api/v1/billing/events/?status=9").status_code == 400
 
 
+@pytest.mark.parametrize(
+    ("param", "expected"),
+    [("0", "pending"), ("pending", "pending"), ("1", "posted"), ("posted", "posted")],
+)
+def test_events_status_filter_takes_the_value_or_the_name(api, org, param, expected):
+    """The responses show status as "pending"/"posted": the filter accepts those names
+    as well as the stored 0/1."""
+    BillingEventFactory.create_batch(2, organization=org, status=0)
+    BillingEventFactory(organization=org, status=1)
+    response = api.get(f"/api/v1/billing/events/?status={param}")
+    assert response.status_code == 200, response.content
+    statuses = [e["status"] for e in response.json()["results"]]
+    assert statuses == [expected] * (2 if expected == "pending" else 1)
+
+
+@pytest.mark.parametrize("param", ["9", "Posted", "failed", "-1"])
+def test_events_status_filter_rejects_other_values(api, param):
+    response = api.get(f"/api/v1/billing/events/?status={param}")
+    assert response.status_code == 400
+    assert "status" in response.json()["errors"]
+
+
 def test_outsider_sees_none_of_our_events(outsider_api, org):
     BillingEventFactory.create_batch(2, organization=org)
     body = outsider_api.get("/api/v1/billing/events/").json()
