@@ -56,6 +56,16 @@ class _UsageApi(TenantAPIMixin, APIView):
     query_serializer_class = PeriodQuerySerializer
 
     def target(self, organization_id) -> Organization:
+        """The ``Organization`` whose id (a UUID, from the URL path) is ``organization_id``.
+
+        Looked up by id alone: organizations are the tenants, not tenant rows, so no
+        row-level security applies to them. Whether the caller may read it is checked
+        afterwards by ``period_response``, which also answers 404, so a caller cannot
+        tell another firm's organization from a missing one.
+
+        Raises:
+            rest_framework.exceptions.NotFound: no organization has that id (404).
+        """
         organization = Organization.objects.filter(pk=organization_id).first()
         if organization is None:
             raise exceptions.NotFound

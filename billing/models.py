@@ -13,6 +13,10 @@ from tenancy.models import Organization, TenantModel
 
 
 class BillingEventStatus(models.IntegerChoices):
+    """``BillingEvent.status`` (a ``smallint``): ``0`` pending (not yet reported to the
+    payment provider), ``1`` posted (its usage aggregate was acknowledged by Stripe; see
+    ``billing.reporting``). The API shows the label; the events filter takes either."""
+
     PENDING = 0, "pending"
     POSTED = 1, "posted"
 

@@ -60,6 +60,11 @@ class PeriodQuerySerializer(serializers.Serializer):
 
 
 class ReportQuerySerializer(PeriodQuerySerializer):
+    """The usage report's query: the period (``start``/``end``, see
+    ``PeriodQuerySerializer``) and ``group_by``, one of ``day`` (calendar day in the
+    billing time zone), ``route`` (URL pattern) or ``user``; default ``day``. An
+    unknown ``group_by`` is a validation error (400)."""
+
     group_by = serializers.ChoiceField(choices=GROUP_BY_CHOICES, default="day")
 
 
@@ -106,6 +111,10 @@ REPORT_ROW_SERIALIZERS = {
 
 
 class UsagePeriodSerializer(serializers.Serializer):
+    """The period part of the summary and report responses: ``organization`` (UUID),
+    ``timezone`` (the organization's IANA billing time zone) and the half-open period
+    ``[start, end)`` as UTC datetimes."""
+
     organization = serializers.UUIDField()
     timezone = serializers.CharField()
     start = serializers.DateTimeField()
