@@ -1,3 +1,6 @@
+import json
+import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
@@ -5,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from billing import pricing
+from billing import pricing, services
 from billing.models import BillingEvent
 from billing.services import InvalidBillingEvent, record_event, record_events
 
@@ -150,3 +153,90 @@ def test_record_events_empty_batch_no_query():
     with CaptureQueriesContext(connection) as ctx:
         assert record_events([]) == []
     assert ctx.captured_queries == []
+
+
+#: Columns of billing_events the raw INSERT leaves out on purpose, and why: each must be
+#: nullable (the INSERT then stores NULL). A new model field must be added either to
+#: ``billing.services._UNNEST_COLUMNS`` (and ``_row``) or here, with its reason.
+LEFT_OUT_OF_RAW_INSERT = {
+    "usage_aggregate_id": "set later by billing.reporting when the event is reported",
+}
+
+
+def _array_type(field) -> str:
+    """The PostgreSQL array element type the raw INSERT must bind ``field`` as."""
+    db_type = field.db_type(connection)  # a ForeignKey gives its target's column type
+    if db_type.startswith("varchar"):
+        return "text"
+    if db_type.startswith("numeric"):
+        return "numeric"
+    return {
+        "jsonb": "text",  # bound as JSON text, cast ::jsonb in the SELECT list
+        "timestamp with time zone": "timestamptz",
+    }.get(db_type, db_type)
+
+
+def test_raw_insert_columns_stay_in_step_with_the_model():
+    """``record_events`` writes through a hand-written ``INSERT ... SELECT FROM
+    unnest(...)`` whose column list is ``services._UNNEST_COLUMNS``: it must name every
+    concrete column of BillingEvent (or leave it out on purpose, above), bind each as
+    the column's type, and ``_row`` must give the values in the same order."""
+    columns = {field.column: field for field in BillingEvent._meta.concrete_fields}
+    raw = [name for name, _ in services._UNNEST_COLUMNS]
+    assert len(raw) == len(set(raw))
+    assert set(raw).isdisjoint(LEFT_OUT_OF_RAW_INSERT)
+    assert set(raw) | set(LEFT_OUT_OF_RAW_INSERT) == set(columns), (
+        "BillingEvent's columns and the raw INSERT's differ: "
+        f"missing from the INSERT {sorted(set(columns) - set(raw) - set(LEFT_OUT_OF_RAW_INSERT))}, "
+        f"unknown to the model {sorted(set(raw) - set(columns))}"
+    )
+    assert all(columns[name].null for name in LEFT_OUT_OF_RAW_INSERT)
+    assert [(name, _array_type(columns[name])) for name in raw] == list(services._UNNEST_COLUMNS)
+    assert services._UNNEST_INSERT.startswith(
+        f"INSERT INTO {BillingEvent._meta.db_table} ({', '.join(raw)}) SELECT "
+    )
+    assert "dimensions::jsonb" in services._UNNEST_INSERT
+
+    event = services.build_event(
+        organization_id=uuid.uuid4(),
+        user_id=7,
+        event_name="doc.processed",
+        resource_id=uuid.uuid4(),
+        request_id="req-1",
+        quantity=Decimal("2.5"),
+        unit="page",
+        unit_cost_cents=3,
+        dimensions={"pages": 2},
+        status=1,
+    )
+    row = services._row(event)
+    assert len(row) == len(raw)
+    for name, value in zip(raw, row, strict=True):
+        expected = getattr(event, columns[name].attname)
+        assert (json.loads(value) if name == "dimensions" else value) == expected, name
+
+
+def test_raw_insert_round_trips_every_column(org, owner):
+    """What record_events writes reads back through the ORM as built (every column)."""
+    created_at = datetime(2025, 11, 5, 12, 30, tzinfo=UTC)
+    [event] = record_events(
+        [
+            {
+                "organization": org,
+                "user": owner,
+                "event_name": "doc.processed",
+                "event_type": "document",
+                "resource_id": uuid.uuid4(),
+                "request_id": "round-trip",
+                "quantity": Decimal("2.5000"),
+                "unit": "page",
+                "unit_cost_cents": 3,
+                "dimensions": {"pages": 2, "content_type": "application/pdf"},
+                "status": 1,
+                "created_at": created_at,
+            }
+        ]
+    )
+    stored = BillingEvent.objects.get(pk=event.pk)
+    for field in BillingEvent._meta.concrete_fields:
+        assert getattr(stored, field.attname) == getattr(event, field.attname), field.name
