@@ -1,3 +1,7 @@
+"""Django admin for clients, cases and documents: staff's cross-tenant view (every
+organization's rows, through ``tenancy.middleware.AdminCrossTenantMiddleware``), with an
+organization filter and search on every list."""
+
 from django.contrib import admin
 
 from cases.models import Case, Client, Document
@@ -5,6 +9,8 @@ from cases.models import Case, Client, Document
 
 @admin.register(Client)
 class ClientAdmin(admin.ModelAdmin):
+    """Clients of every organization; filter by organization, search name/email/phone."""
+
     list_display = ["name", "email", "phone", "organization", "created_at"]
     list_filter = ["organization"]
     search_fields = ["name", "email", "phone"]
@@ -13,6 +19,12 @@ class ClientAdmin(admin.ModelAdmin):
 
 @admin.register(Case)
 class CaseAdmin(admin.ModelAdmin):
+    """Cases of every organization; filter by organization, status and opened date, search
+    reference number, title and client name. ``client`` is a raw id: the admin does not
+    check that it belongs to the case's organization; the database's composite
+    ``(organization_id, client_id)`` foreign key (``tenancy.rls``) refuses a cross-tenant
+    link (``IntegrityError``)."""
+
     list_display = [
         "reference_number",
         "title",
@@ -31,6 +43,10 @@ class CaseAdmin(admin.ModelAdmin):
 
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
+    """Documents of every organization; filter by organization, content type and upload
+    date, search file name and the case's reference number or title. ``size_bytes`` and
+    ``uploaded_at`` are read-only (set at upload)."""
+
     list_display = [
         "original_filename",
         "case",

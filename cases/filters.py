@@ -6,6 +6,10 @@ from cases.models import Case, CaseStatus, Client, Document
 
 
 class ClientFilter(django_filters.FilterSet):
+    """``name`` (case-insensitive substring), ``email`` (case-insensitive exact),
+    ``created_after``/``created_before`` (ISO 8601, half-open ``[after, before)``). A
+    malformed value is a 400. Text search (``?search=``) is DRF's SearchFilter on the view."""
+
     name = django_filters.CharFilter(lookup_expr="icontains")
     email = django_filters.CharFilter(lookup_expr="iexact")
     created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
@@ -31,6 +35,10 @@ class CaseFilter(django_filters.FilterSet):
 
 
 class DocumentFilter(django_filters.FilterSet):
+    """``case`` (id), ``content_type`` (exact, e.g. ``application/pdf``),
+    ``uploaded_after``/``uploaded_before`` (ISO 8601, half-open ``[after, before)``). A
+    malformed value is a 400. Text search (``?search=``) is DRF's SearchFilter on the view."""
+
     case = django_filters.UUIDFilter(field_name="case_id")
     content_type = django_filters.CharFilter()
     uploaded_after = django_filters.IsoDateTimeFilter(field_name="uploaded_at", lookup_expr="gte")

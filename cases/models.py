@@ -28,6 +28,9 @@ class Client(TenantModel):
 
 
 class CaseStatus(models.TextChoices):
+    """A case's state: ``open`` and ``pending`` are active; ``closed`` sets
+    ``Case.closed_at`` (cleared again on reopening, by ``cases.services``)."""
+
     OPEN = "open", "Open"
     PENDING = "pending", "Pending"
     CLOSED = "closed", "Closed"
@@ -60,12 +63,23 @@ class Case(TenantModel):
 
 
 class DocumentProcessingStatus(models.TextChoices):
+    """``Document.processing_status``: ``pending`` after upload, then ``processed`` or
+    ``failed`` once (``cases.services.document_process``)."""
+
     PENDING = "pending", "Pending"
     PROCESSED = "processed", "Processed"
     FAILED = "failed", "Failed"
 
 
 def document_upload_to(instance: "Document", filename: str) -> str:
+    """Storage name of an upload: ``documents/<organization id>/<random hex>/<filename>``.
+
+    One folder per organization (an S3 prefix per tenant), and a random 32-hex folder per
+    upload, so two uploads of one file name never overwrite each other and names are not
+    guessable. Django then cleans the result (``FileField.generate_filename``: the
+    storage's ``get_valid_name`` on the base name; a ``..`` component raises
+    ``SuspiciousFileOperation``).
+    """
     return f"documents/{instance.organization_id}/{uuid.uuid4().hex}/{filename}"
 
 

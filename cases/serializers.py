@@ -11,6 +11,11 @@ MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 
 
 class ClientSerializer(serializers.ModelSerializer):
+    """A client as JSON: ``{"id": uuid, "name": str, "email": str, "phone": str,
+    "notes": str, "created_at": ISO 8601 UTC}``; ``id`` and ``created_at`` are read-only.
+    ``name`` is required (max 200 characters); ``email`` must be a valid address or ``""``.
+    Invalid input is a DRF ``ValidationError`` (400, field errors)."""
+
     class Meta:
         model = Client
         fields = ["id", "name", "email", "phone", "notes", "created_at"]
@@ -18,6 +23,16 @@ class ClientSerializer(serializers.ModelSerializer):
 
 
 class CaseSerializer(serializers.ModelSerializer):
+    """A case as JSON: ``{"id": uuid, "client": client uuid, "title": str,
+    "reference_number": str, "status": "open"|"pending"|"closed", "description": str,
+    "opened_at": ISO 8601 UTC, "closed_at": ISO 8601 UTC or null}``.
+
+    ``id`` and ``closed_at`` are read-only (``closed_at`` follows ``status``, set by
+    ``cases.services``). Needs ``context["request"]`` of a ``TenantMiddleware`` request.
+    Raises ``ValidationError`` (400) for a ``client`` of another organization ("does not
+    exist") or a ``reference_number`` already used in this organization.
+    """
+
     client = TenantPrimaryKeyRelatedField(queryset=Client.objects.all())
 
     class Meta:
@@ -38,6 +53,8 @@ class CaseSerializer(serializers.ModelSerializer):
         validators: list = []
 
     def validate(self, attrs):
+        """Reject a ``reference_number`` another case of the request's organization has
+        (``ValidationError`` on that field); other organizations' numbers do not count."""
         reference = attrs.get("reference_number")
         organization = self.context["request"]._request.organization
         if reference is not None:
@@ -52,6 +69,17 @@ class CaseSerializer(serializers.ModelSerializer):
 
 
 class DocumentSerializer(serializers.ModelSerializer):
+    """A document as JSON; created by a multipart upload of ``case`` (uuid) and ``file``.
+
+    Output: ``{"id", "case", "download_url", "original_filename", "content_type",
+    "size_bytes" (int, bytes), "uploaded_by" (user id or null), "uploaded_at" (ISO 8601
+    UTC), "processing_status" ("pending"|"processed"|"failed"),
+    "processing_failure_reason", "page_count" (int or null), "processed_at"}``; ``file``
+    is write-only and every field but ``case`` is read-only (set by ``cases.services``).
+    Raises ``ValidationError`` (400) for a ``case`` of another organization, a missing
+    file, or a file over ``MAX_UPLOAD_BYTES`` (50 MiB).
+    """
+
     case = TenantPrimaryKeyRelatedField(queryset=Case.objects.all())
     file = serializers.FileField(write_only=True)
     download_url = serializers.SerializerMethodField()
@@ -87,9 +115,12 @@ class DocumentSerializer(serializers.ModelSerializer):
         ]
 
     def get_download_url(self, obj) -> str:
+        """The storage backend's URL of the file (``MEDIA_URL`` path or S3 URL); ``""``
+        without a file."""
         return obj.file.url if obj.file else ""
 
     def validate_file(self, value):
+        """Refuse a file larger than ``MAX_UPLOAD_BYTES`` (``ValidationError``)."""
         if value.size > MAX_UPLOAD_BYTES:
             raise serializers.ValidationError(
                 f"File too large: the limit is {MAX_UPLOAD_BYTES} bytes."

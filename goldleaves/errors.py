@@ -59,8 +59,12 @@ def handler500(request):
 
 
 def handler403(request, exception=None):
+    """403 page (a ``PermissionDenied`` raised outside DRF): JSON
+    ``{"detail": "Permission denied.", "code": "permission_denied"}``."""
     return json_error("Permission denied.", "permission_denied", status.HTTP_403_FORBIDDEN)
 
 
 def handler400(request, exception=None):
+    """400 page (e.g. ``SuspiciousOperation`` or a disallowed host raised outside DRF):
+    JSON ``{"detail": "Bad request.", "code": "bad_request"}``."""
     return json_error("Bad request.", "bad_request", status.HTTP_400_BAD_REQUEST)

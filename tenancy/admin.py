@@ -1,3 +1,6 @@
+"""Django admin for organizations, users and memberships (staff's cross-tenant tool, see
+``tenancy.middleware.AdminCrossTenantMiddleware``)."""
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.utils.html import format_html_join
@@ -6,6 +9,8 @@ from tenancy.models import Membership, Organization, User
 
 
 class MembershipInline(admin.TabularInline):
+    """The organization's members (user, role) on its change page; users by autocomplete."""
+
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
@@ -15,6 +20,9 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
+    """Organizations: filter by plan tier and creation date, search name/slug/Stripe
+    customer id; the change page shows memberships inline and this month's usage."""
+
     list_display = [
         "name",
         "slug",
@@ -31,7 +39,8 @@ class OrganizationAdmin(admin.ModelAdmin):
 
     @admin.display(description="Current period usage")
     def current_period_usage(self, obj):
-        """This calendar month (billing time zone): count, quantity and cents per event name."""
+        """This calendar month (billing time zone): count, quantity and cents per event name,
+        as HTML; ``"-"`` on the add page."""
         if obj is None or obj.pk is None:
             return "-"
         from billing.selectors import month_period, usage_summary
@@ -59,6 +68,9 @@ class OrganizationAdmin(admin.ModelAdmin):
 
 
 class UserMembershipInline(admin.TabularInline):
+    """The user's memberships, read-only, on the user's change page (add them from the
+    organization's page)."""
+
     model = Membership
     extra = 0
     fields = ["organization", "role", "created_at"]
@@ -71,6 +83,9 @@ class UserMembershipInline(admin.TabularInline):
 
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
+    """Users (email login): filter by default organization and flags, search email and
+    name; Django's password change and add forms, with the default organization."""
+
     ordering = ["email"]
     list_display = [
         "email",
@@ -114,6 +129,9 @@ class UserAdmin(BaseUserAdmin):
 
 @admin.register(Membership)
 class MembershipAdmin(admin.ModelAdmin):
+    """Memberships of every organization: filter by organization and role, search the
+    user's email and the organization's name or slug."""
+
     list_display = ["user", "organization", "role", "created_at"]
     list_filter = ["organization", "role"]
     search_fields = ["user__email", "organization__name", "organization__slug"]

@@ -2,6 +2,9 @@ from django.apps import AppConfig
 
 
 class TenancyConfig(AppConfig):
+    """The tenancy app: on ready, registers the OpenAPI JWT scheme and the signal that
+    switches new database connections to the app role (``tenancy.db_roles``)."""
+
     name = "tenancy"
     verbose_name = "Tenancy"
     default_auto_field = "django.db.models.BigAutoField"

@@ -15,6 +15,9 @@ class TenantJWTAuthentication(JWTAuthentication):
     """simplejwt's ``JWTAuthentication``, short-circuited by the middleware's result."""
 
     def authenticate(self, request):
+        """``(user, validated_token)`` stored by ``TenantMiddleware`` for this request, else
+        simplejwt's own authentication (``None`` without a bearer header; raises
+        ``AuthenticationFailed``/``InvalidToken`` for a bad token)."""
         cached = getattr(request._request, JWT_RESULT_ATTR, None)
         if cached is not None:
             return cached

@@ -7,8 +7,9 @@ Two places hold it, and ``tenant_context`` sets both:
    outlives the block, whatever the block raised. No ``threading.local``.
 2. The PostgreSQL setting ``app.current_org`` (and ``app.rls_enabled``), read by
    row-level-security policies. It is set with ``set_config(name, value, true)``:
-   per the PostgreSQL manual (9.28.1, "Configuration Settings Functions"), with
-   ``is_local`` true "the new value will only apply during the current
+   per the PostgreSQL manual (9.28.1, "Configuration Settings Functions",
+   https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-ADMIN-SET),
+   with ``is_local`` true "the new value will only apply during the current
    transaction". So the block runs in a transaction, the setting is made at its
    start (before any savepoint, so a savepoint rollback inside cannot undo it),
    and it dies with the transaction on commit, rollback or error: it cannot
@@ -127,10 +128,12 @@ def cross_tenant(*, reason: str = "", using: str = DEFAULT_DB_ALIAS):
     """THE explicit cross-tenant path: run the block in a transaction where row-level
     security admits every organization's rows (``app.cross_tenant = 'on'``, transaction-local).
 
-    For staff and operator work only: the Django admin (``AdminCrossTenantMiddleware``),
-    management commands that create or move tenants (``onboard_tenant``,
-    ``backfill_organizations``), reporting, and test set-up. Never in a request handler of
-    the tenant API. Grep ``cross_tenant(`` to audit every use.
+    For staff and operator work only. Its uses (grep ``cross_tenant(`` to audit them): the
+    Django admin (``AdminCrossTenantMiddleware``), ``backfill_organizations`` (one batch
+    writes memberships of many organizations), the staff-only billing pipeline health
+    endpoint (``billing.apis``), and test set-up. Never in a request handler of the tenant
+    API. ``onboard_tenant`` does not use it: it writes the new organization's owner
+    membership inside that organization's own ``tenant_context``.
 
     Args:
         reason: free text for readers and logs (what the cross-tenant access is for).

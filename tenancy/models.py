@@ -10,6 +10,8 @@ from django.utils import timezone
 
 
 class PlanTier(models.TextChoices):
+    """An organization's plan: selects its rate limits (``TIER_RATE_LIMITS``)."""
+
     STARTER = "starter", "Starter"
     PRO = "pro", "Pro"
     ENTERPRISE = "enterprise", "Enterprise"
@@ -59,16 +61,22 @@ class UserManager(BaseUserManager):
         return user
 
     def create_user(self, email, password=None, **extra):
+        """A non-staff user; ``password`` ``None`` gives an unusable password.
+        Raises ``ValueError`` without an email, ``IntegrityError`` if it is taken
+        (case-insensitively)."""
         extra.setdefault("is_staff", False)
         extra.setdefault("is_superuser", False)
         return self._create_user(email, password, **extra)
 
     def create_superuser(self, email, password=None, **extra):
+        """A staff superuser (``createsuperuser``); otherwise as ``create_user``."""
         extra.setdefault("is_staff", True)
         extra.setdefault("is_superuser", True)
         return self._create_user(email, password, **extra)
 
     def get_by_natural_key(self, email):
+        """The user whose email equals ``email`` case-insensitively (login); raises
+        ``User.DoesNotExist``."""
         return self.get(email__iexact=email)
 
 
@@ -107,6 +115,8 @@ class User(AbstractBaseUser, PermissionsMixin):
 
 
 class MembershipRole(models.TextChoices):
+    """A member's role in an organization: ``owner``, ``admin`` or ``member``."""
+
     OWNER = "owner", "Owner"
     ADMIN = "admin", "Admin"
     MEMBER = "member", "Member"

@@ -29,4 +29,6 @@ def memberships_for_user(*, user) -> QuerySet[Membership]:
 
 
 def organization_by_slug(*, slug: str) -> Organization | None:
+    """The organization whose ``slug`` is exactly ``slug`` (case-sensitive), or ``None``.
+    Organizations are not tenant rows, so this reads without a tenant context."""
     return Organization.objects.filter(slug=slug).first()

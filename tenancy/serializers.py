@@ -28,6 +28,10 @@ class OrganizationTokenObtainPairSerializer(TokenObtainPairSerializer):
 
 
 class OrganizationSerializer(serializers.ModelSerializer):
+    """An organization as JSON, read-only: ``{"id": uuid, "name": str, "slug": str,
+    "plan_tier": "starter"|"pro"|"enterprise", "billing_timezone": IANA name,
+    "created_at": ISO 8601 UTC}``. Never exposes ``stripe_customer_id``."""
+
     class Meta:
         model = Organization
         fields = ["id", "name", "slug", "plan_tier", "billing_timezone", "created_at"]
@@ -45,6 +49,9 @@ class CurrentOrganizationSerializer(OrganizationSerializer):
 
 
 class MembershipSerializer(serializers.ModelSerializer):
+    """One of the caller's memberships, read-only: ``{"id": int, "organization":
+    OrganizationSerializer, "role": "owner"|"admin"|"member", "created_at": ISO 8601 UTC}``."""
+
     organization = OrganizationSerializer(read_only=True)
 
     class Meta:

@@ -7,6 +7,9 @@ from tenancy import db_roles
 
 
 class Command(flush.Command):
+    """Django's ``flush`` (empties every table; same options), run on a connection that stays
+    the owner (login) role via ``tenancy.db_roles.owner_connection``."""
+
     help = flush.Command.help + " Runs as the owner role."
 
     def handle(self, **options):

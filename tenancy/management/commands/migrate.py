@@ -25,6 +25,10 @@ from tenancy import db_roles, operations, rls
 
 
 class Command(migrate.Command):
+    """Django's ``migrate`` (same options) as the owner role, then the app role, the
+    ``app.rls_enabled`` database default and the row-level-security backstop, as the
+    module docstring describes."""
+
     help = migrate.Command.help + (
         " Runs as the owner role, then grants the app role and applies row-level security "
         "to the tenant tables of every app whose RLS migration is applied."
