@@ -272,10 +272,11 @@ def organizations_backfill_batch(*, after_id: int, batch_size: int) -> BackfillB
             "set_config('plan_cache_mode', 'force_custom_plan', true)"
         )
         cursor.execute(_BATCH_SQL, params)
-        try:
-            _backfill_temp_batch(cursor, result)
-        finally:  # inside an outer transaction ON COMMIT DROP would come too late
-            cursor.execute("DROP TABLE IF EXISTS backfill_batch")
+        _backfill_temp_batch(cursor, result)
+        # Inside an outer transaction (--dry-run) ON COMMIT DROP would come too late for the
+        # next batch. Only on success: after an error the transaction is aborted (a DROP
+        # would fail and hide the real error), and its rollback removes the table anyway.
+        cursor.execute("DROP TABLE IF EXISTS backfill_batch")
     return result
 
 

@@ -3,7 +3,6 @@
 import contextlib
 import time
 
-import psycopg
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, transaction
 
@@ -119,24 +118,7 @@ class _BatchFailed(Exception):
 
 
 def _first_error(exc: BaseException) -> str:
-    """The database error that started the failure, not a follow-up raised while cleaning
-    up in the aborted transaction (``current transaction is aborted``): follows the
-    implicit ``__context__`` chain, also through Django's wrapping of the driver error
-    (``__cause__``). Returns its first line (PostgreSQL's CONTEXT lines dropped)."""
-    first, seen = exc, {id(exc)}
-    while True:
-        candidates = (first.__context__, getattr(first.__cause__, "__context__", None))
-        following = next(
-            (
-                c
-                for c in candidates
-                if isinstance(c, DatabaseError | psycopg.Error) and id(c) not in seen
-            ),
-            None,
-        )
-        if following is None:
-            break
-        seen.add(id(following))
-        first = following
-    text = str(first).strip()
-    return text.splitlines()[0] if text else repr(first)
+    """The first line of the database error that failed the batch (PostgreSQL's DETAIL and
+    CONTEXT lines dropped); its repr if it has no text."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
