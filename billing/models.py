@@ -61,11 +61,13 @@ class BillingEvent(TenantModel):
         choices=BillingEventStatus.choices, default=BillingEventStatus.PENDING
     )
     created_at = models.DateTimeField(default=timezone.now)
+    # PROTECT: deleting an aggregate must never free its events to be aggregated and
+    # billed a second time (Stripe may already count them under the aggregate's identifier).
     usage_aggregate = models.ForeignKey(
         "billing.UsageAggregate",
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        on_delete=models.PROTECT,
         related_name="events",
         help_text="The Stripe outbox aggregate this event was reported in.",
     )
@@ -93,6 +95,18 @@ class BillingEvent(TenantModel):
 
 
 class MeterReportStatus(models.TextChoices):
+    """Status of a ``MeterReport`` (one reporting run of one organization).
+
+    ``queued`` (created by ``POST report-usage/``, waiting for the in-process worker) ->
+    ``running`` -> one of: ``succeeded`` (every due aggregate acknowledged by Stripe),
+    ``partial`` (some sent, some failed or needing reconciliation), ``failed`` (none
+    sent, another run held the organization's lock, or an unexpected error: ``detail``
+    says which), ``dry_run`` (nothing sent or written: ``--dry-run`` or no
+    ``STRIPE_API_KEY``), ``skipped`` (the organization has no ``stripe_customer_id``).
+    A run whose process died stays ``queued``/``running``; its events are picked up by
+    the next run (see ``billing.reporting``).
+    """
+
     QUEUED = "queued", "queued"
     RUNNING = "running", "running"
     SUCCEEDED = "succeeded", "succeeded"
@@ -138,19 +152,40 @@ class MeterReport(TenantModel):
 
 
 class UsageAggregateStatus(models.TextChoices):
+    """Status of an outbox row (``UsageAggregate``).
+
+    ``pending``: to send (again), possibly after ``next_attempt_at``. ``sent``: Stripe
+    acknowledged it and its events are posted. ``failed``: retries exhausted or a
+    non-retryable answer (``last_error``); the admin may queue it again while its first
+    send is within ``STRIPE_RESEND_WINDOW_HOURS``. ``needs_reconciliation``: its first
+    send is older than that window, past which Stripe no longer guarantees to deduplicate
+    the identifier or replay the idempotency key (~24 h), so it is never resent
+    automatically: compare with Stripe's meter event summaries, then resolve it in the
+    admin (Stripe has it: mark sent; Stripe does not: send again).
+    """
+
     PENDING = "pending", "pending"
     SENT = "sent", "sent (acknowledged by Stripe)"
     FAILED = "failed", "failed (retries exhausted)"
+    NEEDS_RECONCILIATION = "needs_reconciliation", "needs reconciliation with Stripe"
 
 
 class UsageAggregate(TenantModel):
     """The outbox: one Stripe meter event to send, for (organization, meter, UTC hour, sequence).
 
-    ``identifier`` (also the ``Idempotency-Key``) is derived from those four, so a
-    resend of the same aggregate can never count twice at Stripe, while events that
-    arrive late for an hour already reported go into the next ``sequence``. ``value``
-    is the summed quantity (decimal). Events point at their aggregate
-    (``BillingEvent.usage_aggregate``) and become posted only when it is ``sent``.
+    ``identifier`` is derived from those four and never changes, so a resend of the
+    same aggregate is deduplicated by Stripe (for ~24 h after the first send, see
+    ``first_sent_at``), while events that arrive late for an hour already reported go
+    into the next ``sequence``. ``value`` is the summed quantity (decimal, at most 15
+    significant digits once sent: larger sums are split into several sequences before
+    the first send). Events point at their aggregate (``BillingEvent.usage_aggregate``,
+    ``PROTECT``) and become posted only when it is ``sent``.
+
+    ``idempotency_key`` (the ``Idempotency-Key`` header) is the identifier for
+    ``key_revision`` 0 and ``<identifier>-r<n>`` after the n-th definitive 5xx answer:
+    Stripe saves and replays the result of a key, 500s included, so a retry after a
+    5xx needs a new key (https://docs.stripe.com/api/idempotent_requests).
+    ``first_sent_at`` (UTC) is set, and committed, before the first request leaves.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -168,11 +203,17 @@ class UsageAggregate(TenantModel):
     event_count = models.IntegerField(default=0)
     identifier = models.CharField(max_length=100)
     status = models.CharField(
-        max_length=16, choices=UsageAggregateStatus.choices, default=UsageAggregateStatus.PENDING
+        max_length=24, choices=UsageAggregateStatus.choices, default=UsageAggregateStatus.PENDING
     )
     attempts = models.PositiveSmallIntegerField(default=0)
+    key_revision = models.PositiveSmallIntegerField(
+        default=0, help_text="Bumped after each 5xx answer: the next attempt uses a new key."
+    )
     last_error = models.TextField(blank=True, default="")
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    first_sent_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the first request for it was sent (UTC)."
+    )
     sent_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -191,3 +232,11 @@ class UsageAggregate(TenantModel):
 
     def __str__(self) -> str:
         return self.identifier
+
+    @property
+    def idempotency_key(self) -> str:
+        """The ``Idempotency-Key`` of the next attempt: ``identifier``, or
+        ``<identifier>-r<key_revision>`` (at most 107 characters; Stripe allows 255)."""
+        if not self.key_revision:
+            return self.identifier
+        return f"{self.identifier}-r{self.key_revision}"
