@@ -166,13 +166,24 @@ class ReportUsageApi(TenantAPIMixin, APIView):
     """``POST report-usage/``: report the active organization's pending usage to Stripe.
 
     Staff or the organization's owner only (403 otherwise). Returns 202 with the report
-    id; the work runs after the request's transaction commits
-    (``transaction.on_commit``), in-process until a worker queue exists. ``GET
-    report-usage/<id>/`` shows its status.
+    at once; the run is enqueued after the request's transaction commits and runs on
+    this process's reporting worker thread, never in the request
+    (``billing.reporting.queue_report``). ``GET report-usage/<id>/`` shows its status.
     """
 
     @extend_schema(request=None, responses={202: MeterReportSerializer})
     def post(self, request):
+        """Queue a report run for the active organization.
+
+        Returns:
+            202 with the ``MeterReport`` (``MeterReportSerializer``; ``status``
+            ``queued``, ``id`` for ``GET report-usage/<id>/``). The response never waits
+            for Stripe; a run that fails later is recorded on the report (``failed``,
+            ``detail``), never as an error of this request.
+        Raises:
+            PermissionDenied: 403 ``not_owner`` for a member who is neither staff nor
+                the organization's owner.
+        """
         if not (request.user.is_staff or request.membership.role == "owner"):
             raise exceptions.PermissionDenied(
                 "Only the organization's owner or staff may report usage.", code="not_owner"
@@ -187,6 +198,8 @@ class ReportUsageDetailApi(TenantAPIMixin, generics.RetrieveAPIView):
     serializer_class = MeterReportSerializer
 
     def get_queryset(self):
+        """The active organization's ``MeterReport``s only, so a report of another
+        organization is a 404, never a 403 (no enumeration); ``none()`` for the schema."""
         if getattr(self, "swagger_fake_view", False):
             return MeterReport.objects.none()
         return MeterReport.objects.for_organization(self.organization)

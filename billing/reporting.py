@@ -8,32 +8,62 @@ The flow for one organization (``report_usage``), in the organization's tenant c
    ``UsageAggregate`` row with the next ``sequence`` for that hour and an
    ``identifier`` derived from (organization, meter, hour, sequence), and its events
    are linked to it by a conditional ``UPDATE ... WHERE usage_aggregate IS NULL``.
-   The row is committed *before* anything is sent.
+   A sum with more than 15 significant digits is split, by events, into several
+   aggregates (next sequences) whose values each fit. The rows are committed
+   *before* anything is sent.
 2. **Send**: every pending aggregate of the organization (new or left over by an
    earlier run) is sent as one Stripe meter event
    (``POST /v1/billing/meter_events``, https://docs.stripe.com/api/billing/meter-event/create)
-   with ``identifier`` = the aggregate's identifier and the same value as the
-   ``Idempotency-Key`` header (https://docs.stripe.com/api/idempotent_requests).
-   Stripe deduplicates meter events by ``identifier``, so a resend after a timeout,
-   a 5xx or a crash counts once. Calls are sequential: one in flight per
-   (customer, meter) at any time, and a PostgreSQL advisory lock per organization
-   keeps two runs from sending for the same customer at once.
+   with ``identifier`` = the aggregate's identifier, always the same, and an
+   ``Idempotency-Key`` header (https://docs.stripe.com/api/idempotent_requests):
+
+   * Stripe saves the result of a key, a 500 included, and replays it for the same
+     key (the comment on ``_should_retry`` in stripe-python's ``_http_client.py``
+     says so too). So after a network error or timeout the SAME key is sent again
+     (Stripe may have received the request; the key replays its result), while after
+     a definitive 5xx answer the next attempt uses a NEW key
+     (``<identifier>-r<n>``, ``UsageAggregate.key_revision``, persisted).
+   * Stripe enforces the uniqueness of a meter event ``identifier`` "within a rolling
+     period of at least 24 hours" (API reference, ``identifier``), answering a
+     duplicate with a 400 ("An event already exists with identifier ...",
+     ``Stripe-Should-Retry: false``). The identifier names exactly one aggregate whose
+     value never changes once sent, so that answer means Stripe already has this
+     aggregate: it is acknowledged like a success.
+   * ``Stripe-Should-Retry: false`` is obeyed (no further attempt), as is the
+     ``should_retry`` of a connection error; a 4xx other than 409 and 429 is final;
+     ``IdempotencyError`` (a key reused with other parameters) is a bug and is
+     logged at ERROR, never retried.
+   * Both guarantees last about 24 hours, so an aggregate whose FIRST send
+     (``first_sent_at``, committed before the request leaves) is older than
+     ``STRIPE_RESEND_WINDOW_HOURS`` (default 23) is never resent automatically: it
+     becomes ``needs_reconciliation`` (check Stripe's meter event summaries, then
+     resolve it in the admin, see ``resolve_reconciliation``).
+
+   Calls are sequential: one in flight per (customer, meter) at any time, and a
+   PostgreSQL advisory lock per organization keeps two runs from sending for the same
+   customer at once.
 3. **Acknowledge** (one transaction): the aggregate moves ``pending -> sent`` and
    its events ``pending -> posted``, both by conditional updates, so a run that
    repeats the step changes nothing.
 
 A crash between 2 and 3 leaves the aggregate pending; the next run sends the same
-identifier again (Stripe counts it once) and then acknowledges it. Failures are
-retried with exponential backoff up to ``STRIPE_MAX_ATTEMPTS``; then the aggregate
-is ``failed`` and stays visible (``/api/v1/billing/health/``, the admin).
+identifier with the same key (Stripe replays the answer or rejects the duplicate
+identifier: counted once) and then acknowledges it. Failures are retried with
+exponential backoff up to ``STRIPE_MAX_ATTEMPTS``; then the aggregate is ``failed``
+and stays visible (``/api/v1/billing/health/``, the admin).
 
 Stripe's limits (https://docs.stripe.com/billing/subscriptions/usage-based/recording-usage-api):
 the timestamp may be at most 35 days old and not in the future (only complete hours
 before ``until`` <= now are reported, and older hours fail with a clear error), and
-the value is a decimal with at most 15 significant digits.
+the value is a decimal with at most 15 significant digits (Stripe answers a 400 for
+more since API version 2026-04-22, changelog "billing meter event values
+validation"); events are never rounded, a larger hour is split instead.
 
 Without ``STRIPE_API_KEY`` reporting is a dry run: it says what it would send and
 changes nothing.
+
+``POST /api/v1/billing/report-usage/`` queues a run on an in-process worker
+(``queue_report``); see its docstring for what happens when that process dies.
 """
 
 from __future__ import annotations
@@ -43,6 +73,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -67,6 +98,11 @@ logger = logging.getLogger("billing.reporting")
 
 STRIPE_MAX_AGE = timedelta(days=35)
 MAX_SIGNIFICANT_DIGITS = 15
+DEFAULT_RESEND_WINDOW_HOURS = 23
+
+SENT = "sent"
+FAILED = "failed"
+NEEDS_RECONCILIATION = "needs_reconciliation"
 
 
 class ReportingError(RuntimeError):
@@ -77,6 +113,15 @@ def current_hour(now: datetime | None = None) -> datetime:
     """The start of the current UTC hour: the default ``until`` (only complete hours)."""
     now = (now or timezone.now()).astimezone(UTC)
     return now.replace(minute=0, second=0, microsecond=0)
+
+
+def resend_window() -> timedelta:
+    """How long after an aggregate's first send it may still be resent automatically:
+    ``settings.STRIPE_RESEND_WINDOW_HOURS`` (default 23 h), inside the ~24 h during
+    which Stripe deduplicates meter event identifiers and replays idempotency keys."""
+    return timedelta(
+        hours=getattr(settings, "STRIPE_RESEND_WINDOW_HOURS", DEFAULT_RESEND_WINDOW_HOURS)
+    )
 
 
 def aggregate_identifier(organization_id, meter: str, period_start: datetime, sequence: int) -> str:
@@ -90,6 +135,11 @@ def aggregate_identifier(organization_id, meter: str, period_start: datetime, se
     return f"gl-{organization_id}-{meter_part}-{hour}-{sequence}"
 
 
+def value_fits(value: Decimal) -> bool:
+    """True when ``value`` has at most 15 significant digits (trailing zeros do not count)."""
+    return len(value.normalize().as_tuple().digits) <= MAX_SIGNIFICANT_DIGITS
+
+
 def format_value(value: Decimal) -> str:
     """The meter event value as Stripe expects it: a plain decimal string.
 
@@ -100,8 +150,7 @@ def format_value(value: Decimal) -> str:
     digits = len(normalized.as_tuple().digits)
     if digits > MAX_SIGNIFICANT_DIGITS:
         raise ValueError(f"value {value} has {digits} significant digits (Stripe allows 15)")
-    text = format(normalized, "f")
-    return text
+    return format(normalized, "f")
 
 
 @dataclass
@@ -127,8 +176,9 @@ def stripe_client():
 
 def build_aggregates(*, organization, until: datetime, report: MeterReport | None) -> int:
     """Step 1: move the organization's unaggregated pending events before ``until`` into
-    new outbox rows. Returns how many aggregates were created. Runs in the caller's
-    tenant context and transaction."""
+    new outbox rows, then split every never-sent pending aggregate whose value has more
+    than 15 significant digits (``split_oversized_aggregates``). Returns how many
+    aggregates were created. Runs in the caller's tenant context and transaction."""
     meters: dict[str, str] = settings.STRIPE_METERS
     groups = (
         BillingEvent.objects.for_organization(organization)
@@ -147,12 +197,7 @@ def build_aggregates(*, organization, until: datetime, report: MeterReport | Non
     for group in groups:
         meter = meters[group["event_name"]]
         hour = group["hour"]
-        last = (
-            UsageAggregate.objects.for_organization(organization)
-            .filter(meter_event_name=meter, period_start=hour)
-            .aggregate(m=Max("sequence"))["m"]
-        )
-        sequence = (last or 0) + 1
+        sequence = _next_sequence(organization, meter, hour)
         aggregate = UsageAggregate.objects.create(
             organization=organization,
             report=report,
@@ -180,6 +225,79 @@ def build_aggregates(*, organization, until: datetime, report: MeterReport | Non
             aggregate.value, aggregate.event_count = totals["v"] or 0, totals["n"]
             aggregate.save(update_fields=["value", "event_count"])
         created += 1
+    return created + split_oversized_aggregates(organization=organization, report=report)
+
+
+def _next_sequence(organization, meter: str, hour: datetime) -> int:
+    last = (
+        UsageAggregate.objects.for_organization(organization)
+        .filter(meter_event_name=meter, period_start=hour)
+        .aggregate(m=Max("sequence"))["m"]
+    )
+    return (last or 0) + 1
+
+
+def split_oversized_aggregates(*, organization, report: MeterReport | None) -> int:
+    """Split each pending, never-sent aggregate of ``organization`` whose value has more
+    than 15 significant digits (Stripe's limit) into several aggregates that each fit.
+
+    Events are taken in (``created_at``, ``id``) order and kept together while their
+    running sum fits; the first run stays in the aggregate, every further run becomes
+    a new aggregate with the next free ``sequence`` of that (meter, hour) and its own
+    identifier. Exact: nothing is rounded, every event is in exactly one aggregate and
+    Stripe's sum meter adds the parts up. A single event always fits (``quantity`` has
+    at most 12 digits). Only aggregates never sent (``first_sent_at`` is null) are
+    touched, so Stripe never saw their identifier. Returns the number of aggregates
+    created. Runs in the caller's tenant context and transaction.
+    """
+    created = 0
+    candidates = UsageAggregate.objects.for_organization(organization).filter(
+        status=UsageAggregateStatus.PENDING, first_sent_at__isnull=True
+    )
+    for aggregate in candidates:
+        if value_fits(aggregate.value):
+            continue
+        runs: list[tuple[list, Decimal]] = []
+        ids: list = []
+        total = Decimal(0)
+        for event_id, quantity in aggregate.events.order_by("created_at", "id").values_list(
+            "id", "quantity"
+        ):
+            if ids and not value_fits(total + quantity):
+                runs.append((ids, total))
+                ids, total = [], Decimal(0)
+            ids.append(event_id)
+            total += quantity
+        if ids:
+            runs.append((ids, total))
+        if len(runs) < 2:
+            continue  # nothing to split (no events): sending it fails with a clear error
+        first_ids, first_total = runs[0]
+        aggregate.value, aggregate.event_count = first_total, len(first_ids)
+        aggregate.save(update_fields=["value", "event_count"])
+        for ids, total in runs[1:]:
+            meter, hour = aggregate.meter_event_name, aggregate.period_start
+            sequence = _next_sequence(organization, meter, hour)
+            part = UsageAggregate.objects.create(
+                organization=organization,
+                report=report,
+                event_name=aggregate.event_name,
+                meter_event_name=aggregate.meter_event_name,
+                period_start=aggregate.period_start,
+                sequence=sequence,
+                value=total,
+                event_count=len(ids),
+                identifier=aggregate_identifier(organization.pk, meter, hour, sequence),
+            )
+            BillingEvent.objects.filter(pk__in=ids, usage_aggregate=aggregate).update(
+                usage_aggregate=part
+            )
+            created += 1
+        logger.info(
+            "aggregate %s: value over 15 significant digits, split into %s aggregates",
+            aggregate.identifier,
+            len(runs),
+        )
     return created
 
 
@@ -205,19 +323,139 @@ def _record_failure(organization, aggregate: UsageAggregate, error: str, *, fina
     with tenant_context(organization):
         UsageAggregate.objects.filter(pk=aggregate.pk, status=UsageAggregateStatus.PENDING).update(
             attempts=aggregate.attempts,
+            key_revision=aggregate.key_revision,
             last_error=aggregate.last_error,
             next_attempt_at=timezone.now() + timedelta(seconds=backoff),
             status=UsageAggregateStatus.FAILED if final else UsageAggregateStatus.PENDING,
         )
 
 
-def send_aggregate(client, aggregate: UsageAggregate, *, organization) -> bool:
-    """Step 2 for one aggregate: send it, retrying with exponential backoff
-    (``STRIPE_RETRY_BACKOFF_SECONDS`` x 2^n) up to ``STRIPE_MAX_ATTEMPTS`` attempts in all.
-    Every attempt carries the same ``identifier`` and ``Idempotency-Key``. Returns
-    ``True`` when Stripe acknowledged it; on the last failure the aggregate is ``failed``."""
+def _mark_first_sent(organization, aggregate: UsageAggregate) -> None:
+    """Record (and commit) ``first_sent_at`` before the first request leaves, so even a
+    crash right after sending cannot hide that Stripe may have the event."""
+    now = timezone.now()
+    with tenant_context(organization):
+        UsageAggregate.objects.filter(pk=aggregate.pk, first_sent_at__isnull=True).update(
+            first_sent_at=now
+        )
+        aggregate.first_sent_at = (
+            UsageAggregate.objects.filter(pk=aggregate.pk)
+            .values_list("first_sent_at", flat=True)
+            .get()
+        )
+
+
+def _past_resend_window(aggregate: UsageAggregate, now: datetime | None = None) -> bool:
+    first = aggregate.first_sent_at
+    return first is not None and (now or timezone.now()) - first > resend_window()
+
+
+def reconciliation_message(aggregate: UsageAggregate) -> str:
+    """The ``last_error`` of an aggregate past the resend window: what to do, and why."""
+    hours = resend_window().total_seconds() / 3600
+    return (
+        f"first sent at {aggregate.first_sent_at.astimezone(UTC).isoformat()}, more than "
+        f"{hours:g} h ago: not resent automatically, because Stripe deduplicates meter event "
+        "identifiers and replays idempotency keys for about 24 hours only, so a resend could "
+        "count twice. Reconcile against Stripe's meter event summaries "
+        f"(GET /v1/billing/meters/<meter id>/event_summaries) for customer and hour "
+        f"{aggregate.period_start.astimezone(UTC).isoformat()}, meter "
+        f"{aggregate.meter_event_name}, value {format(aggregate.value.normalize(), 'f')}; "
+        "then resolve it in the admin (Stripe has it: mark sent; Stripe does not: send again)."
+    )
+
+
+def _flag_for_reconciliation(organization, aggregate: UsageAggregate) -> None:
+    aggregate.last_error = reconciliation_message(aggregate)
+    with tenant_context(organization):
+        UsageAggregate.objects.filter(pk=aggregate.pk, status=UsageAggregateStatus.PENDING).update(
+            status=UsageAggregateStatus.NEEDS_RECONCILIATION, last_error=aggregate.last_error
+        )
+    logger.error("Stripe meter event %s needs reconciliation: %s", aggregate, aggregate.last_error)
+
+
+@dataclass(frozen=True)
+class ErrorVerdict:
+    """How ``send_aggregate`` treats a ``stripe.StripeError``.
+
+    ``delivered``: Stripe already has the event (duplicate identifier); ``retry``:
+    another attempt may follow; ``new_key``: the next attempt needs a new
+    ``Idempotency-Key`` (Stripe saved this answer under the current one).
+    """
+
+    delivered: bool
+    retry: bool
+    new_key: bool
+
+
+def _header(exc, name: str) -> str | None:
+    for key, value in (getattr(exc, "headers", None) or {}).items():
+        if key.lower() == name.lower():
+            return str(value).strip().lower()
+    return None
+
+
+def is_duplicate_identifier(exc) -> bool:
+    """True for Stripe's answer to a meter event whose ``identifier`` it already has: a
+    400 ``invalid_request_error`` "An event already exists with identifier ..." (code
+    ``duplicate_meter_event`` where Stripe sets one)."""
     import stripe
 
+    if not isinstance(exc, stripe.InvalidRequestError):
+        return False
+    message = str(getattr(exc, "user_message", None) or exc).lower()
+    return exc.code == "duplicate_meter_event" or "already exists with identifier" in message
+
+
+def classify_stripe_error(exc) -> ErrorVerdict:
+    """Decide what a failed meter-event request means (see the module doc, step 2).
+
+    Rules, in order: a duplicate identifier is delivered; ``IdempotencyError`` is final
+    (a bug); a 5xx needs a new key; ``Stripe-Should-Retry: true/false`` decides when
+    present (https://docs.stripe.com/error-low-level, and stripe-python's
+    ``_should_retry``); a connection error follows its ``should_retry`` (timeouts and
+    refused connections retry with the same key, TLS failures do not); 409 (a
+    concurrent request with the same key) and 429 retry with the same key; any
+    other 4xx is final.
+    """
+    import stripe
+
+    if is_duplicate_identifier(exc):
+        return ErrorVerdict(delivered=True, retry=False, new_key=False)
+    if isinstance(exc, stripe.IdempotencyError):
+        return ErrorVerdict(delivered=False, retry=False, new_key=False)
+    status = getattr(exc, "http_status", None)
+    new_key = status is not None and status >= 500
+    advice = _header(exc, "Stripe-Should-Retry")
+    if advice in ("true", "false"):
+        retry = advice == "true"
+    elif isinstance(exc, stripe.APIConnectionError):
+        retry = bool(getattr(exc, "should_retry", True))
+    else:
+        retry = new_key or status in (409, 429) or isinstance(exc, stripe.RateLimitError)
+    return ErrorVerdict(delivered=False, retry=retry, new_key=new_key)
+
+
+def send_aggregate(client, aggregate: UsageAggregate, *, organization) -> str:
+    """Step 2 for one aggregate: send it, retrying with exponential backoff
+    (``STRIPE_RETRY_BACKOFF_SECONDS`` x 2^n) up to ``STRIPE_MAX_ATTEMPTS`` attempts in all
+    (counted over runs).
+
+    Every attempt carries the same ``identifier``; the ``Idempotency-Key`` is the
+    aggregate's ``idempotency_key``, which changes only after a 5xx answer
+    (``classify_stripe_error``). Before the first attempt ``first_sent_at`` is
+    committed; an aggregate first sent longer ago than ``resend_window()`` is not sent.
+
+    Returns:
+        ``"sent"`` (Stripe acknowledged it, or already had its identifier),
+        ``"failed"`` (status ``failed``, ``last_error`` says why) or
+        ``"needs_reconciliation"`` (past the resend window).
+    """
+    import stripe
+
+    if _past_resend_window(aggregate):
+        _flag_for_reconciliation(organization, aggregate)
+        return NEEDS_RECONCILIATION
     timestamp = aggregate.period_start.astimezone(UTC)
     try:
         if timezone.now() - timestamp > STRIPE_MAX_AGE:
@@ -226,7 +464,7 @@ def send_aggregate(client, aggregate: UsageAggregate, *, organization) -> bool:
     except ValueError as exc:
         aggregate.attempts += 1
         _record_failure(organization, aggregate, str(exc), final=True)
-        return False
+        return FAILED
     params = {
         "event_name": aggregate.meter_event_name,
         "identifier": aggregate.identifier,
@@ -234,24 +472,42 @@ def send_aggregate(client, aggregate: UsageAggregate, *, organization) -> bool:
         "payload": {"stripe_customer_id": organization.stripe_customer_id, "value": value},
     }
     while True:
+        if aggregate.first_sent_at is None:
+            _mark_first_sent(organization, aggregate)
+        elif _past_resend_window(aggregate):
+            _flag_for_reconciliation(organization, aggregate)
+            return NEEDS_RECONCILIATION
         aggregate.attempts += 1
         try:
             client.v1.billing.meter_events.create(
-                params=params, options={"idempotency_key": aggregate.identifier}
+                params=params, options={"idempotency_key": aggregate.idempotency_key}
             )
-            return True
+            return SENT
         except stripe.StripeError as exc:
-            retryable = not isinstance(exc, stripe.InvalidRequestError | stripe.AuthenticationError)
-            final = not retryable or aggregate.attempts >= settings.STRIPE_MAX_ATTEMPTS
-            _record_failure(organization, aggregate, f"{type(exc).__name__}: {exc}", final=final)
+            verdict = classify_stripe_error(exc)
+            if verdict.delivered:
+                logger.info(
+                    "Stripe already has meter event %s (duplicate identifier): acknowledged",
+                    aggregate.identifier,
+                )
+                return SENT
+            error = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, stripe.IdempotencyError):
+                error += " (Idempotency-Key reused with different parameters: a bug, not retried)"
+                logger.error("Stripe meter event %s: %s", aggregate.identifier, error)
+            if verdict.new_key:
+                aggregate.key_revision += 1
+            final = not verdict.retry or aggregate.attempts >= settings.STRIPE_MAX_ATTEMPTS
+            _record_failure(organization, aggregate, error, final=final)
             logger.warning(
-                "Stripe meter event %s failed (attempt %s): %s",
+                "Stripe meter event %s failed (attempt %s%s): %s",
                 aggregate.identifier,
                 aggregate.attempts,
+                ", final" if final else "",
                 exc,
             )
             if final:
-                return False
+                return FAILED
             time.sleep(settings.STRIPE_RETRY_BACKOFF_SECONDS * (2 ** (aggregate.attempts - 1)))
 
 
@@ -259,8 +515,10 @@ def send_aggregate(client, aggregate: UsageAggregate, *, organization) -> bool:
 def _organization_lock(organization):
     """Hold a session-level PostgreSQL advisory lock for this organization's reporting
     (https://www.postgresql.org/docs/15/explicit-locking.html#ADVISORY-LOCKS), so two runs
-    never send for the same customer at once. Session-level, so it needs a direct
-    connection (not PgBouncer in transaction mode, see DEPLOY.md).
+    never send for the same customer at once. Taken on the calling thread's own
+    connection (``django.db.connection`` is per thread: the worker of ``queue_report``
+    has its own). Session-level, so it needs a direct connection (not PgBouncer in
+    transaction mode, see DEPLOY.md).
 
     Raises:
         ReportingError: another run holds it.
@@ -295,7 +553,10 @@ def report_usage(
     ``skipped``). Returns the result with its (saved) ``MeterReport``.
 
     Raises:
-        ReportingError: another run holds this organization's reporting lock.
+        ReportingError: another run holds this organization's reporting lock (the
+            report is saved as ``failed``).
+        Exception: anything unexpected while building or sending; the report is saved
+            as ``failed`` with the exception in ``detail`` first, then it propagates.
     """
     until = min(until or current_hour(), timezone.now())
     dry_run = dry_run or not settings.STRIPE_API_KEY
@@ -322,8 +583,10 @@ def report_usage(
         with _organization_lock(organization):
             _build_and_send(organization, until, report, result, client_factory)
     except ReportingError as exc:
-        with tenant_context(organization):
-            _finish(report, MeterReportStatus.FAILED, str(exc))
+        _finish_failed(organization, report, str(exc))
+        raise
+    except Exception as exc:
+        _finish_failed(organization, report, f"{type(exc).__name__}: {exc}")
         raise
     with tenant_context(organization):
         if report.aggregates_failed and report.aggregates_sent:
@@ -356,32 +619,140 @@ def _build_and_send(organization, until, report, result, client_factory) -> None
         )
     for aggregate in due:
         # No transaction is held open during the HTTP call.
-        if send_aggregate(client, aggregate, organization=organization):
+        outcome = send_aggregate(client, aggregate, organization=organization)
+        if outcome == SENT:
             with tenant_context(organization):
                 report.events_posted += _acknowledge(aggregate)
             report.aggregates_sent += 1
             result.lines.append(f"sent {aggregate.identifier} value={aggregate.value}")
+        elif outcome == NEEDS_RECONCILIATION:
+            report.aggregates_failed += 1
+            result.lines.append(
+                f"NEEDS RECONCILIATION {aggregate.identifier}: {aggregate.last_error}"
+            )
         else:
             report.aggregates_failed += 1
             result.lines.append(f"FAILED {aggregate.identifier}: {aggregate.last_error}")
 
 
+def resolve_reconciliation(*, aggregate: UsageAggregate, stripe_has_it: bool, by: str) -> bool:
+    """Close a reconciliation by hand (the admin actions), after comparing with Stripe's
+    meter event summaries. Only for an aggregate that was sent at least once
+    (``first_sent_at``) and is ``failed`` or ``needs_reconciliation``; returns
+    ``False`` (nothing changed) for any other.
+
+    * ``stripe_has_it``: Stripe counted it; the aggregate becomes ``sent`` and its
+      events ``posted``, by the same conditional updates as an acknowledgement.
+    * otherwise: Stripe does not have it; it becomes ``pending`` again as if never sent
+      (``first_sent_at`` cleared, attempts 0, a new ``key_revision`` so no old saved
+      answer can be replayed), with the same identifier, and the next run sends it.
+
+    ``by`` (who decided, free text) is kept in ``last_error``. Runs in the caller's
+    transaction and tenant context (the admin's cross-tenant path).
+    """
+    resolvable = [UsageAggregateStatus.FAILED, UsageAggregateStatus.NEEDS_RECONCILIATION]
+    note = f"reconciled by {by} at {timezone.now().isoformat()}: "
+    with transaction.atomic():
+        rows = UsageAggregate.objects.filter(
+            pk=aggregate.pk, status__in=resolvable, first_sent_at__isnull=False
+        )
+        if stripe_has_it:
+            if not rows.update(
+                status=UsageAggregateStatus.PENDING,
+                last_error=note + "Stripe has it, marked sent",
+            ):
+                return False
+            aggregate.refresh_from_db()
+            _acknowledge(aggregate)
+            return True
+        return bool(
+            rows.update(
+                status=UsageAggregateStatus.PENDING,
+                attempts=0,
+                next_attempt_at=None,
+                first_sent_at=None,
+                key_revision=aggregate.key_revision + 1,
+                last_error=note + "Stripe does not have it, queued to send again",
+            )
+        )
+
+
+_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-report")
+
+
 def queue_report(*, organization, requested_by=None) -> MeterReport:
-    """Create a queued ``MeterReport`` and run ``report_usage`` for it after the caller's
-    transaction commits (``transaction.on_commit``; in-process until a worker queue
-    exists). Returns the report (status ``queued``)."""
+    """Create a ``queued`` ``MeterReport`` and hand it, once the caller's transaction has
+    committed (``transaction.on_commit``), to this process's reporting worker: one
+    background thread (a ``ThreadPoolExecutor`` with one worker, so runs of one process
+    are sequential), never the request thread. Returns the report at once (status
+    ``queued``); ``GET report-usage/<id>/`` follows it.
+
+    The worker (``_run_queued_report``) runs ``report_usage`` on its own database
+    connection (closed when the run ends), takes the organization's advisory lock on
+    that connection, marks the report ``failed`` with the error text on ANY exception,
+    and never raises into the request.
+
+    In-process queueing, no broker: a report whose process dies before or during its
+    run stays ``queued``/``running``. Nothing is lost or sent twice, because the work
+    itself lives in the database, not in the queue: the events stay ``pending`` (not
+    yet aggregated, or linked to a ``pending`` outbox row committed before any send),
+    and the next run, ``manage.py report_usage`` or another POST, picks up exactly
+    those: unaggregated events go into new aggregates, and pending aggregates are sent
+    with their unchanged identifier and key (Stripe replays or deduplicates them within
+    ``resend_window()``; past it they are flagged for reconciliation, never resent).
+    """
     report = MeterReport.objects.create(
         organization=organization, requested_by=requested_by, until=current_hour()
     )
+    report_id = report.pk
 
-    def run():
+    def enqueue():
         try:
-            report_usage(organization=organization, report=report, requested_by=requested_by)
-        except ReportingError as exc:  # recorded on the report by report_usage
-            logger.warning("usage report %s not run: %s", report.pk, exc)
+            _worker.submit(_run_queued_report, report_id, organization, requested_by)
+        except Exception:  # e.g. the interpreter is shutting down: the report stays queued
+            logger.exception("usage report %s could not be queued; it stays queued", report_id)
 
-    transaction.on_commit(run)
+    transaction.on_commit(enqueue)
     return report
+
+
+def _run_queued_report(report_id, organization, requested_by) -> None:
+    """The worker thread's job for one queued report (see ``queue_report``). Never raises."""
+    try:
+        with tenant_context(organization):
+            report = MeterReport.objects.get(pk=report_id)
+            organization = type(organization).objects.get(pk=organization.pk)  # fresh copy
+        report_usage(organization=organization, report=report, requested_by=requested_by)
+    except ReportingError as exc:  # recorded on the report by report_usage
+        logger.warning("usage report %s not run: %s", report_id, exc)
+    except Exception as exc:
+        logger.exception("usage report %s failed", report_id)
+        _fail_queued_report(organization, report_id, f"{type(exc).__name__}: {exc}")
+    finally:
+        connection.close()
+
+
+def _fail_queued_report(organization, report_id, detail: str) -> None:
+    """Mark a queued or running report ``failed`` (``detail``), if it is not finished yet."""
+    try:
+        connection.close_if_unusable_or_obsolete()
+        with tenant_context(organization):
+            MeterReport.objects.filter(
+                pk=report_id, status__in=[MeterReportStatus.QUEUED, MeterReportStatus.RUNNING]
+            ).update(
+                status=MeterReportStatus.FAILED, detail=detail[:2000], finished_at=timezone.now()
+            )
+    except Exception:
+        logger.exception("usage report %s: could not record its failure", report_id)
+
+
+def wait_for_queued_reports(timeout: float = 60) -> None:
+    """Block until every report queued in this process so far has run (tests, shutdown).
+
+    Raises:
+        concurrent.futures.TimeoutError: still running after ``timeout`` seconds.
+    """
+    _worker.submit(lambda: None).result(timeout=timeout)
 
 
 def _plan(organization, until: datetime, result: ReportResult) -> None:
@@ -409,3 +780,13 @@ def _finish(report: MeterReport, status: str, detail: str) -> None:
     report.detail = detail
     report.finished_at = timezone.now()
     report.save()
+
+
+def _finish_failed(organization, report: MeterReport, detail: str) -> None:
+    """Save ``report`` as ``failed`` with ``detail``; a failure to do so is logged (the
+    caller re-raises the original exception)."""
+    try:
+        with tenant_context(organization):
+            _finish(report, MeterReportStatus.FAILED, detail[:2000])
+    except Exception:
+        logger.exception("usage report %s: could not record its failure", report.pk)

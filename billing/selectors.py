@@ -164,8 +164,10 @@ def pipeline_health(*, organization=None, now: datetime | None = None) -> dict:
         ``last_posted_event_at`` is the creation time of the newest event already
         posted to the payment provider (the last report covered events up to it);
         also ``last_report_at`` (the newest finished Stripe report run),
-        ``failed_aggregates`` (outbox rows whose retries are exhausted) and
-        ``unsent_aggregates`` (outbox rows still to send).
+        ``failed_aggregates`` (outbox rows whose retries are exhausted),
+        ``unsent_aggregates`` (outbox rows still to send) and
+        ``reconciliation_aggregates`` (outbox rows first sent too long ago to resend
+        safely: to reconcile with Stripe by hand, see ``billing.reporting``).
     """
     now = now or timezone.now()
     events = BillingEvent.objects.all()
@@ -197,4 +199,7 @@ def pipeline_health(*, organization=None, now: datetime | None = None) -> dict:
         "last_report_at": last_report["finished_at"] if last_report else None,
         "failed_aggregates": aggregates.filter(status=UsageAggregateStatus.FAILED).count(),
         "unsent_aggregates": aggregates.filter(status=UsageAggregateStatus.PENDING).count(),
+        "reconciliation_aggregates": aggregates.filter(
+            status=UsageAggregateStatus.NEEDS_RECONCILIATION
+        ).count(),
     }

@@ -146,6 +146,7 @@ class BillingHealthSerializer(serializers.Serializer):
     last_report_at = serializers.DateTimeField(allow_null=True)
     failed_aggregates = serializers.IntegerField()
     unsent_aggregates = serializers.IntegerField()
+    reconciliation_aggregates = serializers.IntegerField()
     metering_write_failures = serializers.IntegerField()
 
 

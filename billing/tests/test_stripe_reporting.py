@@ -1,18 +1,32 @@
 """Usage reporting to Stripe, with HTTP intercepted at stripe-python's client (``responses``
-patches the ``requests`` library that ``stripe.RequestsClient`` uses). ``FakeStripe`` records
-every request exactly as sent and deduplicates meter events by ``identifier``, as Stripe does.
+patches the ``requests`` library that ``stripe.RequestsClient`` uses).
+
+``FakeStripe`` behaves like Stripe's meter-event endpoint: it saves the answer of each
+``Idempotency-Key`` (a 500 included) and replays it for the same key; it rejects a create
+whose ``identifier`` it already holds, as Stripe does. It never hides a duplicate: every
+request that Stripe would process as a new create is recorded in ``creates`` (duplicates
+included), so the tests assert how many creates each identifier got.
 """
 
+import hashlib
 import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from io import StringIO
 from urllib.parse import parse_qs
 
+import psycopg
 import pytest
 import requests
 import responses
+import stripe
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.db.models import ProtectedError
 from django.utils import timezone
 
 from billing import reporting
@@ -24,9 +38,9 @@ from billing.models import (
     UsageAggregate,
     UsageAggregateStatus,
 )
-from billing.services import record_event
+from billing.services import record_event, record_events
 from conftest import bearer_client
-from tenancy.context import tenant_context
+from tenancy.context import cross_tenant, tenant_context
 from tenancy.tests.factories import member_of
 
 METER_URL = "https://api.stripe.com/v1/billing/meter_events"
@@ -35,16 +49,51 @@ HOUR = (
 )
 
 
+@dataclass
+class Fail:
+    """A planned Stripe error answer. ``recorded``: Stripe wrote the meter event before
+    failing (an ambiguous 500). ``saved``: stored under the Idempotency-Key and replayed
+    (Stripe saves every answer of a request that started executing; not a 409 conflict
+    or a 429 rate limit, which are refused before)."""
+
+    status: int
+    headers: dict = field(default_factory=dict)
+    recorded: bool = False
+    error_type: str = "api_error"
+
+    @property
+    def saved(self) -> bool:
+        return self.status not in (409, 429)
+
+
+@dataclass
+class Lost:
+    """The request never reached Stripe (e.g. a connect timeout): nothing processed or saved."""
+
+    exc: Exception
+
+
 class FakeStripe:
-    """Stripe's meter-event endpoint: records requests; counts each identifier once."""
+    """Stripe's ``POST /v1/billing/meter_events``.
+
+    ``plan``: one action per call, in order (then success): ``None`` (success), an int or
+    ``Fail`` (an error answer), an exception (Stripe received and recorded the event, then
+    the answer was lost: a read timeout), or ``Lost`` (never received).
+
+    ``requests``: every request as sent. ``creates``: every request processed as a new
+    create (not an idempotent replay), with ``duplicate`` True when Stripe rejected it
+    because it already held the identifier. ``counted()``: what Stripe's meter sums.
+    """
 
     def __init__(self):
         self.requests: list[dict] = []
-        self.counted: dict[str, Decimal] = {}
-        self.plan: list = []  # per call: None (ok), an int status, or an exception
+        self.creates: list[dict] = []
+        self.saved: dict[str, tuple] = {}  # Idempotency-Key -> (form, answer)
+        self.plan: list = []
 
     def __call__(self, request):
         form = {k: v[0] for k, v in parse_qs(request.body).items()}
+        key = request.headers.get("Idempotency-Key")
         self.requests.append(
             {
                 "event_name": form["event_name"],
@@ -52,20 +101,71 @@ class FakeStripe:
                 "timestamp": int(form["timestamp"]),
                 "customer": form["payload[stripe_customer_id]"],
                 "value": form["payload[value]"],
-                "idempotency_key": request.headers.get("Idempotency-Key"),
+                "idempotency_key": key,
             }
         )
+        if key in self.saved:  # Stripe replays the saved answer, whatever it was
+            saved_form, (status, headers, body) = self.saved[key]
+            if saved_form != form:
+                return self._error(400, "idempotency_error", "Keys for idempotent requests...")
+            return (status, {**headers, "Idempotent-Replayed": "true"}, body)
         action = self.plan.pop(0) if self.plan else None
+        if isinstance(action, Lost):
+            raise action.exc
         if isinstance(action, int):
-            return (action, {}, '{"error": {"message": "server error", "type": "api_error"}}')
-        # Stripe received it: it counts once per identifier, whatever happens next.
-        self.counted.setdefault(form["identifier"], Decimal(form["payload[value]"]))
+            action = Fail(action)
+        answer, saved = self._process(form, action)
+        if saved:
+            self.saved[key] = (form, answer)
         if isinstance(action, Exception):
-            raise action
-        return (200, {}, json.dumps({"object": "billing.meter_event", **form}))
+            raise action  # received and recorded; the answer never arrives
+        return answer
+
+    def _process(self, form, action):
+        identifier = form["identifier"]
+        if isinstance(action, Fail) and not action.recorded:
+            message = f"planned {action.status}"
+            return self._error(action.status, action.error_type, message, action.headers), (
+                action.saved
+            )
+        duplicate = any(c["identifier"] == identifier and not c["duplicate"] for c in self.creates)
+        self.creates.append(
+            {"identifier": identifier, "value": form["payload[value]"], "duplicate": duplicate}
+        )
+        if duplicate:
+            message = f"An event already exists with identifier {identifier}."
+            headers = {"Stripe-Should-Retry": "false"}
+            return self._error(400, "invalid_request_error", message, headers), True
+        if isinstance(action, Fail):  # recorded, then failed
+            return self._error(action.status, action.error_type, "after write", action.headers), (
+                True
+            )
+        return (200, {}, json.dumps({"object": "billing.meter_event", **form})), True
+
+    @staticmethod
+    def _error(status, error_type, message, headers=None):
+        body = json.dumps({"error": {"type": error_type, "message": message}})
+        return (status, dict(headers or {}), body)
 
     def identifiers(self):
         return [r["identifier"] for r in self.requests]
+
+    def keys(self):
+        return [r["idempotency_key"] for r in self.requests]
+
+    def created_identifiers(self):
+        """Identifiers of every new create, duplicates included (no dedup here)."""
+        return [c["identifier"] for c in self.creates]
+
+    def counted(self) -> dict[str, Decimal]:
+        """Stripe's meter: the value of each identifier it accepted."""
+        counted: dict[str, Decimal] = {}
+        for create in self.creates:
+            if not create["duplicate"]:
+                counted[create["identifier"]] = counted.get(
+                    create["identifier"], Decimal(0)
+                ) + Decimal(create["value"])
+        return counted
 
 
 @pytest.fixture
@@ -109,6 +209,20 @@ def ident(org, meter, hours, seq=1):
     return reporting.aggregate_identifier(org.pk, meter, HOUR + timedelta(hours=hours), seq)
 
 
+def sent(org, meter, hours, value, *, seq=1, key=None):
+    """The exact request expected for one meter event (``key``: the Idempotency-Key,
+    by default the identifier)."""
+    identifier = ident(org, meter, hours, seq)
+    return {
+        "event_name": meter,
+        "identifier": identifier,
+        "timestamp": int((HOUR + timedelta(hours=hours)).timestamp()),
+        "customer": "cus_acme",
+        "value": value,
+        "idempotency_key": key or identifier,
+    }
+
+
 def test_full_run_sends_one_meter_event_per_org_meter_hour(fake_stripe, customer_org):
     add_events(
         customer_org,
@@ -121,67 +235,161 @@ def test_full_run_sends_one_meter_event_per_org_meter_hour(fake_stripe, customer
         ],
     )
     result = reporting.report_usage(organization=customer_org)
-    ts = int(HOUR.timestamp())
     assert fake_stripe.requests == [
-        {
-            "event_name": "api_requests",
-            "identifier": ident(customer_org, "api_requests", 0),
-            "timestamp": ts,
-            "customer": "cus_acme",
-            "value": "2",
-            "idempotency_key": ident(customer_org, "api_requests", 0),
-        },
-        {
-            "event_name": "documents",
-            "identifier": ident(customer_org, "documents", 0),
-            "timestamp": ts,
-            "customer": "cus_acme",
-            "value": "2.5",
-            "idempotency_key": ident(customer_org, "documents", 0),
-        },
-        {
-            "event_name": "api_requests",
-            "identifier": ident(customer_org, "api_requests", 1),
-            "timestamp": ts + 3600,
-            "customer": "cus_acme",
-            "value": "1",
-            "idempotency_key": ident(customer_org, "api_requests", 1),
-        },
+        sent(customer_org, "api_requests", 0, "2"),
+        sent(customer_org, "documents", 0, "2.5"),
+        sent(customer_org, "api_requests", 1, "1"),
     ]
+    created = fake_stripe.created_identifiers()
+    assert len(created) == len(set(created)) == 3  # three creates, three distinct identifiers
+    assert fake_stripe.counted() == {
+        ident(customer_org, "api_requests", 0): Decimal("2"),
+        ident(customer_org, "documents", 0): Decimal("2.5"),
+        ident(customer_org, "api_requests", 1): Decimal("1"),
+    }
     report = result.report
     assert (report.status, report.aggregates_sent, report.events_posted) == ("succeeded", 3, 4)
     statuses = dict(BillingEvent.objects.values_list("event_name", "status").distinct())
     assert statuses == {"api.request": 1, "doc.upload": 1, "doc.processed": 0}
     assert set(UsageAggregate.objects.values_list("status", flat=True)) == {"sent"}
+    assert not UsageAggregate.objects.filter(first_sent_at=None).exists()
     # a second run has nothing to send
     again = reporting.report_usage(organization=customer_org)
     assert len(fake_stripe.requests) == 3
     assert again.report.aggregates_created == 0
 
 
-def test_a_500_is_retried_with_the_same_identifier_and_key(fake_stripe, customer_org):
+def test_a_500_is_retried_with_the_same_identifier_and_a_new_key(fake_stripe, customer_org):
     add_events(customer_org, [("api.request", 0, 1, "1")])
     fake_stripe.plan = [500]
     result = reporting.report_usage(organization=customer_org)
     expected = ident(customer_org, "api_requests", 0)
-    assert fake_stripe.identifiers() == [expected, expected]
-    assert {r["idempotency_key"] for r in fake_stripe.requests} == {expected}
-    assert fake_stripe.counted == {expected: Decimal("1")}
+    # Stripe saved the 500 under the first key: the same key would only replay it.
+    assert fake_stripe.requests == [
+        sent(customer_org, "api_requests", 0, "1"),
+        sent(customer_org, "api_requests", 0, "1", key=f"{expected}-r1"),
+    ]
+    assert fake_stripe.created_identifiers() == [expected]  # one create in all
+    assert fake_stripe.counted() == {expected: Decimal("1")}
     assert result.report.status == MeterReportStatus.SUCCEEDED
     aggregate = UsageAggregate.objects.get()
-    assert (aggregate.status, aggregate.attempts) == ("sent", 2)
+    assert (aggregate.status, aggregate.attempts, aggregate.key_revision) == ("sent", 2, 1)
     assert BillingEvent.objects.get().status == BillingEventStatus.POSTED
 
 
-def test_timeout_after_stripe_received_resends_the_same_identifier(fake_stripe, customer_org):
+def test_the_same_key_after_a_500_would_only_replay_it(fake_stripe, customer_org):
+    """What the fake does for a reused key (the reason for the new key above)."""
+    fake_stripe.plan = [500]
+    client = reporting.stripe_client()
+    params = {
+        "event_name": "api_requests",
+        "identifier": "gl-x",
+        "timestamp": int(HOUR.timestamp()),
+        "payload": {"stripe_customer_id": "cus_acme", "value": "1"},
+    }
+    for _ in range(2):
+        with pytest.raises(stripe.APIError):
+            client.v1.billing.meter_events.create(params=params, options={"idempotency_key": "k"})
+    assert fake_stripe.creates == []
+    client.v1.billing.meter_events.create(params=params, options={"idempotency_key": "k2"})
+    assert fake_stripe.created_identifiers() == ["gl-x"]
+
+
+def test_a_500_after_stripe_recorded_the_event_is_counted_once(fake_stripe, customer_org):
+    add_events(customer_org, [("api.request", 0, 1, "4")])
+    fake_stripe.plan = [Fail(500, recorded=True)]
+    result = reporting.report_usage(organization=customer_org)
+    expected = ident(customer_org, "api_requests", 0)
+    assert fake_stripe.requests == [
+        sent(customer_org, "api_requests", 0, "4"),
+        sent(customer_org, "api_requests", 0, "4", key=f"{expected}-r1"),
+    ]
+    # the new key reached Stripe as a second create of the identifier: Stripe refused it
+    assert fake_stripe.creates == [
+        {"identifier": expected, "value": "4", "duplicate": False},
+        {"identifier": expected, "value": "4", "duplicate": True},
+    ]
+    assert fake_stripe.counted() == {expected: Decimal("4")}
+    # ... which proves Stripe has it: acknowledged, events posted
+    assert result.report.status == MeterReportStatus.SUCCEEDED
+    assert UsageAggregate.objects.get().status == UsageAggregateStatus.SENT
+    assert BillingEvent.objects.get().status == BillingEventStatus.POSTED
+
+
+def test_timeout_after_stripe_received_resends_the_same_identifier_and_key(
+    fake_stripe, customer_org
+):
     add_events(customer_org, [("api.request", 0, 1, "3")])
     fake_stripe.plan = [requests.exceptions.ReadTimeout("read timed out")]
     reporting.report_usage(organization=customer_org)
     expected = ident(customer_org, "api_requests", 0)
-    assert fake_stripe.identifiers() == [expected, expected]
-    assert [r["idempotency_key"] for r in fake_stripe.requests] == [expected, expected]
-    assert fake_stripe.counted == {expected: Decimal("3")}  # counted once at Stripe
+    assert fake_stripe.requests == [sent(customer_org, "api_requests", 0, "3")] * 2
+    assert fake_stripe.created_identifiers() == [expected]  # the resend was a replay
+    assert fake_stripe.counted() == {expected: Decimal("3")}
+    aggregate = UsageAggregate.objects.get()
+    assert (aggregate.status, aggregate.attempts, aggregate.key_revision) == ("sent", 2, 0)
+
+
+def test_timeout_before_stripe_received_resends_the_same_identifier_and_key(
+    fake_stripe, customer_org
+):
+    add_events(customer_org, [("api.request", 0, 1, "3")])
+    fake_stripe.plan = [Lost(requests.exceptions.ConnectTimeout("connect timed out"))]
+    reporting.report_usage(organization=customer_org)
+    expected = ident(customer_org, "api_requests", 0)
+    assert fake_stripe.requests == [sent(customer_org, "api_requests", 0, "3")] * 2
+    assert fake_stripe.created_identifiers() == [expected]
     assert UsageAggregate.objects.get().status == UsageAggregateStatus.SENT
+
+
+@pytest.mark.parametrize("status", [409, 429])
+def test_conflict_and_rate_limit_retry_with_the_same_key(fake_stripe, customer_org, status):
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    fake_stripe.plan = [status]
+    reporting.report_usage(organization=customer_org)
+    assert fake_stripe.requests == [sent(customer_org, "api_requests", 0, "1")] * 2
+    assert fake_stripe.created_identifiers() == [ident(customer_org, "api_requests", 0)]
+    assert UsageAggregate.objects.get().status == UsageAggregateStatus.SENT
+
+
+def test_stripe_should_retry_false_is_obeyed(fake_stripe, customer_org):
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    fake_stripe.plan = [Fail(500, headers={"Stripe-Should-Retry": "false"})]
+    result = reporting.report_usage(organization=customer_org)
+    expected = ident(customer_org, "api_requests", 0)
+    assert fake_stripe.requests == [sent(customer_org, "api_requests", 0, "1")]  # no retry
+    assert result.report.status == MeterReportStatus.FAILED
+    aggregate = UsageAggregate.objects.get()
+    assert (aggregate.status, aggregate.attempts, aggregate.key_revision) == ("failed", 1, 1)
+    # queued again (the admin's retry): the next run uses the new key, not the saved 500
+    UsageAggregate.objects.filter(pk=aggregate.pk).update(
+        status=UsageAggregateStatus.PENDING, attempts=0, next_attempt_at=None
+    )
+    reporting.report_usage(organization=customer_org)
+    assert fake_stripe.keys() == [expected, f"{expected}-r1"]
+    assert fake_stripe.created_identifiers() == [expected]
+    assert UsageAggregate.objects.get().status == UsageAggregateStatus.SENT
+
+
+@pytest.mark.parametrize(
+    ("error_type", "exception", "loud"),
+    [("idempotency_error", "IdempotencyError", True), ("invalid_request_error", "Invalid", False)],
+)
+def test_idempotency_and_invalid_request_errors_are_not_retried(
+    fake_stripe, customer_org, caplog, error_type, exception, loud
+):
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    fake_stripe.plan = [Fail(400, error_type=error_type)]
+    with caplog.at_level(logging.WARNING, logger="billing.reporting"):
+        reporting.report_usage(organization=customer_org)
+    assert len(fake_stripe.requests) == 1
+    aggregate = UsageAggregate.objects.get()
+    assert (aggregate.status, aggregate.attempts) == ("failed", 1)
+    assert aggregate.last_error.startswith(exception)
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert bool(errors) is loud
+    if loud:
+        assert "a bug" in aggregate.last_error
 
 
 def test_crash_between_send_and_mark_posted_then_rerun(fake_stripe, customer_org, monkeypatch):
@@ -196,14 +404,19 @@ def test_crash_between_send_and_mark_posted_then_rerun(fake_stripe, customer_org
         reporting.report_usage(organization=customer_org)
     aggregate = UsageAggregate.objects.get()
     assert aggregate.status == UsageAggregateStatus.PENDING  # the outbox row survived
+    assert aggregate.first_sent_at is not None  # committed before the request left
+    first_sent_at = aggregate.first_sent_at
     assert set(BillingEvent.objects.values_list("status", flat=True)) == {0}
 
     monkeypatch.setattr(reporting, "_acknowledge", real_acknowledge)
     reporting.report_usage(organization=customer_org)
     expected = ident(customer_org, "api_requests", 0)
-    assert fake_stripe.identifiers() == [expected, expected]  # the same identifier again
-    assert fake_stripe.counted == {expected: Decimal("2")}  # nothing counted twice
+    # the same identifier and key again: Stripe replays its first answer
+    assert fake_stripe.requests == [sent(customer_org, "api_requests", 0, "2")] * 2
+    assert fake_stripe.created_identifiers() == [expected]  # one create: nothing counted twice
+    assert fake_stripe.counted() == {expected: Decimal("2")}
     assert UsageAggregate.objects.count() == 1
+    assert UsageAggregate.objects.get().first_sent_at == first_sent_at
     assert set(BillingEvent.objects.values_list("status", flat=True)) == {1}
 
 
@@ -212,12 +425,122 @@ def test_late_events_for_a_reported_hour_get_the_next_sequence(fake_stripe, cust
     reporting.report_usage(organization=customer_org)
     add_events(customer_org, [("api.request", 0, 59, "1"), ("api.request", 0, 58, "1")])
     reporting.report_usage(organization=customer_org)
-    assert fake_stripe.identifiers() == [
+    assert fake_stripe.requests == [
+        sent(customer_org, "api_requests", 0, "1", seq=1),
+        sent(customer_org, "api_requests", 0, "2", seq=2),
+    ]
+    assert fake_stripe.created_identifiers() == [
         ident(customer_org, "api_requests", 0, 1),
         ident(customer_org, "api_requests", 0, 2),
     ]
-    assert [r["value"] for r in fake_stripe.requests] == ["1", "2"]
-    assert sum(fake_stripe.counted.values()) == 3  # every event billed, none swallowed
+    assert sum(fake_stripe.counted().values()) == 3  # every event billed, none swallowed
+
+
+def test_an_aggregate_first_sent_past_the_window_is_not_resent(fake_stripe, customer_org, api):
+    """Stripe deduplicates identifiers and replays keys for ~24 h only: past
+    STRIPE_RESEND_WINDOW_HOURS (23) a pending aggregate is flagged, never resent."""
+    add_events(customer_org, [("api.request", 0, 1, "1"), ("api.request", 1, 1, "1")])
+    fake_stripe.plan = [Lost(requests.exceptions.ConnectTimeout("down"))] * 3 * 2
+    reporting.report_usage(organization=customer_org)  # both fail 3 times
+    assert len(fake_stripe.requests) == 6
+    now = timezone.now()
+    old, recent = UsageAggregate.objects.order_by("period_start")
+    # both queued again; one was first sent 23 h 1 min ago, the other 22 h ago
+    UsageAggregate.objects.filter(pk=old.pk).update(
+        first_sent_at=now - timedelta(hours=23, minutes=1)
+    )
+    UsageAggregate.objects.filter(pk=recent.pk).update(first_sent_at=now - timedelta(hours=22))
+    UsageAggregate.objects.update(status=UsageAggregateStatus.PENDING, attempts=0)
+
+    out, err = StringIO(), StringIO()
+    with pytest.raises(CommandError, match="had failures"):
+        call_command("report_usage", stdout=out, stderr=err)
+    assert fake_stripe.identifiers()[6:] == [ident(customer_org, "api_requests", 1)]  # only one
+    old.refresh_from_db()
+    recent.refresh_from_db()
+    assert (old.status, recent.status) == ("needs_reconciliation", "sent")
+    assert "Reconcile against Stripe's meter event summaries" in old.last_error
+    assert f"NEEDS RECONCILIATION {old.identifier}" in out.getvalue()
+    assert BillingEvent.objects.get(usage_aggregate=old).status == BillingEventStatus.PENDING
+    health = api.get("/api/v1/billing/health/").json()
+    assert (health["reconciliation_aggregates"], health["failed_aggregates"]) == (1, 0)
+    # and no later run sends it either
+    reporting.report_usage(organization=customer_org)
+    assert len(fake_stripe.requests) == 7
+
+
+def test_the_window_is_a_setting(fake_stripe, stripe_settings, customer_org):
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    with tenant_context(customer_org):
+        reporting.build_aggregates(organization=customer_org, until=timezone.now(), report=None)
+    UsageAggregate.objects.update(first_sent_at=timezone.now() - timedelta(hours=2))
+    stripe_settings.STRIPE_RESEND_WINDOW_HOURS = 1
+    reporting.report_usage(organization=customer_org)
+    assert fake_stripe.requests == []
+    assert UsageAggregate.objects.get().status == UsageAggregateStatus.NEEDS_RECONCILIATION
+
+
+def test_deleting_an_aggregate_with_events_is_refused(fake_stripe, customer_org):
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    reporting.report_usage(organization=customer_org)
+    aggregate = UsageAggregate.objects.get()
+    with pytest.raises(ProtectedError):
+        aggregate.delete()
+    assert BillingEvent.objects.get().usage_aggregate_id == aggregate.pk
+
+
+def test_an_hour_over_15_significant_digits_is_split_exactly(fake_stripe, customer_org):
+    """1,001 events of 99,999,999.9999 sum to 100,099,999,999.8999 (16 significant digits,
+    which Stripe refuses): sent as two aggregates that each fit, nothing rounded."""
+    quantity = Decimal("99999999.9999")
+    with tenant_context(customer_org):
+        record_events(
+            {
+                "organization": customer_org,
+                "event_name": "api.request",
+                "quantity": quantity,
+                "created_at": HOUR + timedelta(microseconds=i),
+            }
+            for i in range(1001)
+        )
+    result = reporting.report_usage(organization=customer_org)
+    assert fake_stripe.requests == [
+        sent(customer_org, "api_requests", 0, "99999999999.9", seq=1),  # 1,000 events
+        sent(customer_org, "api_requests", 0, "99999999.9999", seq=2),  # the last one
+    ]
+    assert sum(fake_stripe.counted().values()) == quantity * 1001
+    assert result.report.status == MeterReportStatus.SUCCEEDED
+    assert result.report.aggregates_created == 2
+    counts = list(UsageAggregate.objects.order_by("sequence").values_list("event_count", "status"))
+    assert counts == [(1000, "sent"), (1, "sent")]
+    assert not BillingEvent.objects.filter(status=BillingEventStatus.PENDING).exists()
+
+
+def test_an_oversized_pending_aggregate_is_split_before_its_first_send(fake_stripe, customer_org):
+    """An aggregate left oversized by an earlier version (never sent) is split too."""
+    with tenant_context(customer_org):
+        events = record_events(
+            {
+                "organization": customer_org,
+                "event_name": "api.request",
+                "quantity": Decimal("99999999.9999"),
+                "created_at": HOUR + timedelta(microseconds=i),
+            }
+            for i in range(1001)
+        )
+        aggregate = UsageAggregate.objects.create(
+            organization=customer_org,
+            event_name="api.request",
+            meter_event_name="api_requests",
+            period_start=HOUR,
+            value=Decimal("99999999.9999") * 1001,
+            event_count=1001,
+            identifier=ident(customer_org, "api_requests", 0),
+        )
+        BillingEvent.objects.filter(pk__in=[e.pk for e in events]).update(usage_aggregate=aggregate)
+    reporting.report_usage(organization=customer_org)
+    assert [r["value"] for r in fake_stripe.requests] == ["99999999999.9", "99999999.9999"]
+    assert not BillingEvent.objects.filter(status=BillingEventStatus.PENDING).exists()
 
 
 def test_organization_without_stripe_customer_is_skipped_and_reported(fake_stripe, org):
@@ -252,10 +575,12 @@ def test_retries_exhausted_fail_visibly_and_the_command_exits_non_zero(
     fake_stripe.plan = [500, 500, 500]
     with pytest.raises(CommandError, match="had failures"):
         call_command("report_usage", stdout=StringIO(), stderr=StringIO())
-    assert len(fake_stripe.requests) == 3  # STRIPE_MAX_ATTEMPTS
+    expected = ident(customer_org, "api_requests", 0)
+    assert fake_stripe.keys() == [expected, f"{expected}-r1", f"{expected}-r2"]
+    assert fake_stripe.creates == []
     aggregate = UsageAggregate.objects.get()
-    assert (aggregate.status, aggregate.attempts) == ("failed", 3)
-    assert "500" in aggregate.last_error or "server error" in aggregate.last_error
+    assert (aggregate.status, aggregate.attempts, aggregate.key_revision) == ("failed", 3, 3)
+    assert "planned 500" in aggregate.last_error
     assert BillingEvent.objects.get().status == BillingEventStatus.PENDING
     health = api.get("/api/v1/billing/health/").json()
     assert health["failed_aggregates"] == 1
@@ -282,20 +607,8 @@ def test_value_significant_digits():
     assert reporting.format_value(Decimal("123456789012345")) == "123456789012345"
     with pytest.raises(ValueError, match="15"):
         reporting.format_value(Decimal("1234567890123.456"))
-
-
-def test_report_usage_endpoint(fake_stripe, customer_org, api, django_capture_on_commit_callbacks):
-    add_events(customer_org, [("api.request", 0, 1, "1")])
-    with django_capture_on_commit_callbacks(execute=True):
-        response = api.post("/api/v1/billing/report-usage/")
-    assert response.status_code == 202
-    report_id = response.json()["id"]
-    assert response.json()["status"] == "queued"
-    detail = api.get(f"/api/v1/billing/report-usage/{report_id}/")
-    assert detail.status_code == 200
-    assert detail.json()["status"] == "succeeded"
-    assert detail.json()["aggregates_sent"] == 1
-    assert len(fake_stripe.requests) == 1
+    assert reporting.value_fits(Decimal("99999999999.9000"))
+    assert not reporting.value_fits(Decimal("100099999999.8999"))
 
 
 def test_report_usage_endpoint_access(fake_stripe, customer_org, outsider_api, anon_api, api):
@@ -326,60 +639,134 @@ def test_timestamps_are_utc_hours(customer_org):
     )
 
 
-def test_admin_lists_the_outbox_and_retries_failed_aggregates(customer_org, client):
-    from tenancy.models import User
-
-    with tenant_context(customer_org):
-        failed = UsageAggregate.objects.create(
-            organization=customer_org,
-            event_name="api.request",
-            meter_event_name="api_requests",
-            period_start=HOUR,
-            value=1,
-            identifier=ident(customer_org, "api_requests", 0),
-            status=UsageAggregateStatus.FAILED,
-            attempts=3,
-        )
-    admin_user = User.objects.create_superuser(email="staff@goldleaves.test", password="pw-123456")
-    client.force_login(admin_user)
-    listing = client.get("/admin/billing/usageaggregate/?status=failed")
-    assert listing.status_code == 200
-    assert failed.identifier in listing.content.decode()
-    assert client.get("/admin/billing/meterreport/").status_code == 200
-    response = client.post(
-        "/admin/billing/usageaggregate/",
-        {"action": "retry_failed", "_selected_action": [str(failed.pk)]},
-    )
-    assert response.status_code == 302
-    failed.refresh_from_db()
-    assert (failed.status, failed.attempts) == ("pending", 0)
-    # a single aggregate's page is read-only
-    page = client.get(f"/admin/billing/usageaggregate/{failed.pk}/change/")
-    assert page.status_code == 200
-    assert 'name="value"' not in page.content.decode()
-
-
 def test_a_second_run_for_the_same_organization_is_refused_while_one_runs(
     fake_stripe, customer_org
 ):
-    import hashlib
-
-    import psycopg
-    from django.db import connection
-
     add_events(customer_org, [("api.request", 0, 1, "1")])
-    key = int(hashlib.sha256(f"usage-report:{customer_org.pk}".encode()).hexdigest()[:15], 16)
     other = psycopg.connect(**connection.get_connection_params(), autocommit=True)
     try:
-        other.execute("SELECT pg_advisory_lock(%s)", [key])  # another run holds the lock
+        other.execute("SELECT pg_advisory_lock(%s)", [lock_key(customer_org)])  # another run
         with pytest.raises(reporting.ReportingError, match="another usage report"):
             reporting.report_usage(organization=customer_org)
         assert fake_stripe.requests == []
         refused = MeterReport.objects.get()
         assert refused.status == MeterReportStatus.FAILED
         assert "another usage report" in refused.detail
-        other.execute("SELECT pg_advisory_unlock(%s)", [key])
+        other.execute("SELECT pg_advisory_unlock(%s)", [lock_key(customer_org)])
     finally:
         other.close()
     reporting.report_usage(organization=customer_org)
     assert len(fake_stripe.requests) == 1
+
+
+def lock_key(org) -> int:
+    return int(hashlib.sha256(f"usage-report:{org.pk}".encode()).hexdigest()[:15], 16)
+
+
+# --- POST report-usage/: queued on the in-process worker, never run in the request -----------
+# These need real commits (the worker reads the report on its own connection).
+
+
+@pytest.fixture
+def worker_idle():
+    yield
+    reporting.wait_for_queued_reports(timeout=60)
+
+
+def wait_for_report(api, report_id, *, timeout=30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = api.get(f"/api/v1/billing/report-usage/{report_id}/").json()
+        if body["status"] not in (MeterReportStatus.QUEUED, MeterReportStatus.RUNNING):
+            return body
+        assert time.monotonic() < deadline, f"report still {body['status']} after {timeout} s"
+        time.sleep(0.05)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_report_usage_endpoint_answers_202_before_stripe_does(
+    stripe_settings, customer_org, api, worker_idle
+):
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    fake = FakeStripe()
+    called, release, answered = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_stripe(request):
+        called.set()
+        release.wait(timeout=10)
+        try:
+            return fake(request)
+        finally:
+            answered.set()
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        mock.add_callback(responses.POST, METER_URL, callback=slow_stripe)
+        started = time.monotonic()
+        response = api.post("/api/v1/billing/report-usage/")
+        took = time.monotonic() - started
+        assert response.status_code == 202
+        assert response.json()["status"] == "queued"
+        report_id = response.json()["id"]
+        assert called.wait(timeout=10), "the worker never called Stripe"
+        assert not answered.is_set(), "the 202 came only after Stripe answered"
+        assert took < 5
+        assert api.get(f"/api/v1/billing/report-usage/{report_id}/").json()["status"] == "running"
+        release.set()
+        done = wait_for_report(api, report_id)
+    assert (done["status"], done["aggregates_sent"], done["events_posted"]) == ("succeeded", 1, 1)
+    assert fake.requests == [sent(customer_org, "api_requests", 0, "1")]
+    with cross_tenant(reason="test assertions"):
+        aggregate = UsageAggregate.objects.get()
+        assert aggregate.status == UsageAggregateStatus.SENT
+        assert str(aggregate.report_id) == report_id
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_unexpected_error_in_the_worker_fails_the_report_not_the_request(
+    fake_stripe, customer_org, api, monkeypatch, worker_idle
+):
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+
+    def explode(**kwargs):
+        raise RuntimeError("outbox exploded")
+
+    monkeypatch.setattr(reporting, "build_aggregates", explode)
+    response = api.post("/api/v1/billing/report-usage/")
+    assert response.status_code == 202
+    done = wait_for_report(api, response.json()["id"])
+    assert done["status"] == "failed"
+    assert done["detail"] == "RuntimeError: outbox exploded"
+    assert done["finished_at"] is not None
+    assert fake_stripe.requests == []
+    # the worker survived and released the organization's lock: the next run works
+    monkeypatch.undo()
+    again = api.post("/api/v1/billing/report-usage/")
+    assert wait_for_report(api, again.json()["id"])["status"] == "succeeded"
+    assert fake_stripe.identifiers() == [ident(customer_org, "api_requests", 0)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_takes_the_organization_lock_on_its_own_connection(
+    fake_stripe, customer_org, api, worker_idle
+):
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    other = psycopg.connect(**connection.get_connection_params(), autocommit=True)
+    try:
+        other.execute("SELECT pg_advisory_lock(%s)", [lock_key(customer_org)])
+        refused = api.post("/api/v1/billing/report-usage/")
+        assert refused.status_code == 202
+        done = wait_for_report(api, refused.json()["id"])
+        assert done["status"] == "failed"
+        assert "another usage report" in done["detail"]
+        assert fake_stripe.requests == []
+    finally:
+        other.close()  # releases the lock
+    again = api.post("/api/v1/billing/report-usage/")
+    assert wait_for_report(api, again.json()["id"])["status"] == "succeeded"
+    # and the worker released it after its run (its connection is closed, too)
+    probe = psycopg.connect(**connection.get_connection_params(), autocommit=True)
+    try:
+        locked = probe.execute("SELECT pg_try_advisory_lock(%s)", [lock_key(customer_org)])
+        assert locked.fetchone()[0] is True
+    finally:
+        probe.close()

@@ -14,12 +14,21 @@ FAILED = {MeterReportStatus.FAILED, MeterReportStatus.PARTIAL}
 
 
 class Command(BaseCommand):
+    """``manage.py report_usage [--organization SLUG] [--until ISO] [--dry-run]``.
+
+    Runs ``billing.reporting.report_usage`` for each organization (by slug), one at a
+    time, in this process, and prints one line per aggregate sent, failed or needing
+    reconciliation. The same work as ``POST /api/v1/billing/report-usage/``, so it also
+    picks up whatever a queued API run left behind when its process died.
+    """
+
     help = (
         "Aggregate pending billing events per organization, Stripe meter and UTC hour, and send "
         "each aggregate as a Stripe meter event (identifier and Idempotency-Key derived from the "
         "aggregate, so nothing counts twice). Events become 'posted' only once Stripe "
-        "acknowledged their aggregate. Without STRIPE_API_KEY this is a dry run. Exits 1 if any "
-        "aggregate failed."
+        "acknowledged their aggregate. Aggregates first sent more than "
+        "STRIPE_RESEND_WINDOW_HOURS (23) ago are not resent but flagged for reconciliation. "
+        "Without STRIPE_API_KEY this is a dry run. Exits 1 if any aggregate failed."
     )
 
     def add_arguments(self, parser):
@@ -35,6 +44,14 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, **opts):
+        """Report every selected organization's usage before ``--until`` (default: the
+        start of the current UTC hour; never later than now).
+
+        Raises:
+            CommandError: unknown ``--organization``, an ``--until`` that is not ISO
+                8601, or (exit status 1, after the summary) an organization whose run
+                failed, was partial, or was refused because another run held its lock.
+        """
         until = min(self._until(opts["until"]), timezone.now())  # never in the future
         organizations = Organization.objects.order_by("slug")
         if opts["organization"]:
