@@ -1,7 +1,9 @@
 """Admin for billing events: read-only (money), filterable, searchable by request id."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.utils import timezone
 
+from billing import reporting
 from billing.models import BillingEvent, MeterReport, UsageAggregate, UsageAggregateStatus
 
 
@@ -46,8 +48,15 @@ class BillingEventAdmin(_ReadOnlyAdmin):
 
 @admin.register(UsageAggregate)
 class UsageAggregateAdmin(_ReadOnlyAdmin):
-    """The Stripe outbox. Failed aggregates can be queued for another try (same identifier,
-    so Stripe still counts each at most once)."""
+    """The Stripe outbox, read-only row by row. Actions (they need the change permission):
+
+    * ``retry_failed``: queue failed aggregates again, only while their first send is
+      within ``STRIPE_RESEND_WINDOW_HOURS`` (Stripe deduplicates an identifier and
+      replays an idempotency key for about 24 hours only); older ones are refused.
+    * ``reconciled_stripe_has_it`` / ``reconciled_stripe_lacks_it``: close a
+      reconciliation (status ``needs_reconciliation``, or ``failed`` past the window)
+      after checking Stripe's meter event summaries (``reporting.resolve_reconciliation``).
+    """
 
     list_display = [
         "identifier",
@@ -58,32 +67,97 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
         "value",
         "status",
         "attempts",
+        "first_sent_at",
         "sent_at",
     ]
     list_filter = ["status", "meter_event_name", "organization", "period_start"]
     search_fields = ["identifier", "organization__slug", "last_error"]
     date_hierarchy = "period_start"
     list_select_related = ["organization"]
-    actions = ["retry_failed"]
+    actions = ["retry_failed", "reconciled_stripe_has_it", "reconciled_stripe_lacks_it"]
 
     @admin.action(
-        description="Retry the selected failed aggregates (same identifier)",
+        description="Retry the selected failed aggregates (same identifier; only within the "
+        "resend window after their first send)",
         permissions=["change"],
     )
     def retry_failed(self, request, queryset):
-        count = queryset.filter(status=UsageAggregateStatus.FAILED).update(
+        """Move the selected ``failed`` aggregates back to ``pending`` (attempts 0, no
+        backoff) for the next ``report_usage`` run, with the same identifier and the
+        current idempotency key. Stripe deduplicates that identifier only for about 24
+        hours after the first send, so an aggregate first sent longer ago than
+        ``reporting.resend_window()`` is refused (it must be reconciled against Stripe's
+        meter event summaries instead); the message lists what was queued and refused."""
+        cutoff = timezone.now() - reporting.resend_window()
+        failed = queryset.filter(status=UsageAggregateStatus.FAILED)
+        too_old = failed.filter(first_sent_at__lt=cutoff)
+        refused = list(too_old.values_list("identifier", flat=True))
+        count = failed.exclude(pk__in=too_old.values("pk")).update(
             status=UsageAggregateStatus.PENDING, attempts=0, next_attempt_at=None
         )
-        self.message_user(request, f"{count} aggregate(s) queued for the next report_usage run.")
+        self.message_user(
+            request,
+            f"{count} aggregate(s) queued for the next report_usage run (same identifier: "
+            "Stripe deduplicates it for about 24 hours after the first send).",
+        )
+        if refused:
+            hours = reporting.resend_window().total_seconds() / 3600
+            self.message_user(
+                request,
+                f"{len(refused)} aggregate(s) refused, first sent more than {hours:g} h ago: "
+                "a resend could be counted twice. Reconcile them against Stripe's meter event "
+                "summaries, then use a 'Reconciled' action: " + ", ".join(refused),
+                level=messages.ERROR,
+            )
+
+    @admin.action(
+        description="Reconciled: Stripe HAS these (mark sent, events posted)",
+        permissions=["change"],
+    )
+    def reconciled_stripe_has_it(self, request, queryset):
+        """After checking Stripe's meter event summaries: Stripe counted the selected
+        aggregates, so they become ``sent`` and their events ``posted``."""
+        self._reconcile(request, queryset, stripe_has_it=True)
+
+    @admin.action(
+        description="Reconciled: Stripe does NOT have these (send again)",
+        permissions=["change"],
+    )
+    def reconciled_stripe_lacks_it(self, request, queryset):
+        """After checking Stripe's meter event summaries: Stripe did not count the
+        selected aggregates, so they are queued to be sent again as new."""
+        self._reconcile(request, queryset, stripe_has_it=False)
+
+    def _reconcile(self, request, queryset, *, stripe_has_it: bool) -> None:
+        by = getattr(request.user, "email", "") or str(request.user.pk)
+        done = sum(
+            reporting.resolve_reconciliation(
+                aggregate=aggregate, stripe_has_it=stripe_has_it, by=by
+            )
+            for aggregate in queryset
+        )
+        self.message_user(request, f"{done} aggregate(s) reconciled.")
+        skipped = queryset.count() - done
+        if skipped:
+            self.message_user(
+                request,
+                f"{skipped} aggregate(s) unchanged: only failed or needs-reconciliation "
+                "aggregates that were sent at least once can be reconciled.",
+                level=messages.WARNING,
+            )
 
     def has_change_permission(self, request, obj=None):
-        # The retry action needs the model's change permission on the changelist;
+        # The actions need the model's change permission on the changelist;
         # a single aggregate's page stays read-only for everyone.
         return obj is None and admin.ModelAdmin.has_change_permission(self, request)
 
 
 @admin.register(MeterReport)
 class MeterReportAdmin(_ReadOnlyAdmin):
+    """Usage-reporting runs (``report_usage`` and ``POST report-usage/``), read-only:
+    status, counts and ``detail`` (the error of a failed run), filterable by status and
+    organization, searchable by id, slug and detail."""
+
     list_display = [
         "id",
         "organization",

@@ -1,8 +1,13 @@
+from datetime import timedelta
+
 import pytest
+from django.contrib.auth.models import Permission
 from django.utils import timezone
 
-from billing.models import BillingEvent
+from billing import reporting
+from billing.models import BillingEvent, UsageAggregate
 from billing.tests.factories import BillingEventFactory
+from tenancy.context import tenant_context
 from tenancy.tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -59,3 +64,132 @@ def test_organization_admin_shows_current_period_usage(admin_client, org, outsid
     assert "api.request: 3 events, quantity 3.0000, 12 cents" in content
     assert "total 12 cents" in content
     assert "98765" not in content
+
+
+# --- the Stripe outbox (UsageAggregate) and its actions -------------------------------------
+
+HOUR = timezone.now().replace(minute=0, second=0, microsecond=0) - timedelta(days=2)
+
+
+def outbox_row(org, *, sequence, status, first_sent_hours_ago=None, events=1):
+    """A ``UsageAggregate`` of ``org`` with ``events`` pending events linked to it."""
+    first_sent_at = (
+        None
+        if first_sent_hours_ago is None
+        else timezone.now() - timedelta(hours=first_sent_hours_ago)
+    )
+    with tenant_context(org):
+        aggregate = UsageAggregate.objects.create(
+            organization=org,
+            event_name="api.request",
+            meter_event_name="api_requests",
+            period_start=HOUR,
+            sequence=sequence,
+            value=events,
+            event_count=events,
+            identifier=reporting.aggregate_identifier(org.pk, "api_requests", HOUR, sequence),
+            status=status,
+            attempts=3,
+            key_revision=1,
+            first_sent_at=first_sent_at,
+        )
+    BillingEventFactory.create_batch(events, organization=org, usage_aggregate=aggregate)
+    return aggregate
+
+
+def run_action(admin_client, action, *aggregates):
+    return admin_client.post(
+        "/admin/billing/usageaggregate/",
+        {"action": action, "_selected_action": [str(a.pk) for a in aggregates]},
+        follow=True,
+    )
+
+
+def page_messages(response) -> list[str]:
+    return [str(m) for m in response.context["messages"]]
+
+
+def test_outbox_admin_lists_and_filters_needs_reconciliation(admin_client, org):
+    flagged = outbox_row(org, sequence=1, status="needs_reconciliation", first_sent_hours_ago=30)
+    outbox_row(org, sequence=2, status="sent", first_sent_hours_ago=30)
+    listing = admin_client.get("/admin/billing/usageaggregate/?status=needs_reconciliation")
+    assert listing.status_code == 200
+    assert list(listing.context["cl"].result_list) == [flagged]
+    assert admin_client.get("/admin/billing/meterreport/").status_code == 200
+    # a single aggregate's page is read-only
+    page = admin_client.get(f"/admin/billing/usageaggregate/{flagged.pk}/change/")
+    assert page.status_code == 200
+    assert 'name="value"' not in page.content.decode()
+
+
+def test_retry_failed_queues_recent_failures_and_refuses_past_the_window(admin_client, org):
+    never_sent = outbox_row(org, sequence=1, status="failed")  # e.g. a 35-day-old hour
+    recent = outbox_row(org, sequence=2, status="failed", first_sent_hours_ago=2)
+    too_old = outbox_row(org, sequence=3, status="failed", first_sent_hours_ago=23.5)
+    sent = outbox_row(org, sequence=4, status="sent", first_sent_hours_ago=1)
+    response = run_action(admin_client, "retry_failed", never_sent, recent, too_old, sent)
+    assert response.status_code == 200
+    text = " ".join(page_messages(response))
+    assert "2 aggregate(s) queued" in text
+    assert "about 24 hours" in text
+    assert "1 aggregate(s) refused" in text
+    assert too_old.identifier in text
+    assert "Reconcile them against Stripe's meter event summaries" in text
+    statuses = {a.pk: (a.status, a.attempts) for a in UsageAggregate.objects.all()}
+    assert statuses == {
+        never_sent.pk: ("pending", 0),
+        recent.pk: ("pending", 0),
+        too_old.pk: ("failed", 3),
+        sent.pk: ("sent", 3),
+    }
+
+
+def test_retry_failed_window_is_the_setting(admin_client, org, settings):
+    settings.STRIPE_RESEND_WINDOW_HOURS = 1
+    failed = outbox_row(org, sequence=1, status="failed", first_sent_hours_ago=2)
+    text = " ".join(page_messages(run_action(admin_client, "retry_failed", failed)))
+    assert "first sent more than 1 h ago" in text
+    failed.refresh_from_db()
+    assert failed.status == "failed"
+
+
+def test_reconciled_stripe_has_it_marks_sent_and_posts_the_events(admin_client, org):
+    flagged = outbox_row(org, sequence=1, status="needs_reconciliation", first_sent_hours_ago=30)
+    never_sent = outbox_row(org, sequence=2, status="failed")  # cannot be at Stripe
+    response = run_action(admin_client, "reconciled_stripe_has_it", flagged, never_sent)
+    text = " ".join(page_messages(response))
+    assert "1 aggregate(s) reconciled" in text
+    assert "1 aggregate(s) unchanged" in text
+    flagged.refresh_from_db()
+    assert flagged.status == "sent" and flagged.sent_at is not None
+    assert "Stripe has it" in flagged.last_error
+    assert set(flagged.events.values_list("status", flat=True)) == {1}
+    never_sent.refresh_from_db()
+    assert never_sent.status == "failed"
+    assert set(never_sent.events.values_list("status", flat=True)) == {0}
+
+
+def test_reconciled_stripe_lacks_it_queues_a_fresh_send(admin_client, org):
+    flagged = outbox_row(org, sequence=1, status="needs_reconciliation", first_sent_hours_ago=30)
+    run_action(admin_client, "reconciled_stripe_lacks_it", flagged)
+    flagged.refresh_from_db()
+    assert (flagged.status, flagged.attempts, flagged.first_sent_at) == ("pending", 0, None)
+    assert flagged.key_revision == 2  # a key never used before
+    assert flagged.identifier == reporting.aggregate_identifier(
+        org.pk, "api_requests", HOUR, 1
+    )  # same identifier
+    assert set(flagged.events.values_list("status", flat=True)) == {0}
+
+
+def test_outbox_actions_need_the_change_permission(client, org):
+    viewer = UserFactory(is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_usageaggregate"))
+    client.force_login(viewer)
+    flagged = outbox_row(org, sequence=1, status="needs_reconciliation", first_sent_hours_ago=30)
+    response = client.post(
+        "/admin/billing/usageaggregate/",
+        {"action": "reconciled_stripe_has_it", "_selected_action": [str(flagged.pk)]},
+    )
+    assert response.status_code in (200, 302)
+    flagged.refresh_from_db()
+    assert flagged.status == "needs_reconciliation"
