@@ -27,6 +27,22 @@ Headers follow the IETF draft "RateLimit header fields for HTTP"
 (draft-ietf-httpapi-ratelimit-headers): ``RateLimit-Limit`` (requests per window),
 ``RateLimit-Remaining`` (requests left now), ``RateLimit-Reset`` (seconds until the
 quota is whole again); a 429 also carries ``Retry-After`` (RFC 9110, 10.2.3), seconds.
+``TenantAPIMixin.finalize_response`` adds them to every response of a tenant API view
+whose request was counted, error responses included (400 validation, 404, a 403 raised
+by the view or by a permission class: ``TenantAPIMixin.permission_denied`` counts the
+request before refusing it, so a denied request is limited and carries the headers
+too).
+
+Which responses carry NO RateLimit headers, on purpose:
+
+* An organization whose tier (or scope) has no limit in ``TIER_RATE_LIMITS``, e.g.
+  ``enterprise``: the fields advertise a quota policy that applies to the request
+  (draft -06, whose field names these are), they are not a mandatory part of every
+  response, and with no quota there is nothing to advertise; a made-up limit would
+  invite clients to throttle themselves for nothing. Clients read "no RateLimit
+  headers" as "not limited".
+* Requests with no organization (anonymous, the token endpoints): not limited here.
+* Fail open: while Redis is unavailable nothing was counted, so nothing is claimed.
 """
 
 from __future__ import annotations
@@ -45,6 +61,10 @@ logger = logging.getLogger("billing.ratelimit")
 PERIOD_SECONDS = 60
 SCOPE = "api"
 RATE_LIMIT_ATTR = "rate_limit"
+
+#: Monotonic seconds (float) for the per-process limiter and the warning interval;
+#: tests replace it to move time forward. Redis uses its own clock (``TIME``).
+clock = time.monotonic
 
 
 @dataclass(frozen=True)
@@ -114,7 +134,7 @@ class LocalLimiter:
 
     def hit(self, key: str, limit: int) -> RateLimitResult:
         """Count one request on ``key`` against ``limit`` per minute."""
-        now = time.monotonic()
+        now = clock()
         interval = PERIOD_SECONDS / limit
         with self._lock:
             tat = max(self._tat.get(key, now), now)
@@ -145,6 +165,19 @@ class RedisLimiter:
         self.script = self.client.register_script(GCRA_LUA)
 
     def hit(self, key: str, limit: int) -> RateLimitResult:
+        """Count one request on ``key`` against ``limit`` requests per ``PERIOD_SECONDS``,
+        atomically across every process (one ``EVALSHA`` round trip; ``EVAL`` once if
+        Redis does not have the script yet).
+
+        Args:
+            key: the Redis key of the bucket (one per organization, scope and limit).
+            limit: requests per minute, > 0.
+        Returns:
+            the ``RateLimitResult`` (admitted or not, remaining, reset, retry-after).
+        Raises:
+            redis.exceptions.RedisError: Redis is unreachable or timed out
+                (``RATE_LIMIT_REDIS_TIMEOUT`` seconds); the caller fails open.
+        """
         allowed, tat_minus_now, retry = self.script(keys=[key], args=[limit, PERIOD_SECONDS])
         return _result(bool(allowed), limit, float(tat_minus_now), float(retry))
 
@@ -194,8 +227,10 @@ def tier_limit(organization, scope: str = SCOPE) -> int | None:
 
 
 def _warn_unavailable(exc: Exception) -> None:
+    """Log "Redis unavailable, failing open" at most once per
+    ``RATE_LIMIT_WARNING_INTERVAL`` seconds per process (``_last_warning``, by ``clock``)."""
     interval = getattr(settings, "RATE_LIMIT_WARNING_INTERVAL", 60)
-    now = time.monotonic()
+    now = clock()
     if now - _last_warning["at"] >= interval:
         _last_warning["at"] = now
         logger.warning("rate limits not enforced: Redis unavailable (%s); failing open", exc)
@@ -210,6 +245,15 @@ class PlanRateThrottle(BaseThrottle):
     """
 
     def allow_request(self, request, view) -> bool:
+        """Count ``request`` against its organization's plan-tier limit (DRF calls this
+        from ``check_throttles``; ``False`` makes DRF answer 429 with ``wait()``).
+
+        Returns ``True`` without counting when the request has no organization or the
+        tier is unlimited, and when the limiter raises (Redis down: fail open, warning
+        logged at most once per interval). Otherwise stores the ``RateLimitResult`` on
+        the Django request (``rate_limit``, for the response headers) and returns
+        whether it was admitted.
+        """
         django_request = getattr(request, "_request", request)
         organization = getattr(django_request, "organization", None)
         if organization is None:
@@ -230,4 +274,6 @@ class PlanRateThrottle(BaseThrottle):
         return result.allowed
 
     def wait(self) -> float | None:
+        """Seconds until the refused request would be admitted, rounded up to a whole
+        second (DRF's ``Retry-After``, RFC 9110 10.2.3); ``None`` if it was not refused."""
         return math.ceil(getattr(self, "_wait", 0)) or None

@@ -26,6 +26,15 @@ class TenantAPIMixin:
     def organization(self):
         return self.request._request.organization
 
+    def permission_denied(self, request, message=None, code=None):
+        """Count the request against the plan-tier rate limit before refusing it (DRF
+        checks permissions before throttles), so a request of an organization refused by
+        a permission class is limited too and its 403 carries the RateLimit headers; over
+        the limit it is a 429. Unauthenticated requests are refused as DRF does."""
+        if getattr(request._request, "organization", None) is not None:
+            self.check_throttles(request)
+        super().permission_denied(request, message=message, code=code)
+
     def finalize_response(self, request, response, *args, **kwargs):
         """Add the plan-tier RateLimit headers (``billing.ratelimit``) to every response."""
         response = super().finalize_response(request, response, *args, **kwargs)
