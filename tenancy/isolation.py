@@ -43,12 +43,14 @@ WHERE x.indrelid = to_regclass(%s) AND x.indisunique AND NOT x.indisprimary
     WHERE a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey) AND a.attname = 'organization_id')
 """
 
-_ROLE = """
+# (name, superuser, BYPASSRLS, member of a role that is either) of ``current_user`` (the
+# role requests run as) or ``session_user`` (the login role, which RESET ROLE restores).
+_ROLE_BYPASS = """
 SELECT r.rolname, r.rolsuper, r.rolbypassrls,
        EXISTS (SELECT 1 FROM pg_roles o
                WHERE (o.rolsuper OR o.rolbypassrls) AND o.oid <> r.oid
                  AND pg_has_role(r.oid, o.oid, 'MEMBER'))
-FROM pg_roles r WHERE r.rolname = current_user
+FROM pg_roles r WHERE r.rolname = {who}
 """
 
 
@@ -67,7 +69,7 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     problems: list[str] = []
     entries = rls.tenant_tables(apps.get_models())
     with connection.cursor() as cursor:
-        cursor.execute(_ROLE)
+        cursor.execute(_ROLE_BYPASS.format(who="current_user"))
         role, is_super, bypass, inherits = cursor.fetchone()
         expected_role = getattr(settings, "DATABASE_APP_ROLE", "")
         if expected_role and role != expected_role:
@@ -149,15 +151,6 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     return problems
 
 
-_SESSION_ROLE = """
-SELECT r.rolname, r.rolsuper, r.rolbypassrls,
-       EXISTS (SELECT 1 FROM pg_roles o
-               WHERE (o.rolsuper OR o.rolbypassrls) AND o.oid <> r.oid
-                 AND pg_has_role(r.oid, o.oid, 'MEMBER'))
-FROM pg_roles r WHERE r.rolname = session_user
-"""
-
-
 def isolation_warnings(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     """Findings that do not break isolation by themselves but weaken it (list of lines).
 
@@ -173,7 +166,7 @@ def isolation_warnings(using: str = DEFAULT_DB_ALIAS) -> list[str]:
         cursor.execute("SELECT session_user = current_user")
         if cursor.fetchone()[0]:
             return warnings  # the login role is the one isolation_problems checks
-        cursor.execute(_SESSION_ROLE)
+        cursor.execute(_ROLE_BYPASS.format(who="session_user"))
         role, is_super, bypass, inherits = cursor.fetchone()
     reasons = [
         label

@@ -29,3 +29,21 @@ def subprocess_database_url(*, host=None, port=None, user=None, name=None, passw
     if host.startswith("/"):
         return f"postgres://{auth}@/{name}?host={quote(host, safe='/')}&port={port}"
     return f"postgres://{auth}@{host}:{port}/{name}"
+
+
+def owner_connection():
+    """A new autocommit psycopg connection to the test database as the suite's login role
+    (the tables' owner), for DDL the app role may not run (triggers, scratch tables).
+    The caller closes it (it is a context manager)."""
+    import psycopg
+
+    s = connection.settings_dict
+    host, port = socket_or_host()
+    return psycopg.connect(
+        host=host,
+        port=port,
+        dbname=s["NAME"],
+        user=s["USER"],
+        password=s["PASSWORD"] or None,
+        autocommit=True,
+    )

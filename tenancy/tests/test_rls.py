@@ -363,20 +363,9 @@ def test_factories_and_member_of_work_under_rls(rls_on, org):
 @pytest.fixture
 def owner_conn(db):
     """A separate connection as the login (owner) role, for DDL the app role may not run."""
-    import psycopg
+    from tenancy.tests.dburl import owner_connection
 
-    from tenancy.tests.dburl import socket_or_host
-
-    s = connection.settings_dict
-    host, port = socket_or_host()
-    conn = psycopg.connect(
-        host=host,
-        port=port,
-        dbname=s["NAME"],
-        user=s["USER"],
-        password=s["PASSWORD"] or None,
-        autocommit=True,
-    )
+    conn = owner_connection()
     yield conn
     conn.close()
 
@@ -580,20 +569,9 @@ def test_check_isolation_flags_a_missing_policy_and_a_unique_without_org(owner_c
 def owner_conn_committed(transactional_db):
     """``owner_conn`` for a test whose own writes commit (the GRANT must be visible to
     the separate owner connection that drops the table afterwards, without a lock wait)."""
-    import psycopg
+    from tenancy.tests.dburl import owner_connection
 
-    from tenancy.tests.dburl import socket_or_host
-
-    s = connection.settings_dict
-    host, port = socket_or_host()
-    conn = psycopg.connect(
-        host=host,
-        port=port,
-        dbname=s["NAME"],
-        user=s["USER"],
-        password=s["PASSWORD"] or None,
-        autocommit=True,
-    )
+    conn = owner_connection()
     yield conn
     conn.close()
 
