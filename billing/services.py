@@ -1,33 +1,37 @@
 """Writes of billing events. Idempotent: a duplicate key is not an error and creates no row.
 
 Every write is one ``INSERT ... ON CONFLICT DO NOTHING`` (PostgreSQL manual, INSERT,
-"ON CONFLICT Clause"): through the ORM (``bulk_create(ignore_conflicts=True)``) on the
-request path (``insert_events``, used by ``UsageMiddleware``), and for ``record_event``
-/ ``record_events`` as ``INSERT ... SELECT FROM unnest(...) ... RETURNING id`` on
-Django's connection, so the created rows come back in the same round trip (the ORM's
-``ignore_conflicts`` cannot return them; a confirming SELECT cost a second query and
-the per-row parameters a third of a batch's time). A retried request (same organization, event name and request id, the
-partial unique constraint ``billing_event_org_name_request_unique``) is skipped by
-the database itself, without an exception, so the surrounding transaction (the
-request's) is never aborted by a duplicate. Concurrent inserts of the same key wait
-for each other on the unique index; exactly one row survives.
+"ON CONFLICT Clause"). On the request path (``insert_event_guarded``, used by
+``UsageMiddleware``) it is the INSERT the ORM compiles for one event, sent inside a
+savepoint in a single round trip. For ``record_event`` / ``record_events`` it is
+``INSERT ... SELECT FROM unnest(...) ... RETURNING id`` on Django's connection, so the
+created rows come back in the same round trip (the ORM's ``ignore_conflicts`` cannot
+return them; a confirming SELECT cost a second query and the per-row parameters a
+third of a batch's time). A retried request (same organization, event name and
+request id, the partial unique constraint ``billing_event_org_name_request_unique``)
+is skipped by the database itself, without an exception, so the surrounding
+transaction (the request's) is never aborted by a duplicate. Concurrent inserts of
+the same key wait for each other on the unique index; exactly one row survives.
 """
 
 import json
 from collections.abc import Iterable, Mapping
 from decimal import Decimal, InvalidOperation
 
+import psycopg
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
+from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+from django.db.models.constants import OnConflict
+from django.db.models.sql import InsertQuery
 from django.utils import timezone
 from uuid6 import uuid7
 
 from billing.models import BillingEvent, BillingEventStatus
 from billing.pricing import unit_cost_cents as price_of
 
-#: Events per INSERT statement. ``bulk_create`` binds 13 parameters per row (2,000
-#: rows = 26,000, under PostgreSQL's 65,535 per statement); the batch path binds 13
-#: arrays whatever the size. 1,000 events = 1 INSERT.
+#: Events per INSERT statement of ``record_events``: it binds 13 arrays whatever the
+#: size, so this only bounds one statement's memory. 1,000 events = 1 INSERT.
 INSERT_BATCH_SIZE = 2000
 
 _EVENT_TYPES = {"api": "api", "doc": "document"}
@@ -125,16 +129,52 @@ def build_event(
     )
 
 
-def insert_events(events: list[BillingEvent]) -> None:
-    """Insert built events with ``ON CONFLICT DO NOTHING`` (one statement per 2,000 rows).
+#: The savepoint of ``insert_event_guarded`` (one at a time: the request path writes
+#: one event, last, in the request's transaction).
+_GUARD_SAVEPOINT = "gl_billing_event"
 
-    Does not report which rows were created (that costs a second query: use
-    ``record_events``). Used by ``UsageMiddleware`` on the hot path.
+
+def insert_event_guarded(event: BillingEvent) -> None:
+    """Insert one built event (``ON CONFLICT DO NOTHING``) so that no failure of it can
+    abort the caller's transaction, in ONE round trip: the INSERT that Django's ORM
+    compiles for ``bulk_create(..., ignore_conflicts=True)`` (``InsertQuery``; values
+    prepared by the model's fields), sent between ``SAVEPOINT`` and ``RELEASE
+    SAVEPOINT`` as one multi-statement query (PostgreSQL manual, 55.2.2 "Simple Query":
+    several statements in one message run in order and stop at the first error; SQL
+    commands SAVEPOINT, RELEASE SAVEPOINT, ROLLBACK TO SAVEPOINT).
+
+    Used by ``UsageMiddleware`` on the hot path: ``transaction.atomic()`` around
+    ``bulk_create`` costs three round trips (SAVEPOINT, INSERT, RELEASE), this one. If
+    the INSERT fails, a second round trip (``ROLLBACK TO SAVEPOINT; RELEASE``) restores
+    the transaction, with every earlier write of the request intact, and the error is
+    raised. Outside a transaction (autocommit) the INSERT is sent alone. The statements
+    go through a client-side-binding psycopg cursor (``_psycopg_cursor``: multi-statement
+    queries need the simple query protocol, whatever ``server_side_binding`` says).
+
+    Note: foreign keys are ``DEFERRABLE INITIALLY DEFERRED`` (Django's default), so a
+    violation of one (the organization or user deleted while the request ran) is
+    reported at COMMIT, outside the savepoint.
+
+    Raises:
+        django.db.DatabaseError: the INSERT failed (the savepoint was rolled back).
     """
-    if events:
-        BillingEvent.objects.bulk_create(
-            events, batch_size=INSERT_BATCH_SIZE, ignore_conflicts=True
-        )
+    query = InsertQuery(BillingEvent, on_conflict=OnConflict.IGNORE)
+    query.insert_values(BillingEvent._meta.concrete_fields, [event])
+    [(sql, params)] = query.get_compiler(connection=connection).as_sql()
+    with _psycopg_cursor(psycopg.ClientCursor) as cursor:
+        if not connection.in_atomic_block:
+            cursor.execute(sql, params)
+            return
+        try:
+            cursor.execute(
+                f"SAVEPOINT {_GUARD_SAVEPOINT}; {sql}; RELEASE SAVEPOINT {_GUARD_SAVEPOINT}",
+                params,
+            )
+        except DatabaseError:
+            cursor.execute(
+                f"ROLLBACK TO SAVEPOINT {_GUARD_SAVEPOINT}; RELEASE SAVEPOINT {_GUARD_SAVEPOINT}"
+            )
+            raise
 
 
 # (column, PostgreSQL array type) in the order of ``_row``.
@@ -183,18 +223,18 @@ def _row(event: BillingEvent) -> tuple:
     )
 
 
-def _server_binding_cursor():
-    """A cursor on the request's connection (same transaction) that binds parameters on
-    the server, so the 13 arrays travel in psycopg's binary format instead of being
-    quoted into the SQL text by Django's default client-side-binding cursor (a third of
-    the batch's time at 1,000 events). Wrapped like Django's own cursors, so it is
-    logged, counted by ``CaptureQueriesContext`` and seen by execute wrappers."""
-    import psycopg
-    from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
+def _psycopg_cursor(cursor_class):
+    """A ``cursor_class`` (``psycopg.Cursor``: server-side binding; ``psycopg.ClientCursor``:
+    client-side) on Django's connection, in its current transaction, wrapped like Django's
+    own cursors: logged, counted by ``CaptureQueriesContext``, seen by execute wrappers.
 
+    ``record_events`` binds on the server, so its 13 arrays travel in psycopg's binary
+    format instead of being quoted into the SQL text (a third of a batch's time at 1,000
+    events); ``insert_event_guarded`` binds on the client, because a multi-statement
+    query needs the simple query protocol."""
     connection.ensure_connection()
     wrapper = CursorDebugWrapper if connection.queries_logged else CursorWrapper
-    return wrapper(psycopg.Cursor(connection.connection), connection)
+    return wrapper(cursor_class(connection.connection), connection)
 
 
 def _insert_returning_created(events: list[BillingEvent]) -> list[BillingEvent]:
@@ -209,7 +249,7 @@ def _insert_returning_created(events: list[BillingEvent]) -> list[BillingEvent]:
     transaction, so row-level security and the tenant context apply as to the ORM.
     """
     created_ids: set = set()
-    with _server_binding_cursor() as cursor:
+    with _psycopg_cursor(psycopg.Cursor) as cursor:
         for lo in range(0, len(events), INSERT_BATCH_SIZE):
             chunk = events[lo : lo + INSERT_BATCH_SIZE]
             columns = [list(column) for column in zip(*map(_row, chunk), strict=True)]
