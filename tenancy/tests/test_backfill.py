@@ -226,9 +226,9 @@ def test_a_crash_between_batches_then_a_rerun_finishes_correctly():
 def organization_insert_trap(transactional_db):
     """A trigger (created as the login role, which owns the table) that raises on INSERT
     of an organization whose slug starts with ``boom``; dropped afterwards."""
-    from tenancy.tests.dburl import owner_connection
+    from tenancy.tests.dburl import owner_psycopg_connection
 
-    with owner_connection() as owner:
+    with owner_psycopg_connection() as owner:
         owner.execute(
             "CREATE FUNCTION gl_test_boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
             "RAISE EXCEPTION 'test trap: refusing organization %', NEW.slug; END $$"

@@ -22,6 +22,7 @@ from tenancy import operations, rls
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.isolation import isolation_problems, isolation_warnings
 from tenancy.models import Membership, Organization, User
+from tenancy.tests.dburl import owner_psycopg_connection
 from tenancy.tests.factories import PASSWORD, MembershipFactory, OrganizationFactory, member_of
 
 TENANT_TABLES = [e.table for e in rls.tenant_tables(apps.get_models()) if not e.through_parent]
@@ -360,14 +361,17 @@ def test_factories_and_member_of_work_under_rls(rls_on, org):
     assert OrganizationFactory().pk
 
 
+def _owner_conn():
+    """A separate autocommit psycopg connection as the login (owner) role, for DDL the
+    app role may not run; closed after the test. The body of both fixtures below."""
+    with owner_psycopg_connection() as conn:
+        yield conn
+
+
 @pytest.fixture
 def owner_conn(db):
-    """A separate connection as the login (owner) role, for DDL the app role may not run."""
-    from tenancy.tests.dburl import owner_connection
-
-    conn = owner_connection()
-    yield conn
-    conn.close()
+    """``_owner_conn`` for a test in the usual wrapping (rolled-back) transaction."""
+    yield from _owner_conn()
 
 
 def test_check_isolation_names_a_table_without_rls_and_a_unique_without_org(owner_conn):
@@ -569,11 +573,7 @@ def test_check_isolation_flags_a_missing_policy_and_a_unique_without_org(owner_c
 def owner_conn_committed(transactional_db):
     """``owner_conn`` for a test whose own writes commit (the GRANT must be visible to
     the separate owner connection that drops the table afterwards, without a lock wait)."""
-    from tenancy.tests.dburl import owner_connection
-
-    conn = owner_connection()
-    yield conn
-    conn.close()
+    yield from _owner_conn()
 
 
 def test_migrate_with_an_app_label_grants_the_app_role_the_new_tables(owner_conn_committed):
