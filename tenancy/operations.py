@@ -15,7 +15,10 @@ table enabled without its policy.
 Backwards, it removes only what its own migration added: RLS from the tables that
 were not already protected by an earlier ``TenantRowLevelSecurity`` of the same app
 (so reversing ``billing 0004`` leaves ``billing_events``, protected by ``0003``, as
-``0003`` left it), and the composite foreign keys that did not exist before.
+``0003`` left it), and the composite foreign keys that did not exist before. If its
+own migration cannot be found in the migration graph, what was protected before it is
+unknown, and the reverse fails closed: it raises ``IrreversibleError`` and removes
+nothing.
 
 ``protected_tables(connection)`` is what ``manage.py migrate``'s backstop keeps
 protected: the tenant tables of the *applied* migration state (not the current
@@ -25,6 +28,7 @@ table that is still missed (e.g. an app that never added the operation).
 """
 
 from django.db import migrations
+from django.db.migrations.exceptions import IrreversibleError
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 
@@ -58,7 +62,15 @@ class TenantRowLevelSecurity(migrations.operations.base.Operation):
         """The app's tenant tables (with their references) as an earlier
         ``TenantRowLevelSecurity`` of the same app left them, i.e. in the state just
         before this operation's migration; ``[]`` if no earlier migration of the app has
-        the operation (or this operation's migration cannot be found)."""
+        the operation.
+
+        Raises:
+            IrreversibleError: this operation's migration is not in the migration graph
+                (e.g. the operation was built outside a migration file, or its migration
+                was replaced by a squash), so what earlier migrations protected is
+                unknown. Fails closed: rather than strip row-level security from tables
+                an earlier migration protected, the reverse refuses and strips nothing.
+        """
         loader = MigrationLoader(None, ignore_no_migrations=True)
         key = next(
             (
@@ -69,7 +81,13 @@ class TenantRowLevelSecurity(migrations.operations.base.Operation):
             None,
         )
         if key is None or key not in loader.graph.nodes:
-            return []
+            raise IrreversibleError(
+                f"TenantRowLevelSecurity of app {app_label!r} refuses to remove row-level "
+                "security: its migration is not in the migration graph (the operation was "
+                "built outside a migration file, or its migration is replaced by a squashed "
+                "one), so which tables an earlier migration of the app protected is unknown. "
+                "Nothing was removed."
+            )
         earlier = [
             k
             for k in loader.graph.forwards_plan(key)

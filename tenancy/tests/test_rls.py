@@ -527,6 +527,23 @@ def test_sqlmigrate_backwards_of_a_later_rls_migration_keeps_the_earlier_tables(
     assert 'ALTER TABLE "cases_client" DISABLE ROW LEVEL SECURITY;' in capsys.readouterr().out
 
 
+def test_reverse_of_an_rls_operation_whose_migration_is_unknown_strips_nothing(db):
+    """Fail closed: an operation found in no migration cannot tell which tables an earlier
+    migration protected, so its reverse raises and emits no SQL, rather than treating
+    every current tenant table as its own and stripping their row-level security."""
+    from django.db.migrations.exceptions import IrreversibleError
+    from django.db.migrations.loader import MigrationLoader
+
+    state = MigrationLoader(connection).project_state(("billing", "0004_stripe_meter_reports"))
+    assert operations.TenantRowLevelSecurity._entries("billing", state)  # something to strip
+    before = _policy_oids()
+    with connection.schema_editor(collect_sql=True, atomic=False) as editor:
+        with pytest.raises(IrreversibleError, match="refuses to remove row-level security"):
+            operations.TenantRowLevelSecurity().database_backwards("billing", editor, state, state)
+    assert editor.collected_sql == []
+    assert _policy_oids() == before
+
+
 def test_the_backstop_changes_nothing_on_up_to_date_tables(db):
     """``rls.sync_tables`` (migrate's post-migrate step) on the migrated test database:
     only catalog reads and the rolled-back TEMP probe, no DDL on a real table."""
