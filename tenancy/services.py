@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils.text import slugify
 
 from tenancy.context import tenant_context
@@ -38,6 +38,27 @@ def organization_slug(name: str) -> str:
     return slugify((name or "").strip())[:100]
 
 
+def _onboarded_already(organization: Organization, *, owner_email: str) -> OnboardResult:
+    """Onboarding ``owner_email`` onto the existing ``organization``: nothing changed if
+    they have an OWNER membership of it; ``OnboardingError`` if not."""
+    with tenant_context(organization):
+        membership = (
+            Membership.objects.select_related("user")
+            .filter(
+                organization=organization,
+                role=MembershipRole.OWNER,
+                user__email__iexact=owner_email,
+            )
+            .first()
+        )
+    if membership is None:
+        raise OnboardingError(
+            f"organization slug {organization.slug!r} already exists with a different owner "
+            f"({owner_email} is not an owner of {organization.name!r})"
+        )
+    return OnboardResult(organization, membership.user, False, False, False)
+
+
 def organization_onboard(
     *,
     name: str,
@@ -54,7 +75,10 @@ def organization_onboard(
     names share a slug ("Smith & Jones", "Smith Jones") must never share an owner's
     access. For a new organization the owner user is created if missing (or reused,
     matched case-insensitively) and gets the organization as default if they had none.
-    All in one transaction.
+    All in one transaction. Two onboardings of the same new slug at once: the slug's
+    unique index makes the later INSERT wait for the earlier transaction and fail once it
+    commits; that one is then judged like an existing organization (unchanged for the
+    same owner, ``OnboardingError`` for another), never an ``IntegrityError``.
 
     Args:
         name: the firm's display name; its slug (``organization_slug(name)``) must be
@@ -86,28 +110,26 @@ def organization_onboard(
         )
 
     with transaction.atomic():
-        # Lock the slug's row (if any) while its owners are checked. Two runs creating the
-        # same new slug at once: the unique slug makes the second fail, never share it.
+        # Lock the slug's row (if any) while its owners are checked.
         organization = Organization.objects.select_for_update().filter(slug=slug).first()
         if organization is not None:
-            with tenant_context(organization):
-                membership = (
-                    Membership.objects.select_related("user")
-                    .filter(
-                        organization=organization,
-                        role=MembershipRole.OWNER,
-                        user__email__iexact=owner_email,
-                    )
-                    .first()
+            return _onboarded_already(organization, owner_email=owner_email)
+        try:
+            with transaction.atomic():  # a savepoint: the unique violation must not abort all
+                organization = Organization.objects.create(
+                    slug=slug, name=name, plan_tier=plan_tier
                 )
-            if membership is None:
-                raise OnboardingError(
-                    f"organization slug {slug!r} already exists with a different owner "
-                    f"({owner_email} is not an owner of {organization.name!r})"
-                )
-            return OnboardResult(organization, membership.user, False, False, False)
-
-        organization = Organization.objects.create(slug=slug, name=name, plan_tier=plan_tier)
+        except IntegrityError:
+            # The lock above locked nothing (there was no row yet): another onboarding of
+            # this slug inserted it since. Our INSERT waited on the unique index until that
+            # transaction committed, then failed (PostgreSQL manual, "Index Uniqueness
+            # Checks": the would-be inserter waits for an uncommitted conflicting row); its
+            # rows are visible to our next statement (READ COMMITTED), so it is judged as
+            # any existing organization. No such row: another constraint failed; re-raised.
+            organization = Organization.objects.select_for_update().filter(slug=slug).first()
+            if organization is None:
+                raise
+            return _onboarded_already(organization, owner_email=owner_email)
         owner = User.objects.filter(email__iexact=owner_email).first()
         owner_created = owner is None
         if owner_created:

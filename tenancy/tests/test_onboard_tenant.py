@@ -233,3 +233,84 @@ def test_the_command_exits_1_when_the_slug_has_a_different_owner(tmp_path):
     )
     assert set(Organization.objects.values_list("slug", flat=True)) == {"smith-jones"}
     assert list(User.objects.values_list("email", flat=True)) == ["a@smith-jones.test"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("second_owner", ["A@acme.test", "b@other.test"])
+def test_two_onboardings_of_one_new_slug_at_once(second_owner):
+    """A real race on two connections: the first onboarding holds its transaction open
+    after inserting the organization; the second's ``SELECT ... FOR UPDATE`` finds no row
+    (uncommitted: nothing to lock) and its INSERT waits on the unique slug index (asserted
+    with ``pg_blocking_pids``) until the first commits, then fails. The same owner is
+    "unchanged", another owner is refused with the command's message (exit status 1),
+    never an ``IntegrityError`` traceback."""
+    import threading
+    import time
+
+    from django.db import connection, transaction
+
+    from tenancy.context import cross_tenant
+    from tenancy.services import organization_onboard
+
+    inserted, release = threading.Event(), threading.Event()
+    pids: dict = {}
+    results: dict = {}
+
+    def first() -> None:
+        try:
+            with transaction.atomic():
+                pids["first"] = connection.connection.info.backend_pid
+                results["first"] = organization_onboard(name="Acme Law", owner_email="a@acme.test")
+                inserted.set()
+                assert release.wait(20)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
+            results["first"] = exc
+        finally:
+            connection.close()
+
+    def second() -> None:
+        try:
+            connection.ensure_connection()
+            pids["second"] = connection.connection.info.backend_pid
+            results["second"] = run("--name", "Acme Law", "--owner-email", second_owner)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
+            results["second"] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert inserted.wait(20), results.get("first")
+    threads[1].start()
+    try:
+        blockers: list = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "second" not in results:
+            if "second" in pids:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_blocking_pids(%s)", [pids["second"]])
+                    blockers = cursor.fetchone()[0]
+                if blockers:
+                    break
+            time.sleep(0.02)
+        assert blockers == [pids["first"]], "the second onboarding never waited on the first"
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
+    assert not isinstance(results["first"], Exception), results["first"]
+    assert results["first"].organization_created
+    if second_owner.lower() == "a@acme.test":
+        assert results["second"] == (
+            "unchanged: organization 'acme-law' and owner a@acme.test exist.\n"
+        )
+    else:
+        assert isinstance(results["second"], CommandError), results["second"]
+        assert str(results["second"]) == (
+            "organization slug 'acme-law' already exists with a different owner "
+            "(b@other.test is not an owner of 'Acme Law'); nothing was written."
+        )
+    with cross_tenant(reason="test assertions"):
+        assert list(Organization.objects.values_list("slug", flat=True)) == ["acme-law"]
+        assert list(User.objects.values_list("email", flat=True)) == ["a@acme.test"]
+        assert Membership.objects.count() == 1
