@@ -1,5 +1,6 @@
 """Tenant middleware: bearer JWT -> user -> organization -> tenant context."""
 
+import logging
 import uuid
 
 from django.db import transaction
@@ -18,6 +19,8 @@ from tenancy.selectors import membership_for
 
 ORG_HEADER = "X-Organization-ID"
 
+logger = logging.getLogger("tenancy.middleware")
+
 
 def _error(detail: str, code: str, status: int) -> JsonResponse:
     return JsonResponse({"detail": detail, "code": code}, status=status)
@@ -30,7 +33,8 @@ class TenantMiddleware:
       docs, admin, token endpoints); ``request.organization`` is ``None``.
     * The token endpoints (URL names ``token-obtain`` and ``token-refresh``) pass through
       untouched whatever the header says: they need no access token, and clients often
-      still send their stale (expired) one while they get a new one.
+      still send their stale (expired) one while they get a new one. A URLconf without
+      those names has no such exemption (logged once at WARNING), not a 500.
     * Invalid or expired token: 401 ``{"detail", "code"}``.
     * Organization: the ``X-Organization-ID`` header if present, else the
       token's ``org`` claim. A header that is not a UUID is a 400; an
@@ -52,10 +56,29 @@ class TenantMiddleware:
 
     def _is_token_endpoint(self, request) -> bool:
         if self._token_paths is None:  # reversed on first use: the URLconf is loaded by then
-            from django.urls import reverse
-
-            self._token_paths = frozenset(reverse(name) for name in self.TOKEN_URL_NAMES)
+            self._token_paths = self._reverse_token_paths()
         return request.path in self._token_paths
+
+    def _reverse_token_paths(self) -> frozenset[str]:
+        """The paths of ``TOKEN_URL_NAMES`` in the URLconf. A name the URLconf does not
+        have (``NoReverseMatch``) is left out, with one WARNING per middleware instance:
+        then there is no token endpoint to exempt, and a bearer request is judged by its
+        token as any other, rather than every bearer request failing with a 500."""
+        from django.urls import NoReverseMatch, reverse
+
+        paths, missing = set(), []
+        for name in self.TOKEN_URL_NAMES:
+            try:
+                paths.add(reverse(name))
+            except NoReverseMatch:
+                missing.append(name)
+        if missing:
+            logger.warning(
+                "TenantMiddleware: the URLconf has no URL named %s; no token endpoint is "
+                "exempt from the bearer-token check",
+                ", ".join(missing),
+            )
+        return frozenset(paths)
 
     def __call__(self, request):
         request.organization = None
@@ -110,16 +133,29 @@ class AdminCrossTenantMiddleware:
 
     def __init__(self, get_response):
         self.get_response = get_response
-        self.prefix = None
+        self._resolved = False
+        self.prefix: str | None = None
+
+    def _admin_prefix(self) -> str | None:
+        """The admin's path prefix (reversed on first use), or ``None`` when the URLconf
+        has no ``admin:index`` (logged once at WARNING): then no request is an admin one."""
+        if not self._resolved:
+            from django.urls import NoReverseMatch, reverse
+
+            try:
+                self.prefix = reverse("admin:index")
+            except NoReverseMatch:
+                logger.warning("AdminCrossTenantMiddleware: the URLconf has no admin:index")
+                self.prefix = None
+            self._resolved = True
+        return self.prefix
 
     def __call__(self, request):
-        if self.prefix is None:
-            from django.urls import reverse
-
-            self.prefix = reverse("admin:index")
+        prefix = self._admin_prefix()
         user = getattr(request, "user", None)
         if (
-            request.path.startswith(self.prefix)
+            prefix is not None
+            and request.path.startswith(prefix)
             and user is not None
             and user.is_authenticated
             and user.is_active
