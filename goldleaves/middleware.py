@@ -3,9 +3,13 @@
 Both are tiny and run first, so that every later layer (tenant, usage, views,
 log lines) can rely on ``request.request_id`` and ``request.start_time``.
 
-Importing this module (``settings.LOGGING`` names its filter, so ``django.setup()``
-always does) installs a log record factory: every ``logging.LogRecord`` made by any
-logger, whatever its handlers, carries ``record.request_id``.
+Log lines carry the request id through ``RequestIdLogFilter``, which
+``goldleaves/settings.py`` attaches to EVERY handler of ``settings.LOGGING``: each record
+that reaches a configured handler, from any logger (ours or a library's), has
+``record.request_id`` before it is formatted. A filter, not a log record factory: a
+factory that always sets the attribute makes any ``extra={"request_id": ...}`` raise
+``KeyError`` in ``Logger.makeRecord`` ("Attempt to overwrite 'request_id' in
+LogRecord"); the filter sets it only when the record lacks it.
 """
 
 import contextvars
@@ -74,37 +78,14 @@ def elapsed_ms(request) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def install_request_id_log_records() -> None:
-    """Make every ``LogRecord`` carry ``request_id``: the current request's id (``-``
-    outside a request), read from ``request_id_var`` when the record is created.
-
-    Wraps the current ``logging.getLogRecordFactory()`` (stdlib "LogRecord factory"
-    hook, Python docs ``logging.setLogRecordFactory``), so every logger and handler sees
-    the attribute, not only handlers that carry ``RequestIdLogFilter``. Idempotent: a
-    second call does nothing. Consequence: do not pass ``request_id`` in a log call's
-    ``extra`` -- ``Logger.makeRecord`` raises ``KeyError`` for a key the record already
-    has, and the record has the right value anyway.
-    """
-    previous = logging.getLogRecordFactory()
-    if getattr(previous, "adds_request_id", False):
-        return
-
-    def record_with_request_id(*args, **kwargs) -> logging.LogRecord:
-        record = previous(*args, **kwargs)
-        record.request_id = request_id_var.get()
-        return record
-
-    record_with_request_id.adds_request_id = True
-    logging.setLogRecordFactory(record_with_request_id)
-
-
-install_request_id_log_records()
-
-
 class RequestIdLogFilter(logging.Filter):
-    """Adds ``record.request_id`` (the current request's id, or ``-``) to a log record that
-    lacks it: one built by calling ``logging.LogRecord`` directly instead of through the
-    record factory. Kept on the console handler as a safety net."""
+    """Adds ``record.request_id`` (the current request's id from ``request_id_var``, or
+    ``-`` outside a request) to a record that lacks it; a record given one in its log
+    call's ``extra`` keeps that value. Never drops a record (returns ``True``).
+
+    On every handler of ``settings.LOGGING`` (added in ``goldleaves/settings.py``), as a
+    handler filter: logger filters run only for records logged on that very logger, not
+    for records propagated from its children (Python docs, "Filter Objects")."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):

@@ -229,8 +229,10 @@ STRIPE_RETRY_BACKOFF_SECONDS = env.float("STRIPE_RETRY_BACKOFF_SECONDS", default
 STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30.0)
 
 # --- Logging: every line carries the request id -------------------------------
-# Every LogRecord gets request_id from the record factory that goldleaves.middleware installs
-# when imported (the filter below imports it); the filter is a safety net for foreign records.
+# The request_id filter (goldleaves.middleware.RequestIdLogFilter) is put on EVERY handler
+# below by the loop after the dict, so a handler added later cannot miss it: each record
+# reaching any configured handler, from any logger, has request_id (the current request's,
+# or "-"); a record that got one from its log call's extra= keeps it.
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
@@ -242,10 +244,13 @@ LOGGING = {
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "filters": ["request_id"],
             "formatter": "default",
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }
+for _handler_config in LOGGING["handlers"].values():
+    _handler_filters = _handler_config.setdefault("filters", [])
+    if "request_id" not in _handler_filters:
+        _handler_filters.insert(0, "request_id")

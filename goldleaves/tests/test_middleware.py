@@ -70,44 +70,69 @@ def test_server_timing_header(client):
     assert match and float(match.group(1)) > 0
 
 
-def test_every_log_record_carries_the_request_id_with_no_filter_anywhere():
-    """Any logger, any handler: the record factory sets ``request_id`` on creation."""
+def _configured_root_handlers() -> list[logging.Handler]:
+    """The root logger's handlers that ``settings.LOGGING`` configured (by their names;
+    pytest's capture handlers on the root have none)."""
+    names = set(settings.LOGGING["handlers"])
+    handlers = [h for h in logging.getLogger().handlers if h.get_name() in names]
+    assert {h.get_name() for h in handlers} == set(settings.LOGGING["root"]["handlers"])
+    return handlers
+
+
+@pytest.fixture
+def reaching_configured_handlers(monkeypatch):
+    """The records that reach the configured root handlers (collected in place of being
+    written): whatever those handlers' filters did to them has happened."""
     records: list[logging.LogRecord] = []
+    for handler in _configured_root_handlers():
+        monkeypatch.setattr(handler, "emit", records.append)
+    return records
 
-    class Collect(logging.Handler):
-        def emit(self, record):
-            records.append(record)
 
-    logger = logging.getLogger("goldleaves.tests.unfiltered")
-    handler = Collect()
-    assert not handler.filters and not logger.filters
-    logger.addHandler(handler)
-    logger.propagate = False
+def test_a_record_of_any_logger_reaching_a_configured_handler_has_the_request_id(
+    reaching_configured_handlers,
+):
+    logger = logging.getLogger("some.library.nobody.configured")
+    assert not logger.filters and not logger.handlers
+    token = request_id_var.set("req-42")
     try:
-        token = request_id_var.set("req-42")
-        try:
-            logger.warning("inside a request")
-        finally:
-            request_id_var.reset(token)
-        logger.warning("outside a request")
+        logger.warning("inside a request")
     finally:
-        logger.removeHandler(handler)
-        logger.propagate = True
+        request_id_var.reset(token)
+    logger.warning("outside a request")
+    records = [r for r in reaching_configured_handlers if r.name == logger.name]
     assert [r.request_id for r in records] == ["req-42", "-"]
-    line = logging.Formatter("[%(request_id)s] %(message)s").format(records[0])
-    assert line == "[req-42] inside a request"
+    formatter = _configured_root_handlers()[0].formatter
+    assert "[req-42] some.library.nobody.configured: inside a request" in formatter.format(
+        records[0]
+    )
 
 
-def test_the_record_factory_is_installed_once():
-    from goldleaves.middleware import install_request_id_log_records
+def test_extra_request_id_in_a_log_call_does_not_raise_and_is_kept(
+    reaching_configured_handlers,
+):
+    """A record factory that always set ``request_id`` made this a ``KeyError`` ("Attempt
+    to overwrite 'request_id' in LogRecord"), a 500 when logged in an except block."""
+    logger = logging.getLogger("goldleaves.tests.extra")
+    token = request_id_var.set("req-current")
+    try:
+        logger.error("x", extra={"request_id": "abc"})
+    finally:
+        request_id_var.reset(token)
+    records = [r for r in reaching_configured_handlers if r.name == logger.name]
+    assert [r.request_id for r in records] == ["abc"]
 
-    factory = logging.getLogRecordFactory()
-    assert getattr(factory, "adds_request_id", False)
-    install_request_id_log_records()
-    assert logging.getLogRecordFactory() is factory
+
+def test_every_configured_handler_has_the_request_id_filter():
+    config = settings.LOGGING
+    assert config["filters"]["request_id"]["()"] == "goldleaves.middleware.RequestIdLogFilter"
+    for name, handler in config["handlers"].items():
+        assert "request_id" in handler.get("filters", []), name
+    for handler in _configured_root_handlers():
+        assert any(isinstance(f, RequestIdLogFilter) for f in handler.filters), handler
 
 
-def test_the_filter_fills_in_records_made_without_the_factory():
+def test_the_filter_fills_in_a_record_without_request_id():
     outside = logging.LogRecord("x", logging.INFO, __file__, 1, "built directly", None, None)
     assert not hasattr(outside, "request_id")
     token = request_id_var.set("req-7")
@@ -119,7 +144,9 @@ def test_the_filter_fills_in_records_made_without_the_factory():
 
 
 @pytest.mark.django_db
-def test_request_id_reaches_log_lines_during_a_request(api, caplog, monkeypatch):
+def test_request_id_reaches_log_lines_during_a_request(
+    api, monkeypatch, reaching_configured_handlers
+):
     from cases import apis
 
     original = apis.CaseViewSet.list
@@ -129,16 +156,6 @@ def test_request_id_reaches_log_lines_during_a_request(api, caplog, monkeypatch)
         return original(self, request, *args, **kwargs)
 
     monkeypatch.setattr(apis.CaseViewSet, "list", logging_list)
-    # Only caplog's handler (no RequestIdLogFilter) sees the record: it does not reach the
-    # root's console handler, whose filter would otherwise add the attribute first.
-    assert not any(isinstance(f, RequestIdLogFilter) for f in caplog.handler.filters)
-    logger = logging.getLogger("cases.test")
-    monkeypatch.setattr(logger, "propagate", False)
-    logger.addHandler(caplog.handler)
-    try:
-        with caplog.at_level(logging.WARNING, logger="cases.test"):
-            api.get("/api/v1/cases/", HTTP_X_REQUEST_ID="trace-me")
-    finally:
-        logger.removeHandler(caplog.handler)
-    records = [r for r in caplog.records if r.name == "cases.test"]
-    assert records and records[0].request_id == "trace-me"
+    api.get("/api/v1/cases/", HTTP_X_REQUEST_ID="trace-me")
+    records = [r for r in reaching_configured_handlers if r.name == "cases.test"]
+    assert [r.request_id for r in records] == ["trace-me"]
