@@ -15,7 +15,27 @@ class TenantAPIMixin:
     ``TenantMiddleware``); session-authenticated requests without one get 403."""
 
     def initial(self, request, *args, **kwargs):
-        super().initial(request, *args, **kwargs)
+        """DRF's ``APIView.initial`` (format suffix, content negotiation, versioning,
+        authentication) with the throttles checked BEFORE the permissions, then the
+        organization check.
+
+        DRF checks permissions first, so a request refused by a permission class would
+        never be counted against the plan-tier rate limit (``billing.ratelimit``); here
+        it is counted once, its 403 carries the RateLimit headers, and over the limit it
+        is a 429. Once only: an object-level refusal later (``check_object_permissions``
+        in ``get_object``) does not count the request again. Requests with no
+        organization are not counted (``PlanRateThrottle``); an unauthenticated one is
+        still a 401 from the permission check, before the organization check (403).
+        Keep in step with ``rest_framework.views.APIView.initial`` when upgrading DRF.
+        """
+        self.format_kwarg = self.get_format_suffix(**kwargs)
+        neg = self.perform_content_negotiation(request)
+        request.accepted_renderer, request.accepted_media_type = neg
+        version, scheme = self.determine_version(request, *args, **kwargs)
+        request.version, request.versioning_scheme = version, scheme
+        self.perform_authentication(request)
+        self.check_throttles(request)
+        self.check_permissions(request)
         if getattr(request._request, "organization", None) is None:
             raise exceptions.PermissionDenied(
                 "Authenticate with a bearer token (JWT) for an organization.",
@@ -25,15 +45,6 @@ class TenantAPIMixin:
     @property
     def organization(self):
         return self.request._request.organization
-
-    def permission_denied(self, request, message=None, code=None):
-        """Count the request against the plan-tier rate limit before refusing it (DRF
-        checks permissions before throttles), so a request of an organization refused by
-        a permission class is limited too and its 403 carries the RateLimit headers; over
-        the limit it is a 429. Unauthenticated requests are refused as DRF does."""
-        if getattr(request._request, "organization", None) is not None:
-            self.check_throttles(request)
-        super().permission_denied(request, message=message, code=code)
 
     def finalize_response(self, request, response, *args, **kwargs):
         """Add the plan-tier RateLimit headers (``billing.ratelimit``) to every response."""

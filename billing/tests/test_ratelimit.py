@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+from rest_framework import generics
 from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory, force_authenticate
@@ -23,6 +24,7 @@ from billing.models import BillingEvent
 from cases.tests.factories import CaseFactory
 from conftest import bearer_client
 from tenancy.context import cross_tenant
+from tenancy.models import Organization
 from tenancy.tests.factories import OrganizationFactory, member_of
 from tenancy.viewsets import TenantAPIMixin
 
@@ -328,8 +330,8 @@ class _DeniedApi(TenantAPIMixin, APIView):
 def test_a_request_refused_by_a_permission_class_is_counted_and_carries_the_headers(
     local_limiter, db
 ):
-    """DRF checks permissions before throttles; ``TenantAPIMixin.permission_denied``
-    counts the request first, so the 403 has the headers and the limit still applies."""
+    """DRF checks permissions before throttles; ``TenantAPIMixin.initial`` checks the
+    throttles first, so the 403 has the headers and the limit still applies."""
     org = OrganizationFactory(plan_tier="starter")
     user = member_of(org)
     view = _DeniedApi.as_view()
@@ -347,6 +349,41 @@ def test_a_request_refused_by_a_permission_class_is_counted_and_carries_the_head
     assert over.status_code == 429
     assert over["RateLimit-Remaining"] == "0"
     assert int(over["Retry-After"]) >= 1
+
+
+class _DenyEveryObject(BasePermission):
+    def has_object_permission(self, request, view, obj):
+        return False
+
+
+class _ObjectDeniedApi(TenantAPIMixin, generics.RetrieveAPIView):
+    """Passes the view-level permissions; ``get_object`` refuses the object (DRF's
+    ``check_object_permissions`` -> ``permission_denied``)."""
+
+    permission_classes = [IsAuthenticated, _DenyEveryObject]
+    queryset = Organization.objects.all()
+
+    def retrieve(self, request, *args, **kwargs):  # get_object raises before the body
+        self.get_object()
+        return Response({})
+
+
+def test_a_request_refused_by_an_object_permission_is_counted_once(local_limiter, db):
+    """The throttles run once, in ``initial``; an object-level refusal after them (inside
+    ``get_object``) must not count the request a second time."""
+    org = OrganizationFactory(plan_tier="starter")
+    user = member_of(org)
+    view = _ObjectDeniedApi.as_view()
+
+    def call():
+        request = APIRequestFactory().get(f"/denied-object/{org.pk}/")
+        force_authenticate(request, user=user)
+        request.organization = org  # as TenantMiddleware sets it
+        return view(request, pk=org.pk)
+
+    refused = [call() for _ in range(3)]
+    assert [r.status_code for r in refused] == [403] * 3
+    assert [r["RateLimit-Remaining"] for r in refused] == ["4", "3", "2"]
 
 
 def test_unlimited_tiers_get_no_headers_even_on_errors(local_limiter, db):
