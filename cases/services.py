@@ -8,10 +8,10 @@ and the services check again, raising ``CrossTenantReferenceError``.
 import logging
 
 from django.core.files.uploadedfile import UploadedFile
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
-from billing.models import BillingEvent
+from billing.selectors import event_resource_id
 from billing.services import record_event
 from cases.models import Case, CaseStatus, Client, Document, DocumentProcessingStatus
 from cases.processing import DocumentProcessingError, count_pages
@@ -160,8 +160,8 @@ def document_create(
     2. Only when that INSERT created the row: the file is written to storage and the
        document row saved (if the row cannot be saved, the stored file is deleted
        again and the error propagates, rolling the event back with it); processing is
-       scheduled after commit (``transaction.on_commit(..., robust=True)``, see
-       ``document_process``).
+       scheduled after commit (``transaction.on_commit``; the callback never raises, see
+       ``_process_after_commit`` and ``document_process``).
     3. When it did not (a retry): no file is stored and no row is created; the
        document the first upload created (the event's ``resource_id``) is returned as
        it is now. The API answers it as the first upload was answered, ``201`` with
@@ -214,8 +214,7 @@ def document_create(
         raise
     document_id = document.pk
     transaction.on_commit(
-        lambda: _process_after_commit(organization=organization, document_id=document_id),
-        robust=True,
+        lambda: _process_after_commit(organization=organization, document_id=document_id)
     )
     return document
 
@@ -223,12 +222,8 @@ def document_create(
 def _replayed_upload(*, organization, request_id: str, new: Document) -> Document:
     """The document of the earlier upload with ``request_id`` (whose ``doc.upload``
     event made this upload's INSERT a no-op), checked against the retried one ``new``."""
-    resource_id = (
-        BillingEvent.objects.filter(
-            organization_id=organization.pk, event_name="doc.upload", request_id=request_id
-        )
-        .values_list("resource_id", flat=True)
-        .first()
+    resource_id = event_resource_id(
+        organization=organization, event_name="doc.upload", request_id=request_id
     )
     document = (
         Document.objects.filter(organization_id=organization.pk, pk=resource_id).first()
@@ -251,15 +246,23 @@ def _replayed_upload(*, organization, request_id: str, new: Document) -> Documen
 
 
 def _process_after_commit(*, organization, document_id) -> None:
-    """The ``on_commit`` callback of an upload: ``document_process``, and if even that
-    raised (it marks the document failed for any error of the processing itself, so
-    this is a database failure while locking or marking it), log at ERROR with the
-    document id: the document then stays ``pending`` and a later call of
-    ``document_process`` retries it. Never raises (the upload has committed)."""
+    """The ``on_commit`` callback of an upload: ``document_process``. If that raised (a
+    database error: statement timeout, serialization failure, lost connection...; it
+    marks the document failed for any other error), log at ERROR with the document id
+    and the traceback: the document stays ``pending``, unbilled for processing, and
+    ``manage.py process_documents`` (the retry path, run from cron) processes it later.
+
+    Never raises (the upload has committed; a raising callback would also skip the
+    other ``on_commit`` callbacks), so it is registered without ``robust=True``: this
+    is the one place that logs, naming the document."""
     try:
         document_process(organization=organization, document_id=document_id)
-    except Exception:
-        logger.exception("document %s: processing did not run; it stays pending", document_id)
+    except Exception:  # noqa: BLE001 - logged; the retry path is process_documents
+        logger.exception(
+            "document %s: processing did not run; it stays pending until "
+            "manage.py process_documents retries it",
+            document_id,
+        )
 
 
 def _mark_failed(document: Document, reason: str) -> None:
@@ -285,23 +288,31 @@ def document_process(*, organization, document_id) -> Document | None:
     UPDATE``) and only a ``pending`` document is processed; the event's request id
     is ``doc.processed:<document id>``, so it is unique per document anyway.
 
+    Called after an upload commits (``_process_after_commit``) and by ``manage.py
+    process_documents``, the retry path for documents still ``pending``.
+
     On success: ``processed``, ``page_count``, ``processed_at`` and one event of
     ``page_count`` ``page`` units (dimensions ``content_type``, ``pages``). The
-    counting and those writes run in a savepoint, so any failure leaves the document
-    ``failed`` with a reason, ``processed_at`` set and NO event:
+    counting and those writes run in a savepoint, rolled back on any error, so there is
+    never a half-processed document or an event without it. Then:
 
-    * ``DocumentProcessingError`` or a storage error (``OSError``): the reason is the
-      error's message (shown to users); logged at WARNING.
-    * any other exception (a bug in a parser, a database error while saving or
-      billing): the reason is ``unexpected processing error (<exception class>)``
-      (no internal detail shown to users); logged at ERROR with the document id and
-      the traceback. The savepoint rollback keeps the transaction usable for
-      marking the document failed.
+    * ``DocumentProcessingError`` or a storage error (``OSError``): the document is
+      ``failed`` with the error's message as the reason (shown to users),
+      ``processed_at`` set and NO event; logged at WARNING.
+    * ``django.db.DatabaseError`` (a statement timeout, a serialization failure, a
+      lost connection, a value the column refuses...): propagates. The transaction
+      rolls back and the document stays ``pending``: the failure is not the
+      document's, so it is neither failed nor left unbilled for good;
+      ``process_documents`` retries it.
+    * any other exception (a bug in a parser): ``failed`` with the reason
+      ``unexpected processing error (<exception class>)`` (no internal detail shown to
+      users), NO event; logged at ERROR with the document id and the traceback.
 
     Returns:
         the document, or ``None`` if it no longer exists.
     Raises:
-        only errors of locking the row or of marking it failed (a database failure).
+        django.db.DatabaseError: from locking the row, processing (see above) or
+            marking it failed; the document is then still ``pending``.
     """
     with tenant_context(organization):
         document = (
@@ -317,6 +328,8 @@ def document_process(*, organization, document_id) -> Document | None:
         except (DocumentProcessingError, OSError) as exc:
             _mark_failed(document, str(exc) or exc.__class__.__name__)
             logger.warning("document %s not processed: %s", document.pk, exc)
+        except DatabaseError:
+            raise  # the savepoint is rolled back; the document stays pending (see above)
         except Exception as exc:
             _mark_failed(document, f"unexpected processing error ({exc.__class__.__name__})")
             logger.exception("document %s: unexpected processing error; marked failed", document.pk)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import connection
+from django.db import DataError, OperationalError, connection
 from pypdf import PdfWriter
 
 from billing.models import BillingEvent
@@ -279,10 +279,12 @@ def test_unexpected_processing_error_marks_failed_logs_and_does_not_bill(
     assert errors[0].exc_info[0] is RuntimeError
 
 
-def test_database_error_while_billing_processing_rolls_back_to_failed(org, owner, settings):
+def test_database_error_while_billing_processing_leaves_the_document_pending(org, owner, settings):
     """A real database error inside the processing (a page price overflowing the integer
-    column: DataError on the doc.processed INSERT) is rolled back to the savepoint: the
-    document is failed (not half 'processed' with a page count) and nothing is billed."""
+    column: DataError on the doc.processed INSERT) is not the document's fault: the
+    savepoint is rolled back, the error propagates, and the document stays pending (not
+    failed, not half 'processed' with a page count), with nothing billed, for
+    ``process_documents`` to retry."""
     settings.BILLING_PRICE_BOOK = {"doc.processed": 3_000_000_000}
     case = CaseFactory(organization=org)
     document = services.document_create(
@@ -291,13 +293,56 @@ def test_database_error_while_billing_processing_rolls_back_to_failed(org, owner
         case=case,
         file=SimpleUploadedFile("c.pdf", pdf_bytes(2), "application/pdf"),
     )
-    services.document_process(organization=org, document_id=document.pk)
+    with pytest.raises(DataError):
+        services.document_process(organization=org, document_id=document.pk)
     document.refresh_from_db()
-    assert (document.processing_status, document.page_count) == ("failed", None)
-    assert document.processing_failure_reason == "unexpected processing error (DataError)"
+    assert (document.processing_status, document.page_count) == ("pending", None)
+    assert document.processed_at is None
+    assert document.processing_failure_reason == ""
     assert not BillingEvent.objects.filter(event_name="doc.processed").exists()
     # the transaction is still usable after the error
     assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
+
+
+def fail_doc_processed_billing(monkeypatch, message="canceling statement due to statement timeout"):
+    """Make the doc.processed billing call raise ``OperationalError`` (an injected
+    database failure, e.g. a statement timeout); other billing calls are untouched."""
+    real = services.record_event
+
+    def record_event(**kwargs):
+        if kwargs.get("event_name") == "doc.processed":
+            raise OperationalError(message)
+        return real(**kwargs)
+
+    monkeypatch.setattr(services, "record_event", record_event)
+
+
+def test_database_error_after_upload_leaves_the_document_pending_and_logs_it(
+    api, org, monkeypatch, caplog, django_capture_on_commit_callbacks
+):
+    """The upload's after-commit processing hits a database error in ``_count_and_bill``:
+    the upload is still a 201, the document stays pending with NO doc.processed event
+    (not failed: its pages are billed when ``process_documents`` retries), and one ERROR
+    names the document."""
+    fail_doc_processed_billing(monkeypatch)
+    case = CaseFactory(organization=org)
+    with (
+        caplog.at_level(logging.ERROR, logger="cases.documents"),
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+    ):
+        response = upload(api, case, "notes.txt", b"some text\n", "text/plain")
+    assert response.status_code == 201, response.content
+    assert len(callbacks) == 1
+    document = Document.objects.get()
+    assert document.processing_status == "pending"
+    assert (document.page_count, document.processed_at) == (None, None)
+    assert not BillingEvent.objects.filter(event_name="doc.processed").exists()
+    assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
+    errors = [r for r in caplog.records if r.name == "cases.documents"]
+    assert [r.levelno for r in errors] == [logging.ERROR]
+    assert str(document.pk) in errors[0].getMessage()
+    assert "process_documents" in errors[0].getMessage()
+    assert errors[0].exc_info[0] is OperationalError
 
 
 def test_processing_twice_bills_once(org, owner, django_capture_on_commit_callbacks):
