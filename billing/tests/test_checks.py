@@ -1,5 +1,11 @@
 """The billing system checks: a malformed price book or default rate is reported at
-start-up (``manage.py check``, ``migrate``, ``runserver``), not at the first event."""
+start-up (``manage.py check``, ``migrate``, ``runserver``), not at the first event; so
+is a resend window Stripe's deduplication does not cover (``billing.E003``)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from django.core.checks import Error, run_checks
@@ -7,7 +13,9 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from billing.checks import check_pricing
+from billing.checks import check_pricing, check_resend_window
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def billing_errors() -> list[Error]:
@@ -67,3 +75,54 @@ def test_manage_py_check_fails_on_a_malformed_price_book():
         with pytest.raises(SystemCheckError, match=r"billing\.E001"):
             call_command("check", tag=["billing"])
     call_command("check", tag=["billing"])  # control: the configured settings pass
+
+
+@pytest.mark.parametrize("hours", [1, 12, 23, 23.5])
+def test_a_resend_window_under_24_hours_is_valid(hours):
+    with override_settings(STRIPE_RESEND_WINDOW_HOURS=hours):
+        assert check_resend_window() == []
+        assert billing_errors() == []
+
+
+@pytest.mark.parametrize("hours", [0, -1, 24, 25, 48, 0.0, float("nan"), "23", None, True])
+def test_a_resend_window_outside_0_to_24_hours_is_billing_e003(hours):
+    """Stripe deduplicates a meter event identifier "within a rolling period of at least
+    24 hours" only (https://docs.stripe.com/api/billing/meter-event/create): a window of
+    24 h or more could resend an event Stripe no longer deduplicates (counted twice)."""
+    with override_settings(STRIPE_RESEND_WINDOW_HOURS=hours):
+        errors = billing_errors()
+    assert [e.id for e in errors] == ["billing.E003"], errors
+    assert errors[0].msg.startswith("STRIPE_RESEND_WINDOW_HOURS must be greater than 0")
+    assert repr(hours) in errors[0].msg
+    assert "at least 24 hours" in errors[0].hint
+
+
+def _check_with_env(window: str) -> subprocess.CompletedProcess:
+    """``manage.py check --tag billing`` in a subprocess whose environment sets
+    ``STRIPE_RESEND_WINDOW_HOURS`` (and reads no env file)."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": os.environ.get("HOME", "/"),
+        "DJANGO_SETTINGS_MODULE": "goldleaves.settings",
+        "SECRET_KEY": "x" * 50,
+        "GOLDLEAVES_ENV_FILE": str(ROOT / "no-such.env"),
+        "DATABASE_URL": "postgres://nobody@127.0.0.1:1/none",
+        "STRIPE_RESEND_WINDOW_HOURS": window,
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--tag", "billing"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_the_resend_window_comes_from_the_environment_and_is_checked_at_start_up():
+    refused = _check_with_env("24")
+    assert refused.returncode != 0
+    assert "billing.E003" in refused.stderr
+    assert "not 24" in refused.stderr
+    accepted = _check_with_env("7")
+    assert accepted.returncode == 0, accepted.stderr
