@@ -7,10 +7,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from billing import selectors
-from billing.models import BillingEvent
+from billing.models import BillingEvent, UsageAggregate
 from billing.tests.factories import BillingEventFactory
 from conftest import bearer_client
-from tenancy.context import tenant_context
+from tenancy.context import cross_tenant, tenant_context
 from tenancy.tests.factories import (
     MembershipFactory,
     OrganizationFactory,
@@ -413,3 +413,39 @@ def test_staff_health_covers_all_organizations(org, outsider_org):
 def test_outsider_health_does_not_count_our_events(outsider_api, org):
     BillingEventFactory(organization=org)
     assert outsider_api.get("/api/v1/billing/health/").json()["pending_count"] == 0
+
+
+def _outbox(organization, statuses):
+    """One Stripe outbox row of ``organization`` per status in ``statuses``."""
+    hour = utc(2025, 11, 1)
+    for sequence, status in enumerate(statuses, start=1):
+        UsageAggregate.objects.create(
+            organization=organization,
+            event_name="api.request",
+            meter_event_name="api_requests",
+            period_start=hour,
+            sequence=sequence,
+            value=1,
+            identifier=f"gl-{organization.pk}-api_requests-{sequence}",
+            status=status,
+        )
+
+
+def test_health_counts_the_outbox_statuses_in_one_query(org, outsider_org):
+    _outbox(org, ["failed", "failed", "pending", "needs_reconciliation", "sent", "sent"])
+    _outbox(outsider_org, ["failed", "pending"])
+    with tenant_context(org):
+        with CaptureQueriesContext(connection) as ctx:
+            health = selectors.pipeline_health(organization=org)
+    counts = [health[f"{k}_aggregates"] for k in ("failed", "unsent", "reconciliation")]
+    assert counts == [2, 1, 1]
+    outbox = [q["sql"] for q in ctx.captured_queries if "billing_usageaggregate" in q["sql"]]
+    assert len(outbox) == 1, outbox  # filtered COUNTs, not one COUNT per status
+    assert len(ctx.captured_queries) == 4  # events x2, last report, outbox
+    with cross_tenant(reason="staff view in the test"):
+        everyone = selectors.pipeline_health(organization=None)
+    assert [everyone[f"{k}_aggregates"] for k in ("failed", "unsent", "reconciliation")] == [
+        3,
+        2,
+        1,
+    ]
