@@ -1,10 +1,9 @@
 """Admin for billing events: read-only (money), filterable, searchable by request id."""
 
 from django.contrib import admin, messages
-from django.utils import timezone
 
 from billing import reporting
-from billing.models import BillingEvent, MeterReport, UsageAggregate, UsageAggregateStatus
+from billing.models import BillingEvent, MeterReport, UsageAggregate
 
 
 class _ReadOnlyAdmin(admin.ModelAdmin):
@@ -82,19 +81,12 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
         permissions=["change"],
     )
     def retry_failed(self, request, queryset):
-        """Move the selected ``failed`` aggregates back to ``pending`` (attempts 0, no
-        backoff) for the next ``report_usage`` run, with the same identifier and the
-        current idempotency key. Stripe deduplicates that identifier only for about 24
-        hours after the first send, so an aggregate first sent longer ago than
-        ``reporting.resend_window()`` is refused (it must be reconciled against Stripe's
-        meter event summaries instead); the message lists what was queued and refused."""
-        cutoff = timezone.now() - reporting.resend_window()
-        failed = queryset.filter(status=UsageAggregateStatus.FAILED)
-        too_old = failed.filter(first_sent_at__lt=cutoff)
-        refused = list(too_old.values_list("identifier", flat=True))
-        count = failed.exclude(pk__in=too_old.values("pk")).update(
-            status=UsageAggregateStatus.PENDING, attempts=0, next_attempt_at=None
-        )
+        """Queue the selected ``failed`` aggregates again (``reporting.requeue_failed``:
+        ``pending``, attempts 0, same identifier) for the next ``report_usage`` run; those
+        first sent before ``reporting.resend_cutoff()`` are refused (Stripe deduplicates
+        an identifier for about 24 hours only: reconcile them against Stripe's meter
+        event summaries instead). The messages say what was queued and what refused."""
+        count, refused = reporting.requeue_failed(aggregates=queryset)
         self.message_user(
             request,
             f"{count} aggregate(s) queued for the next report_usage run (same identifier: "

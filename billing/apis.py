@@ -168,7 +168,9 @@ class ReportUsageApi(TenantAPIMixin, APIView):
     Staff or the organization's owner only (403 otherwise). Returns 202 with the report
     at once; the run is enqueued after the request's transaction commits and runs on
     this process's reporting worker thread, never in the request
-    (``billing.reporting.queue_report``). ``GET report-usage/<id>/`` shows its status.
+    (``billing.reporting.queue_report``). While a report of the organization is queued
+    or running, the POST returns that report instead of queuing another.
+    ``GET report-usage/<id>/`` shows its status.
     """
 
     @extend_schema(request=None, responses={202: MeterReportSerializer})
@@ -177,9 +179,12 @@ class ReportUsageApi(TenantAPIMixin, APIView):
 
         Returns:
             202 with the ``MeterReport`` (``MeterReportSerializer``; ``status``
-            ``queued``, ``id`` for ``GET report-usage/<id>/``). The response never waits
-            for Stripe; a run that fails later is recorded on the report (``failed``,
-            ``detail``), never as an error of this request.
+            ``queued``, or ``queued``/``running`` for the report already in progress;
+            ``id`` for ``GET report-usage/<id>/``). The response never waits for Stripe;
+            a run that fails later is recorded on the report (``failed``, ``detail``),
+            never as an error of this request, and a run that finds another one (e.g.
+            the hourly ``manage.py report_usage``) holding the organization's lock ends
+            ``skipped`` (``detail`` says so; that run reports the usage).
         Raises:
             PermissionDenied: 403 ``not_owner`` for a member who is neither staff nor
                 the organization's owner.

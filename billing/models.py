@@ -100,11 +100,13 @@ class MeterReportStatus(models.TextChoices):
     ``queued`` (created by ``POST report-usage/``, waiting for the in-process worker) ->
     ``running`` -> one of: ``succeeded`` (every due aggregate acknowledged by Stripe),
     ``partial`` (some sent, some failed or needing reconciliation), ``failed`` (none
-    sent, another run held the organization's lock, or an unexpected error: ``detail``
-    says which), ``dry_run`` (nothing sent or written: ``--dry-run`` or no
-    ``STRIPE_API_KEY``), ``skipped`` (the organization has no ``stripe_customer_id``).
-    A run whose process died stays ``queued``/``running``; its events are picked up by
-    the next run (see ``billing.reporting``).
+    sent, an unexpected error, or abandoned: ``detail`` says which), ``dry_run``
+    (nothing sent or written: ``--dry-run`` or no ``STRIPE_API_KEY``), ``skipped``
+    (nothing to do here: the organization has no ``stripe_customer_id``, or another
+    run held its reporting lock and does the work; ``detail`` says which). A run whose
+    process died stays ``queued``/``running`` until the organization's next run marks
+    it ``failed`` with detail "abandoned: ..." (after ``reporting.ABANDONED_AFTER``);
+    its events are picked up by that run (see ``billing.reporting``).
     """
 
     QUEUED = "queued", "queued"
@@ -113,7 +115,7 @@ class MeterReportStatus(models.TextChoices):
     PARTIAL = "partial", "partial (some aggregates failed)"
     FAILED = "failed", "failed"
     DRY_RUN = "dry_run", "dry run (nothing sent)"
-    SKIPPED = "skipped", "skipped (no Stripe customer)"
+    SKIPPED = "skipped", "skipped (no Stripe customer, or another run was running)"
 
 
 class MeterReport(TenantModel):

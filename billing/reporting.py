@@ -64,6 +64,11 @@ changes nothing.
 
 ``POST /api/v1/billing/report-usage/`` queues a run on an in-process worker
 (``queue_report``); see its docstring for what happens when that process dies.
+
+Runs of one organization never overlap: a run that finds the organization's lock held
+is recorded as ``skipped`` (the run holding it does the work), and a run that starts
+marks that organization's reports still ``queued``/``running`` after
+``ABANDONED_AFTER`` (1 hour) as ``failed`` ("abandoned"): their process stopped.
 """
 
 from __future__ import annotations
@@ -80,7 +85,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Max, Sum
+from django.db.models import Count, F, Max, Q, Sum
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
@@ -98,7 +103,11 @@ logger = logging.getLogger("billing.reporting")
 
 STRIPE_MAX_AGE = timedelta(days=35)
 MAX_SIGNIFICANT_DIGITS = 15
-DEFAULT_RESEND_WINDOW_HOURS = 23
+#: A ``queued``/``running`` report older than this, of an organization whose lock a new
+#: run holds, belongs to a process that stopped (``_abandon_stale_reports``); POSTs
+#: within it return the report in progress instead of queuing another (``queue_report``).
+ABANDONED_AFTER = timedelta(hours=1)
+ABANDONED_DETAIL = "abandoned: the process running it stopped"
 
 SENT = "sent"
 FAILED = "failed"
@@ -106,7 +115,8 @@ NEEDS_RECONCILIATION = "needs_reconciliation"
 
 
 class ReportingError(RuntimeError):
-    """A report could not run (e.g. another run holds the organization's lock)."""
+    """Another run holds the organization's reporting lock (``_organization_lock``);
+    ``report_usage`` records its report as ``skipped`` and does not raise it."""
 
 
 def current_hour(now: datetime | None = None) -> datetime:
@@ -117,11 +127,19 @@ def current_hour(now: datetime | None = None) -> datetime:
 
 def resend_window() -> timedelta:
     """How long after an aggregate's first send it may still be resent automatically:
-    ``settings.STRIPE_RESEND_WINDOW_HOURS`` (default 23 h), inside the ~24 h during
-    which Stripe deduplicates meter event identifiers and replays idempotency keys."""
-    return timedelta(
-        hours=getattr(settings, "STRIPE_RESEND_WINDOW_HOURS", DEFAULT_RESEND_WINDOW_HOURS)
-    )
+    ``settings.STRIPE_RESEND_WINDOW_HOURS`` (environment, default 23 h; system check
+    ``billing.E003`` keeps it in (0, 24)), inside the rolling period of at least 24 h
+    during which Stripe deduplicates meter event identifiers
+    (https://docs.stripe.com/api/billing/meter-event/create, ``identifier``) and
+    replays idempotency keys."""
+    return timedelta(hours=settings.STRIPE_RESEND_WINDOW_HOURS)
+
+
+def resend_cutoff(now: datetime | None = None) -> datetime:
+    """The resend rule, in one place: an aggregate first sent (``first_sent_at``) before
+    this instant (UTC; ``now`` minus ``resend_window()``) is never resent automatically.
+    ``_past_resend_window`` (one row) and ``requeue_failed`` (a queryset) both use it."""
+    return (now or timezone.now()) - resend_window()
 
 
 def aggregate_identifier(organization_id, meter: str, period_start: datetime, sequence: int) -> str:
@@ -147,8 +165,8 @@ def format_value(value: Decimal) -> str:
         ValueError: more than 15 significant digits (Stripe's limit).
     """
     normalized = value.normalize()
-    digits = len(normalized.as_tuple().digits)
-    if digits > MAX_SIGNIFICANT_DIGITS:
+    if not value_fits(normalized):
+        digits = len(normalized.as_tuple().digits)
         raise ValueError(f"value {value} has {digits} significant digits (Stripe allows 15)")
     return format(normalized, "f")
 
@@ -301,17 +319,32 @@ def split_oversized_aggregates(*, organization, report: MeterReport | None) -> i
     return created
 
 
-def _acknowledge(aggregate: UsageAggregate) -> int:
-    """Step 3: ``pending -> sent`` and the aggregate's events ``pending -> posted``, by
-    conditional updates in one transaction. Returns the number of events posted (0 if
-    an earlier run already acknowledged it)."""
+def _acknowledge(
+    aggregate: UsageAggregate,
+    *,
+    from_statuses=(UsageAggregateStatus.PENDING,),
+    last_error: str | None = None,
+) -> int | None:
+    """Step 3: the aggregate ``<one of from_statuses> -> sent`` and its events
+    ``pending -> posted``, by conditional updates in one transaction, only if it was
+    sent at least once (``first_sent_at`` set: Stripe cannot have it otherwise).
+    ``from_statuses`` is ``pending`` for a run; ``resolve_reconciliation`` passes
+    ``failed`` and ``needs_reconciliation`` (and ``last_error``, its note).
+
+    Returns:
+        the number of events posted, or ``None`` when the aggregate did not move (in
+        none of ``from_statuses``, e.g. an earlier run already acknowledged it).
+    """
     now = timezone.now()
+    changes = {"status": UsageAggregateStatus.SENT, "sent_at": now, "attempts": aggregate.attempts}
+    if last_error is not None:
+        changes["last_error"] = last_error
     with transaction.atomic():
         moved = UsageAggregate.objects.filter(
-            pk=aggregate.pk, status=UsageAggregateStatus.PENDING
-        ).update(status=UsageAggregateStatus.SENT, sent_at=now, attempts=aggregate.attempts)
+            pk=aggregate.pk, status__in=list(from_statuses), first_sent_at__isnull=False
+        ).update(**changes)
         if not moved:
-            return 0
+            return None
         return BillingEvent.objects.filter(
             usage_aggregate=aggregate, status=BillingEventStatus.PENDING
         ).update(status=BillingEventStatus.POSTED)
@@ -347,7 +380,7 @@ def _mark_first_sent(organization, aggregate: UsageAggregate) -> None:
 
 def _past_resend_window(aggregate: UsageAggregate, now: datetime | None = None) -> bool:
     first = aggregate.first_sent_at
-    return first is not None and (now or timezone.now()) - first > resend_window()
+    return first is not None and first < resend_cutoff(now)
 
 
 def reconciliation_message(aggregate: UsageAggregate) -> str:
@@ -549,24 +582,33 @@ def report_usage(
 
     Dry run when ``dry_run`` or when ``STRIPE_API_KEY`` is empty: nothing is written
     and nothing is marked posted; ``ReportResult.planned`` lists what would be sent.
-    An organization without ``stripe_customer_id`` is skipped (report status
-    ``skipped``). Returns the result with its (saved) ``MeterReport``.
+    Report status ``skipped`` (``detail`` says which): the organization has no
+    ``stripe_customer_id``, or another run holds its reporting lock (that run sends the
+    pending usage; nothing is lost). A run that takes the lock first marks the
+    organization's abandoned reports ``failed`` (``_abandon_stale_reports``). Returns
+    the result with its (saved) ``MeterReport``; ``report``, when given, is a report
+    of this organization already ``running`` (the worker's, see ``queue_report``).
 
     Raises:
-        ReportingError: another run holds this organization's reporting lock (the
-            report is saved as ``failed``).
-        Exception: anything unexpected while building or sending; the report is saved
-            as ``failed`` with the exception in ``detail`` first, then it propagates.
+        Exception: anything unexpected while building or sending (a database error
+            included); the report is saved as ``failed`` with the exception in
+            ``detail`` first (``_fail_report``), then it propagates.
     """
     until = min(until or current_hour(), timezone.now())
     dry_run = dry_run or not settings.STRIPE_API_KEY
     with tenant_context(organization):
         if report is None:
             report = MeterReport.objects.create(
-                organization=organization, requested_by=requested_by, until=until, dry_run=dry_run
+                organization=organization,
+                requested_by=requested_by,
+                until=until,
+                dry_run=dry_run,
+                status=MeterReportStatus.RUNNING,
             )
         else:
             report.until, report.dry_run = until, dry_run
+            report.status = MeterReportStatus.RUNNING
+            report.save(update_fields=["status", "until", "dry_run"])
         result = ReportResult(report=report)
         if not organization.stripe_customer_id:
             _finish(report, MeterReportStatus.SKIPPED, "no Stripe customer (stripe_customer_id)")
@@ -576,17 +618,23 @@ def report_usage(
             why = "dry run" if settings.STRIPE_API_KEY else "dry run: STRIPE_API_KEY is not set"
             _finish(report, MeterReportStatus.DRY_RUN, why)
             return result
-        report.status = MeterReportStatus.RUNNING
-        report.save(update_fields=["status", "until", "dry_run"])
 
     try:
         with _organization_lock(organization):
+            abandoned = _abandon_stale_reports(organization, current=report)
+            if abandoned:
+                result.lines.append(f"marked {abandoned} abandoned report(s) failed")
             _build_and_send(organization, until, report, result, client_factory)
     except ReportingError as exc:
-        _finish_failed(organization, report, str(exc))
-        raise
+        with tenant_context(organization):
+            _finish(
+                report,
+                MeterReportStatus.SKIPPED,
+                f"{exc}: this run was skipped; the run holding the lock sends the pending usage",
+            )
+        return result
     except Exception as exc:
-        _finish_failed(organization, report, f"{type(exc).__name__}: {exc}")
+        _fail_report(organization, report.pk, f"{type(exc).__name__}: {exc}")
         raise
     with tenant_context(organization):
         if report.aggregates_failed and report.aggregates_sent:
@@ -622,7 +670,7 @@ def _build_and_send(organization, until, report, result, client_factory) -> None
         outcome = send_aggregate(client, aggregate, organization=organization)
         if outcome == SENT:
             with tenant_context(organization):
-                report.events_posted += _acknowledge(aggregate)
+                report.events_posted += _acknowledge(aggregate) or 0
             report.aggregates_sent += 1
             result.lines.append(f"sent {aggregate.identifier} value={aggregate.value}")
         elif outcome == NEEDS_RECONCILIATION:
@@ -633,6 +681,57 @@ def _build_and_send(organization, until, report, result, client_factory) -> None
         else:
             report.aggregates_failed += 1
             result.lines.append(f"FAILED {aggregate.identifier}: {aggregate.last_error}")
+
+
+def _abandon_stale_reports(organization, *, current: MeterReport) -> int:
+    """Mark ``organization``'s reports still ``queued``/``running`` that were created more
+    than ``ABANDONED_AFTER`` ago, other than ``current``, as ``failed`` with detail
+    ``ABANDONED_DETAIL``. Called by a run that holds the organization's reporting lock,
+    so none of them is running now (a run holds the lock for all of its work): their
+    process stopped. Their work is not lost; this run picks it up (see ``queue_report``).
+    A queued report marked so is never run later (``_run_queued_report`` claims only a
+    ``queued`` report). Returns how many were marked."""
+    with tenant_context(organization):
+        return (
+            MeterReport.objects.for_organization(organization)
+            .filter(
+                status__in=[MeterReportStatus.QUEUED, MeterReportStatus.RUNNING],
+                created_at__lt=timezone.now() - ABANDONED_AFTER,
+            )
+            .exclude(pk=current.pk)
+            .update(
+                status=MeterReportStatus.FAILED,
+                detail=ABANDONED_DETAIL,
+                finished_at=timezone.now(),
+            )
+        )
+
+
+def requeue_failed(*, aggregates) -> tuple[int, list[str]]:
+    """Queue ``failed`` aggregates again (the admin's "Retry" action): ``pending``,
+    attempts 0, no backoff, the same identifier and current idempotency key, for the
+    next run. Stripe deduplicates that identifier only for a rolling period of at least
+    24 hours after the first send, so an aggregate first sent before
+    ``resend_cutoff()`` is refused (reconcile it against Stripe's meter event summaries
+    instead, ``resolve_reconciliation``); one never sent (``first_sent_at`` null, e.g.
+    an hour over 35 days old) is always queued.
+
+    Args:
+        aggregates: a ``UsageAggregate`` queryset (any statuses; only ``failed`` rows
+            are considered). Runs in the caller's tenant context (the admin's
+            cross-tenant path).
+    Returns:
+        ``(requeued, refused)``: how many were queued, and the identifiers refused.
+    """
+    cutoff = resend_cutoff()
+    with transaction.atomic():
+        failed = aggregates.filter(status=UsageAggregateStatus.FAILED)
+        too_old = failed.filter(first_sent_at__lt=cutoff)
+        refused = list(too_old.order_by("identifier").values_list("identifier", flat=True))
+        requeued = failed.filter(
+            Q(first_sent_at__isnull=True) | Q(first_sent_at__gte=cutoff)
+        ).update(status=UsageAggregateStatus.PENDING, attempts=0, next_attempt_at=None)
+    return requeued, refused
 
 
 def resolve_reconciliation(*, aggregate: UsageAggregate, stripe_has_it: bool, by: str) -> bool:
@@ -652,58 +751,78 @@ def resolve_reconciliation(*, aggregate: UsageAggregate, stripe_has_it: bool, by
     """
     resolvable = [UsageAggregateStatus.FAILED, UsageAggregateStatus.NEEDS_RECONCILIATION]
     note = f"reconciled by {by} at {timezone.now().isoformat()}: "
-    with transaction.atomic():
-        rows = UsageAggregate.objects.filter(
+    if stripe_has_it:
+        posted = _acknowledge(
+            aggregate, from_statuses=resolvable, last_error=note + "Stripe has it, marked sent"
+        )
+        return posted is not None
+    return bool(
+        UsageAggregate.objects.filter(
             pk=aggregate.pk, status__in=resolvable, first_sent_at__isnull=False
+        ).update(
+            status=UsageAggregateStatus.PENDING,
+            attempts=0,
+            next_attempt_at=None,
+            first_sent_at=None,
+            key_revision=F("key_revision") + 1,
+            last_error=note + "Stripe does not have it, queued to send again",
         )
-        if stripe_has_it:
-            if not rows.update(
-                status=UsageAggregateStatus.PENDING,
-                last_error=note + "Stripe has it, marked sent",
-            ):
-                return False
-            aggregate.refresh_from_db()
-            _acknowledge(aggregate)
-            return True
-        return bool(
-            rows.update(
-                status=UsageAggregateStatus.PENDING,
-                attempts=0,
-                next_attempt_at=None,
-                first_sent_at=None,
-                key_revision=aggregate.key_revision + 1,
-                last_error=note + "Stripe does not have it, queued to send again",
-            )
-        )
+    )
 
 
 _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-report")
 
 
 def queue_report(*, organization, requested_by=None) -> MeterReport:
-    """Create a ``queued`` ``MeterReport`` and hand it, once the caller's transaction has
-    committed (``transaction.on_commit``), to this process's reporting worker: one
-    background thread (a ``ThreadPoolExecutor`` with one worker, so runs of one process
-    are sequential), never the request thread. Returns the report at once (status
-    ``queued``); ``GET report-usage/<id>/`` follows it.
+    """Queue a report run of ``organization`` on this process's reporting worker, or
+    return the one already in progress.
 
-    The worker (``_run_queued_report``) runs ``report_usage`` on its own database
-    connection (closed when the run ends), takes the organization's advisory lock on
-    that connection, marks the report ``failed`` with the error text on ANY exception,
-    and never raises into the request.
+    If a report of the organization is ``queued`` or ``running`` and was created less
+    than ``ABANDONED_AFTER`` ago, that report is returned and nothing is queued (one
+    run does the work; concurrent calls are serialized by a transaction-level advisory
+    lock, so two POSTs cannot both queue). Otherwise a ``queued`` ``MeterReport`` is
+    created and handed, once the caller's transaction has committed
+    (``transaction.on_commit``), to the worker: one background thread (a
+    ``ThreadPoolExecutor`` with one worker, so runs of one process are sequential),
+    never the request thread. Returns the report at once; ``GET report-usage/<id>/``
+    follows it.
+
+    The worker (``_run_queued_report``) claims the report (``queued -> running``, a
+    conditional update: a report marked abandoned meanwhile is not run), runs
+    ``report_usage`` on its own database connection (closed when the run ends), takes
+    the organization's advisory lock on that connection (held by another run: the report
+    becomes ``skipped``), marks the report ``failed`` with the error text on ANY
+    exception, and never raises into the request.
 
     In-process queueing, no broker: a report whose process dies before or during its
-    run stays ``queued``/``running``. Nothing is lost or sent twice, because the work
-    itself lives in the database, not in the queue: the events stay ``pending`` (not
-    yet aggregated, or linked to a ``pending`` outbox row committed before any send),
-    and the next run, ``manage.py report_usage`` or another POST, picks up exactly
-    those: unaggregated events go into new aggregates, and pending aggregates are sent
-    with their unchanged identifier and key (Stripe replays or deduplicates them within
-    ``resend_window()``; past it they are flagged for reconciliation, never resent).
+    run stays ``queued``/``running`` until the next run of the organization marks it
+    ``failed`` ("abandoned", after ``ABANDONED_AFTER``). Nothing is lost or sent twice,
+    because the work itself lives in the database, not in the queue: the events stay
+    ``pending`` (not yet aggregated, or linked to a ``pending`` outbox row committed
+    before any send), and the next run, ``manage.py report_usage`` or another POST,
+    picks up exactly those: unaggregated events go into new aggregates, and pending
+    aggregates are sent with their unchanged identifier and key (Stripe replays or
+    deduplicates them within ``resend_window()``; past it they are flagged for
+    reconciliation, never resent).
     """
-    report = MeterReport.objects.create(
-        organization=organization, requested_by=requested_by, until=current_hour()
-    )
+    key = int(hashlib.sha256(f"usage-report-queue:{organization.pk}".encode()).hexdigest()[:15], 16)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+        in_progress = (
+            MeterReport.objects.for_organization(organization)
+            .filter(
+                status__in=[MeterReportStatus.QUEUED, MeterReportStatus.RUNNING],
+                created_at__gte=timezone.now() - ABANDONED_AFTER,
+            )
+            .order_by("-created_at")
+            .first()
+        )
+        if in_progress is not None:
+            return in_progress
+        report = MeterReport.objects.create(
+            organization=organization, requested_by=requested_by, until=current_hour()
+        )
     report_id = report.pk
 
     def enqueue():
@@ -720,22 +839,33 @@ def _run_queued_report(report_id, organization, requested_by) -> None:
     """The worker thread's job for one queued report (see ``queue_report``). Never raises."""
     try:
         with tenant_context(organization):
+            claimed = MeterReport.objects.filter(
+                pk=report_id, status=MeterReportStatus.QUEUED
+            ).update(status=MeterReportStatus.RUNNING)
+            if not claimed:
+                logger.warning("usage report %s is no longer queued: not run", report_id)
+                return
             report = MeterReport.objects.get(pk=report_id)
             organization = type(organization).objects.get(pk=organization.pk)  # fresh copy
         report_usage(organization=organization, report=report, requested_by=requested_by)
-    except ReportingError as exc:  # recorded on the report by report_usage
-        logger.warning("usage report %s not run: %s", report_id, exc)
     except Exception as exc:
+        # report_usage recorded it already; this records an error raised before it
         logger.exception("usage report %s failed", report_id)
-        _fail_queued_report(organization, report_id, f"{type(exc).__name__}: {exc}")
+        _fail_report(organization, report_id, f"{type(exc).__name__}: {exc}")
     finally:
         connection.close()
 
 
-def _fail_queued_report(organization, report_id, detail: str) -> None:
-    """Mark a queued or running report ``failed`` (``detail``), if it is not finished yet."""
+def _fail_report(organization, report_id, detail: str) -> None:
+    """THE failure path of a report run: mark the report ``failed`` with ``detail``
+    (first 2,000 characters) and ``finished_at``, if it is still ``queued`` or
+    ``running`` (a conditional update, so a second call changes nothing). Never raises:
+    a failure to record it is logged (the caller re-raises or logs the original error).
+    On a connection outside any transaction (the worker's), an unusable connection is
+    replaced first."""
     try:
-        connection.close_if_unusable_or_obsolete()
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
         with tenant_context(organization):
             MeterReport.objects.filter(
                 pk=report_id, status__in=[MeterReportStatus.QUEUED, MeterReportStatus.RUNNING]
@@ -780,13 +910,3 @@ def _finish(report: MeterReport, status: str, detail: str) -> None:
     report.detail = detail
     report.finished_at = timezone.now()
     report.save()
-
-
-def _finish_failed(organization, report: MeterReport, detail: str) -> None:
-    """Save ``report`` as ``failed`` with ``detail``; a failure to do so is logged (the
-    caller re-raises the original exception)."""
-    try:
-        with tenant_context(organization):
-            _finish(report, MeterReportStatus.FAILED, detail[:2000])
-    except Exception:
-        logger.exception("usage report %s: could not record its failure", report.pk)

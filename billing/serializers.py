@@ -151,7 +151,10 @@ class BillingHealthSerializer(serializers.Serializer):
 
 
 class MeterReportSerializer(serializers.ModelSerializer):
-    """A usage-reporting run to Stripe (``report-usage/``)."""
+    """A usage-reporting run to Stripe (``report-usage/``): ``status`` is a
+    ``MeterReportStatus`` value (``queued``, ``running``, ``succeeded``, ``partial``,
+    ``failed``, ``dry_run``, ``skipped``) and ``detail`` says why a run failed or was
+    skipped (no Stripe customer, another run held the organization's lock, abandoned)."""
 
     class Meta:
         model = MeterReport

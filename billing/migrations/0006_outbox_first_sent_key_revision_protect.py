@@ -3,6 +3,47 @@
 import django.db.models.deletion
 from django.db import migrations, models
 
+#: Aggregates sent before this migration (attempts made, or an error recorded by an
+#: attempt, and not acknowledged) get ``first_sent_at = created_at``: the row is
+#: committed before its first request, so ``created_at`` is the best lower bound of the
+#: first send the outbox kept (``sent_at`` is set only on success). A lower bound closes
+#: the resend window early, never late: at worst an aggregate is reconciled by hand
+#: instead of resent. Not stamped: the two failures raised BEFORE any HTTP request
+#: (``billing.reporting.send_aggregate`` stores them as the bare message, while every
+#: Stripe error is stored as ``"<ExceptionType>: ..."``), i.e. a value over 15
+#: significant digits (never sendable: the value of a sent aggregate never changes)
+#: and an hour over 35 days old at the first attempt (attempts = 1; with more
+#: attempts the earlier ones were requests). Pending rows with attempts = 0 but an
+#: error are the admin's "Retry" of failed rows (it reset attempts): sent before.
+BACKFILL_FIRST_SENT_SQL = r"""
+UPDATE billing_usageaggregate
+SET first_sent_at = created_at
+WHERE first_sent_at IS NULL
+  AND status IN ('pending', 'failed')
+  AND (attempts > 0 OR last_error <> '')
+  AND NOT (
+    last_error ~ '^value \S+ has [0-9]+ significant digits \(Stripe allows 15\)$'
+    OR (
+      last_error = 'the hour is more than 35 days old: Stripe no longer accepts it'
+      AND attempts <= 1
+    )
+  )
+"""
+
+
+def backfill_first_sent_at(apps, schema_editor):
+    """Stamp ``first_sent_at`` on aggregates already sent before this migration (see
+    ``BACKFILL_FIRST_SENT_SQL``). The table has FORCE row-level security and the owner
+    running migrations is subject to it, so the UPDATE runs with ``app.cross_tenant``
+    on for this transaction only (``set_config(..., true)``, as
+    ``tenancy.context.cross_tenant`` does), and the previous value is put back after."""
+    with schema_editor.connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('app.cross_tenant', true)")
+        previous = cursor.fetchone()[0] or ""
+        cursor.execute("SELECT set_config('app.cross_tenant', 'on', true)")
+        cursor.execute(BACKFILL_FIRST_SENT_SQL)
+        cursor.execute("SELECT set_config('app.cross_tenant', %s, true)", [previous])
+
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -51,4 +92,6 @@ class Migration(migrations.Migration):
                 max_length=24,
             ),
         ),
+        # Data: after the columns exist; reversing it is a no-op (the column goes).
+        migrations.RunPython(backfill_first_sent_at, migrations.RunPython.noop),
     ]

@@ -2,6 +2,8 @@ from datetime import timedelta
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing import reporting
@@ -142,6 +144,46 @@ def test_retry_failed_queues_recent_failures_and_refuses_past_the_window(admin_c
         too_old.pk: ("failed", 3),
         sent.pk: ("sent", 3),
     }
+
+
+def test_requeue_failed_is_the_one_resend_rule(org, settings):
+    """The service behind the "Retry" action, with the run's own window rule
+    (``reporting.resend_cutoff``): queued within the window or never sent, refused past it."""
+    settings.STRIPE_RESEND_WINDOW_HOURS = 5
+    never_sent = outbox_row(org, sequence=1, status="failed")
+    inside = outbox_row(org, sequence=2, status="failed", first_sent_hours_ago=4.9)
+    past = outbox_row(org, sequence=3, status="failed", first_sent_hours_ago=5.1)
+    pending = outbox_row(org, sequence=4, status="pending", first_sent_hours_ago=6)
+    requeued, refused = reporting.requeue_failed(aggregates=UsageAggregate.objects.all())
+    assert (requeued, refused) == (2, [past.identifier])
+    statuses = dict(UsageAggregate.objects.values_list("pk", "status"))
+    assert statuses == {
+        never_sent.pk: "pending",
+        inside.pk: "pending",
+        past.pk: "failed",
+        pending.pk: "pending",
+    }
+    # the same rule as a run's: past the window for requeue_failed <=> for send_aggregate
+    for aggregate in (inside, past):
+        assert reporting._past_resend_window(aggregate) is (aggregate == past)
+
+
+def test_reconciled_stripe_has_it_writes_no_intermediate_status(org):
+    """Straight from needs_reconciliation to sent, in one conditional UPDATE of the
+    aggregate (no temporary 'pending' that a concurrent run could pick up and resend)."""
+    flagged = outbox_row(org, sequence=1, status="needs_reconciliation", first_sent_hours_ago=30)
+    with CaptureQueriesContext(connection) as ctx:
+        assert reporting.resolve_reconciliation(aggregate=flagged, stripe_has_it=True, by="ops")
+    updates = [
+        q["sql"]
+        for q in ctx.captured_queries
+        if q["sql"].startswith('UPDATE "billing_usageaggregate"')
+    ]
+    assert len(updates) == 1, updates
+    assert "'pending'" not in updates[0]
+    flagged.refresh_from_db()
+    assert flagged.status == "sent"
+    assert set(flagged.events.values_list("status", flat=True)) == {1}
 
 
 def test_retry_failed_window_is_the_setting(admin_client, org, settings):

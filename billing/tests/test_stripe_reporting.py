@@ -9,10 +9,12 @@ included), so the tests assert how many creates each identifier got.
 """
 
 import hashlib
+import importlib
 import json
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -24,6 +26,7 @@ import pytest
 import requests
 import responses
 import stripe
+from django.apps import apps as django_apps
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.db.models import ProtectedError
@@ -277,8 +280,12 @@ def test_a_500_is_retried_with_the_same_identifier_and_a_new_key(fake_stripe, cu
     assert BillingEvent.objects.get().status == BillingEventStatus.POSTED
 
 
-def test_the_same_key_after_a_500_would_only_replay_it(fake_stripe, customer_org):
-    """What the fake does for a reused key (the reason for the new key above)."""
+def test_fake_stripe_replays_a_saved_500_for_the_same_key(fake_stripe, customer_org):
+    """A test of FakeStripe's fidelity, not of our code: like Stripe, it saves a 500 under
+    its Idempotency-Key and replays it for that key, creating nothing, while a new key is
+    processed. The 5xx tests above rely on exactly this (it is why a retry after a 5xx
+    needs a new key), so a fake that stopped replaying would make them pass for the
+    wrong reason."""
     fake_stripe.plan = [500]
     client = reporting.stripe_client()
     params = {
@@ -639,24 +646,124 @@ def test_timestamps_are_utc_hours(customer_org):
     )
 
 
-def test_a_second_run_for_the_same_organization_is_refused_while_one_runs(
+def test_a_second_run_for_the_same_organization_is_skipped_while_one_runs(
     fake_stripe, customer_org
 ):
     add_events(customer_org, [("api.request", 0, 1, "1")])
     other = psycopg.connect(**connection.get_connection_params(), autocommit=True)
     try:
         other.execute("SELECT pg_advisory_lock(%s)", [lock_key(customer_org)])  # another run
-        with pytest.raises(reporting.ReportingError, match="another usage report"):
-            reporting.report_usage(organization=customer_org)
+        result = reporting.report_usage(organization=customer_org)
+        assert result.report.status == MeterReportStatus.SKIPPED
+        assert "another usage report for acme-law is running" in result.report.detail
+        assert "skipped" in result.report.detail
+        # the hourly command overlapping it: skipped too, and not a failure (exit 0)
+        out = StringIO()
+        call_command("report_usage", stdout=out, stderr=StringIO())
+        assert "[1] acme-law: skipped: another usage report" in out.getvalue()
+        assert "1 skipped (another run was reporting them)" in out.getvalue()
         assert fake_stripe.requests == []
-        refused = MeterReport.objects.get()
-        assert refused.status == MeterReportStatus.FAILED
-        assert "another usage report" in refused.detail
+        statuses = set(MeterReport.objects.values_list("status", flat=True))
+        assert statuses == {MeterReportStatus.SKIPPED}
         other.execute("SELECT pg_advisory_unlock(%s)", [lock_key(customer_org)])
     finally:
         other.close()
     reporting.report_usage(organization=customer_org)
     assert len(fake_stripe.requests) == 1
+
+
+def test_an_error_in_one_organization_does_not_stop_the_others(
+    fake_stripe, customer_org, outsider_org, monkeypatch, caplog
+):
+    outsider_org.stripe_customer_id = "cus_other"
+    outsider_org.save(update_fields=["stripe_customer_id"])
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    add_events(outsider_org, [("api.request", 0, 1, "1")])
+    real_build = reporting.build_aggregates
+
+    def build(*, organization, **kwargs):
+        if organization.pk == customer_org.pk:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1 / 0")  # a real database error, for acme-law only
+        return real_build(organization=organization, **kwargs)
+
+    monkeypatch.setattr(reporting, "build_aggregates", build)
+    out, err = StringIO(), StringIO()
+    with caplog.at_level(logging.ERROR, logger="billing.reporting"):
+        with pytest.raises(CommandError, match="1 organization"):
+            call_command("report_usage", stdout=out, stderr=err)
+    # acme-law (first by slug) failed; other-firm was still reported
+    assert fake_stripe.identifiers() == [ident(outsider_org, "api_requests", 0)]
+    assert "[1] acme-law: FAILED: DataError: division by zero" in err.getvalue()
+    assert "Done: 1 meter event(s) sent" in out.getvalue()
+    reports = dict(MeterReport.objects.values_list("organization__slug", "status"))
+    assert reports == {"acme-law": "failed", "other-firm": "succeeded"}
+    assert MeterReport.objects.get(organization=customer_org).detail.startswith("DataError")
+    logged = [
+        r for r in caplog.records if r.levelno == logging.ERROR and "acme-law" in r.getMessage()
+    ]
+    assert len(logged) == 1 and logged[0].exc_info is not None  # with its traceback
+
+
+# --- one run at a time per organization: the in-process queue and abandoned reports ----------
+
+
+def make_report(org, *, status, age=timedelta(0)):
+    with tenant_context(org):
+        return MeterReport.objects.create(
+            organization=org,
+            until=timezone.now(),
+            status=status,
+            created_at=timezone.now() - age,
+        )
+
+
+def test_a_post_while_a_report_is_in_progress_returns_that_report(fake_stripe, customer_org, api):
+    # In this rolled-back test transaction on_commit never fires: the report stays queued.
+    first = api.post("/api/v1/billing/report-usage/")
+    assert (first.status_code, first.json()["status"]) == (202, "queued")
+    again = api.post("/api/v1/billing/report-usage/")
+    assert (again.status_code, again.json()["id"]) == (202, first.json()["id"])
+    assert MeterReport.objects.count() == 1
+    # a report left queued for over ABANDONED_AFTER by a dead process is not waited for
+    MeterReport.objects.update(created_at=timezone.now() - timedelta(hours=2))
+    fresh = api.post("/api/v1/billing/report-usage/")
+    assert fresh.status_code == 202
+    assert fresh.json()["id"] != first.json()["id"]
+    # a run in progress (e.g. the hourly command's) is returned as well
+    MeterReport.objects.filter(pk=fresh.json()["id"]).update(status=MeterReportStatus.SUCCEEDED)
+    running = make_report(customer_org, status=MeterReportStatus.RUNNING)
+    during = api.post("/api/v1/billing/report-usage/")
+    assert (during.json()["id"], during.json()["status"]) == (str(running.pk), "running")
+    assert MeterReport.objects.count() == 3
+    assert fake_stripe.requests == []
+
+
+def test_a_run_marks_the_organizations_abandoned_reports_failed(
+    fake_stripe, customer_org, outsider_org
+):
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    old = timedelta(hours=1, minutes=1)
+    stale_queued = make_report(customer_org, status=MeterReportStatus.QUEUED, age=old)
+    stale_running = make_report(customer_org, status=MeterReportStatus.RUNNING, age=old)
+    recent = make_report(customer_org, status=MeterReportStatus.QUEUED, age=timedelta(minutes=59))
+    finished = make_report(customer_org, status=MeterReportStatus.SUCCEEDED, age=old)
+    other_org = make_report(outsider_org, status=MeterReportStatus.RUNNING, age=old)
+    # the report being run is old too (it waited in a busy worker): it is not touched
+    current = make_report(customer_org, status=MeterReportStatus.RUNNING, age=timedelta(hours=3))
+    result = reporting.report_usage(organization=customer_org, report=current)
+    assert result.report.pk == current.pk
+    assert "marked 2 abandoned report(s) failed" in result.lines
+    rows = {r.pk: r for r in MeterReport.objects.all()}
+    for abandoned in (stale_queued, stale_running):
+        assert rows[abandoned.pk].status == MeterReportStatus.FAILED
+        assert rows[abandoned.pk].detail == "abandoned: the process running it stopped"
+        assert rows[abandoned.pk].finished_at is not None
+    assert rows[recent.pk].status == MeterReportStatus.QUEUED
+    assert rows[finished.pk].status == MeterReportStatus.SUCCEEDED
+    assert rows[other_org.pk].status == MeterReportStatus.RUNNING
+    assert (rows[current.pk].status, rows[current.pk].detail) == ("succeeded", "")
+    assert fake_stripe.identifiers() == [ident(customer_org, "api_requests", 0)]
 
 
 def lock_key(org) -> int:
@@ -756,8 +863,9 @@ def test_the_worker_takes_the_organization_lock_on_its_own_connection(
         refused = api.post("/api/v1/billing/report-usage/")
         assert refused.status_code == 202
         done = wait_for_report(api, refused.json()["id"])
-        assert done["status"] == "failed"
-        assert "another usage report" in done["detail"]
+        assert done["status"] == "skipped"  # not a failure: the lock's holder does the work
+        assert done["detail"].startswith("another usage report for acme-law is running")
+        assert done["finished_at"] is not None
         assert fake_stripe.requests == []
     finally:
         other.close()  # releases the lock
@@ -770,3 +878,136 @@ def test_the_worker_takes_the_organization_lock_on_its_own_connection(
         assert locked.fetchone()[0] is True
     finally:
         probe.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_does_not_run_a_report_marked_abandoned_meanwhile(
+    fake_stripe, customer_org, worker_idle
+):
+    """A report that waited in a busy worker and was marked abandoned by another run is
+    not run when its turn comes (the worker claims only a ``queued`` report)."""
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    report = make_report(customer_org, status=MeterReportStatus.FAILED)
+    reporting._worker.submit(reporting._run_queued_report, report.pk, customer_org, None).result(
+        timeout=30
+    )
+    assert fake_stripe.requests == []
+    with cross_tenant(reason="test assertions"):
+        report.refresh_from_db()
+        assert report.status == MeterReportStatus.FAILED
+        assert not UsageAggregate.objects.exists()
+
+
+# --- migration 0006: aggregates sent before it get first_sent_at -----------------------------
+
+MIGRATION_0006 = importlib.import_module(
+    "billing.migrations.0006_outbox_first_sent_key_revision_protect"
+)
+SENT_BEFORE = {  # name: (status, attempts, last_error, stamped?)
+    "timed_out_pending": ("pending", 1, "APIConnectionError: read timed out", True),
+    "failed_after_5xx": ("failed", 5, "APIError: planned 500", True),
+    "retried_by_the_admin": ("pending", 0, "APIError: planned 500", True),
+    "old_hour_after_requests": (
+        "failed",
+        3,
+        "the hour is more than 35 days old: Stripe no longer accepts it",
+        True,
+    ),
+    "too_many_digits": (
+        "failed",
+        2,
+        "value 1000000000000000.0000 has 16 significant digits (Stripe allows 15)",
+        False,
+    ),
+    "old_hour_never_sent": (
+        "failed",
+        1,
+        "the hour is more than 35 days old: Stripe no longer accepts it",
+        False,
+    ),
+    "never_tried": ("pending", 0, "", False),
+    "sent": ("sent", 1, "", False),
+}
+
+
+def insert_0005_aggregate(org, sequence, status, attempts, last_error, created_at):
+    """One outbox row as migration 0005 shaped the table (no first_sent_at, no key_revision)."""
+    with cross_tenant(reason="test set-up"), connection.cursor() as cursor:
+        cursor.execute(
+            "INSERT INTO billing_usageaggregate (id, organization_id, event_name,"
+            " meter_event_name, period_start, sequence, value, event_count, identifier, status,"
+            " attempts, last_error, created_at, sent_at)"
+            " VALUES (%s, %s, 'api.request', 'api_requests', %s, %s, 1, 1, %s, %s, %s, %s, %s,"
+            " %s) RETURNING id",
+            [
+                uuid.uuid4(),
+                org.pk,
+                HOUR,
+                sequence,
+                ident(org, "api_requests", 0, sequence),
+                status,
+                attempts,
+                last_error,
+                created_at,
+                created_at if status == "sent" else None,
+            ],
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migration_0006_stamps_first_sent_at_on_aggregates_sent_before_it(customer_org):
+    created_at = timezone.now() - timedelta(days=3)
+    call_command("migrate", "billing", "0005", verbosity=0)
+    try:
+        ids = {
+            name: insert_0005_aggregate(customer_org, n, status, attempts, error, created_at)
+            for n, (name, (status, attempts, error, _)) in enumerate(SENT_BEFORE.items(), 1)
+        }
+    finally:
+        call_command("migrate", "billing", verbosity=0)
+    with cross_tenant(reason="test assertions"):
+        first_sent = dict(UsageAggregate.objects.values_list("pk", "first_sent_at"))
+        stamped = {name: first_sent[pk] for name, pk in ids.items()}
+        assert stamped == {
+            name: created_at if expected else None
+            for name, (_, _, _, expected) in SENT_BEFORE.items()
+        }
+        # ... so the rules for sent aggregates apply: past the window the admin's retry
+        # refuses them and they can be reconciled; a never-sent failure is queued again
+        requeued, refused = reporting.requeue_failed(aggregates=UsageAggregate.objects.all())
+        assert requeued == 2  # too_many_digits, old_hour_never_sent
+        assert sorted(refused) == sorted(
+            ident(customer_org, "api_requests", 0, n)
+            for n, name in enumerate(SENT_BEFORE, 1)
+            if name in ("failed_after_5xx", "old_hour_after_requests")
+        )
+        failed = UsageAggregate.objects.get(pk=ids["failed_after_5xx"])
+        assert reporting.resolve_reconciliation(aggregate=failed, stripe_has_it=True, by="ops")
+
+
+@pytest.mark.rls_raw
+def test_the_0006_backfill_turns_on_the_cross_tenant_path_itself(org):
+    """Migrations run as the owner, which FORCE row-level security filters like anyone
+    (the suite's owner is a superuser, which is exempt, so this runs the step as the app
+    role): without ``app.cross_tenant`` the UPDATE would see no row."""
+    with cross_tenant(reason="test set-up"):
+        aggregate = UsageAggregate.objects.create(
+            organization=org,
+            event_name="api.request",
+            meter_event_name="api_requests",
+            period_start=HOUR,
+            value=1,
+            identifier=ident(org, "api_requests", 0),
+            attempts=2,
+            last_error="APIConnectionError: read timed out",
+            created_at=timezone.now() - timedelta(days=2),
+        )
+    with connection.schema_editor() as editor:
+        MIGRATION_0006.backfill_first_sent_at(django_apps, editor)
+    with connection.cursor() as cursor:  # the setting is put back
+        cursor.execute("SELECT current_setting('app.cross_tenant', true)")
+        assert cursor.fetchone()[0] in ("", None)
+    with cross_tenant(reason="test assertions"):
+        aggregate.refresh_from_db()
+    assert aggregate.first_sent_at == aggregate.created_at

@@ -1,5 +1,6 @@
 """``manage.py report_usage``: send pending metered usage to Stripe (see billing/reporting.py)."""
 
+import logging
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -7,8 +8,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from billing.models import MeterReportStatus
-from billing.reporting import ReportingError, current_hour, report_usage
+from billing.reporting import current_hour, report_usage
 from tenancy.models import Organization
+
+logger = logging.getLogger("billing.reporting")
 
 FAILED = {MeterReportStatus.FAILED, MeterReportStatus.PARTIAL}
 
@@ -19,7 +22,9 @@ class Command(BaseCommand):
     Runs ``billing.reporting.report_usage`` for each organization (by slug), one at a
     time, in this process, and prints one line per aggregate sent, failed or needing
     reconciliation. The same work as ``POST /api/v1/billing/report-usage/``, so it also
-    picks up whatever a queued API run left behind when its process died.
+    picks up whatever a queued API run left behind when its process died. An error in
+    one organization's run (a database error included) is logged with its traceback and
+    counted; the other organizations are still reported.
     """
 
     help = (
@@ -28,7 +33,8 @@ class Command(BaseCommand):
         "aggregate, so nothing counts twice). Events become 'posted' only once Stripe "
         "acknowledged their aggregate. Aggregates first sent more than "
         "STRIPE_RESEND_WINDOW_HOURS (23) ago are not resent but flagged for reconciliation. "
-        "Without STRIPE_API_KEY this is a dry run. Exits 1 if any aggregate failed."
+        "Without STRIPE_API_KEY this is a dry run. An organization whose reporting is already "
+        "running elsewhere is skipped. Exits 1 if any aggregate or organization failed."
     )
 
     def add_arguments(self, parser):
@@ -49,8 +55,10 @@ class Command(BaseCommand):
 
         Raises:
             CommandError: unknown ``--organization``, an ``--until`` that is not ISO
-                8601, or (exit status 1, after the summary) an organization whose run
-                failed, was partial, or was refused because another run held its lock.
+                8601, or (exit status 1, after the summary, every organization having
+                been tried) an organization whose run failed, was partial, or raised.
+                A run skipped because another run held the organization's lock is not
+                a failure (that run does the work).
         """
         until = min(self._until(opts["until"]), timezone.now())  # never in the future
         organizations = Organization.objects.order_by("slug")
@@ -66,18 +74,21 @@ class Command(BaseCommand):
             f"{organizations.count()} organization(s)."
         )
         failures = 0
-        totals = {"sent": 0, "failed": 0, "posted": 0, "skipped": 0}
+        totals = {"sent": 0, "failed": 0, "posted": 0, "skipped": 0, "busy": 0}
         for index, organization in enumerate(organizations, start=1):
             prefix = f"[{index}] {organization.slug}:"
             try:
                 result = report_usage(organization=organization, until=until, dry_run=dry_run)
-            except ReportingError as exc:
+            except Exception as exc:  # one organization's error must not stop the others
                 failures += 1
-                self.stderr.write(f"{prefix} {exc}")
+                logger.error(
+                    "report_usage: organization %s failed", organization.slug, exc_info=True
+                )
+                self.stderr.write(f"{prefix} FAILED: {type(exc).__name__}: {exc}")
                 continue
             report = result.report
             if report.status == MeterReportStatus.SKIPPED:
-                totals["skipped"] += 1
+                totals["busy" if organization.stripe_customer_id else "skipped"] += 1
                 self.stdout.write(f"{prefix} skipped: {report.detail}")
                 continue
             for planned in result.planned:
@@ -95,7 +106,12 @@ class Command(BaseCommand):
         self.stdout.write(
             f"Done: {totals['sent']} meter event(s) sent, {totals['failed']} failed, "
             f"{totals['posted']} billing event(s) posted, {totals['skipped']} organization(s) "
-            "skipped (no Stripe customer)."
+            "skipped (no Stripe customer)"
+            + (
+                f", {totals['busy']} skipped (another run was reporting them)."
+                if totals["busy"]
+                else "."
+            )
         )
         if failures:
             raise CommandError(f"{failures} organization(s) had failures; see above.")
