@@ -63,12 +63,15 @@ class BillingEvent(TenantModel):
     created_at = models.DateTimeField(default=timezone.now)
     # PROTECT: deleting an aggregate must never free its events to be aggregated and
     # billed a second time (Stripe may already count them under the aggregate's identifier).
+    # Indexed only where set (``billing_ev_aggregate_idx``): every event is written
+    # without an aggregate, so a full index would take one more entry on every insert.
     usage_aggregate = models.ForeignKey(
         "billing.UsageAggregate",
         null=True,
         blank=True,
         on_delete=models.PROTECT,
         related_name="events",
+        db_index=False,
         help_text="The Stripe outbox aggregate this event was reported in.",
     )
 
@@ -88,6 +91,12 @@ class BillingEvent(TenantModel):
             # Events by status, oldest first: the reporter's pending queue and the
             # billing health endpoint (pending count, oldest pending, newest posted).
             models.Index(fields=["status", "created_at"], name="billing_ev_status_created_idx"),
+            # An aggregate's events (posting them, PROTECT on delete); partial, see the field.
+            models.Index(
+                fields=["usage_aggregate"],
+                condition=Q(usage_aggregate__isnull=False),
+                name="billing_ev_aggregate_idx",
+            ),
         ]
 
     def __str__(self) -> str:
