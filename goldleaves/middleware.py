@@ -16,7 +16,8 @@ import contextvars
 import logging
 import re
 import time
-import uuid
+
+from uuid6 import uuid7
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -26,15 +27,24 @@ request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id
 
 
 def clean_request_id(value: str | None) -> str:
-    """Return ``value`` if it is a valid request id, else a new UUID4 string.
+    """Return ``value`` if it is a valid request id, else a new UUID string.
 
     A valid id is 1-128 characters of ``[A-Za-z0-9._:-]``; anything else (empty,
     too long, spaces, control characters) is replaced rather than rejected, so a
     malformed header never fails a request.
+
+    The generated id is a UUIDv7 (RFC 9562, section 5.7: random, but led by a
+    millisecond Unix timestamp), not a UUIDv4: it is the billing event's idempotency
+    key, and the unique index on (organization, event name, request id) then takes
+    new keys at its right edge instead of on a random page of a table that holds
+    millions of events. Measured on 10M events (bench/request_overhead.py's table):
+    a random key cost a full-page image in the WAL on about one insert in one or two
+    after each checkpoint (8 KiB more to flush at COMMIT) and a buffer miss; a
+    time-ordered one almost never. Clients' own ids are kept as they are.
     """
     if value and _REQUEST_ID_RE.match(value):
         return value
-    return str(uuid.uuid4())
+    return str(uuid7())
 
 
 class RequestIdMiddleware:

@@ -1,5 +1,6 @@
 import logging
 import re
+import time
 import uuid
 
 import pytest
@@ -46,17 +47,25 @@ def test_valid_request_id_is_kept(value):
 
 
 @pytest.mark.parametrize("value", ["", "A" * 129, "has space", "semi;colon", "ünï", None, "a\nb"])
-def test_invalid_request_id_is_replaced_by_uuid4(value):
+def test_invalid_request_id_is_replaced_by_a_uuid7(value):
     cleaned = clean_request_id(value)
     assert cleaned != value
-    assert uuid.UUID(cleaned).version == 4
+    assert uuid.UUID(cleaned).version == 7
+
+
+def test_generated_request_ids_are_time_ordered():
+    """UUIDv7s sort by creation time (so the billing unique index grows at its edge)."""
+    first = clean_request_id(None)
+    time.sleep(0.002)
+    second = clean_request_id(None)
+    assert first < second
 
 
 @pytest.mark.django_db
 def test_request_id_is_echoed_on_every_response(client, api):
     assert client.get("/health/", HTTP_X_REQUEST_ID="probe-1")["X-Request-ID"] == "probe-1"
     generated = client.get("/health/", HTTP_X_REQUEST_ID="bad id!")["X-Request-ID"]
-    assert uuid.UUID(generated).version == 4
+    assert uuid.UUID(generated).version == 7
     # also on errors: 404, 401, and an authenticated API response
     assert client.get("/api/v1/nope/", HTTP_X_REQUEST_ID="r-404")["X-Request-ID"] == "r-404"
     assert client.get("/api/v1/cases/", HTTP_X_REQUEST_ID="r-401")["X-Request-ID"] == "r-401"
