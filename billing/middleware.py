@@ -16,8 +16,9 @@ lost event is visible in the logs and the counter. A duplicate key (a retried
 ``X-Request-ID``) is not a failure: ``INSERT ... ON CONFLICT DO NOTHING`` skips it.
 
 Round trips per metered request: 1 (``SAVEPOINT; INSERT ... ON CONFLICT DO NOTHING;
-RELEASE SAVEPOINT`` sent as one query by ``billing.services.insert_event_guarded``), and
-the COMMIT of a request that wrote nothing else now flushes the WAL.
+RELEASE SAVEPOINT`` sent as one query by ``billing.services.insert_event_guarded``). A
+request that writes nothing else (a GET) also pays a WAL flush at its COMMIT, since its
+transaction now holds a write.
 """
 
 import logging

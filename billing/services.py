@@ -24,11 +24,13 @@ from django.db import DatabaseError, connection, transaction
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
+from django.db.transaction import TransactionManagementError
 from django.utils import timezone
 from uuid6 import uuid7
 
 from billing.models import BillingEvent, BillingEventStatus
 from billing.pricing import unit_cost_cents as price_of
+from tenancy.context import transaction_aborted
 
 #: Events per INSERT statement of ``record_events``: it binds 13 arrays whatever the
 #: size, so this only bounds one statement's memory. 1,000 events = 1 INSERT.
@@ -147,33 +149,56 @@ def insert_event_guarded(event: BillingEvent) -> None:
     ``bulk_create`` costs three round trips (SAVEPOINT, INSERT, RELEASE), this one. If
     the INSERT fails, a second round trip (``ROLLBACK TO SAVEPOINT; RELEASE``) restores
     the transaction, with every earlier write of the request intact, and the error is
-    raised. Outside a transaction (autocommit) the INSERT is sent alone. The statements
+    raised. The statements
     go through a client-side-binding psycopg cursor (``_psycopg_cursor``: multi-statement
     queries need the simple query protocol, whatever ``server_side_binding`` says).
+
+    A transaction that an earlier statement already aborted is refused before anything is
+    sent (nothing could be written in it, and the request will fail at its end). If the
+    savepoint cannot be rolled back to, the transaction is marked for rollback
+    (``transaction.set_rollback(True)``) rather than committed half-applied.
 
     Note: foreign keys are ``DEFERRABLE INITIALLY DEFERRED`` (Django's default), so a
     violation of one (the organization or user deleted while the request ran) is
     reported at COMMIT, outside the savepoint.
 
     Raises:
-        django.db.DatabaseError: the INSERT failed (the savepoint was rolled back).
+        django.db.DatabaseError: the INSERT failed (the savepoint was rolled back), or the
+            transaction was already aborted (nothing was sent).
+        django.db.TransactionManagementError: called outside a transaction.
     """
+    if not connection.in_atomic_block:
+        raise TransactionManagementError(
+            "insert_event_guarded runs inside a transaction (the request's): its tenant "
+            "context and the savepoint need one"
+        )
     query = InsertQuery(BillingEvent, on_conflict=OnConflict.IGNORE)
     query.insert_values(BillingEvent._meta.concrete_fields, [event])
     [(sql, params)] = query.get_compiler(connection=connection).as_sql()
     with _psycopg_cursor(psycopg.ClientCursor) as cursor:
-        if not connection.in_atomic_block:
-            cursor.execute(sql, params)
-            return
+        if transaction_aborted():
+            raise DatabaseError(
+                "the transaction was already aborted by an earlier statement; "
+                "the billing event was not sent"
+            )
         try:
             cursor.execute(
                 f"SAVEPOINT {_GUARD_SAVEPOINT}; {sql}; RELEASE SAVEPOINT {_GUARD_SAVEPOINT}",
                 params,
             )
         except DatabaseError:
-            cursor.execute(
-                f"ROLLBACK TO SAVEPOINT {_GUARD_SAVEPOINT}; RELEASE SAVEPOINT {_GUARD_SAVEPOINT}"
-            )
+            # Aborted now: a statement of ours failed on the server. Not aborted: the error
+            # came before anything ran (e.g. adapting a parameter); nothing to undo.
+            if transaction_aborted():
+                try:
+                    cursor.execute(
+                        f"ROLLBACK TO SAVEPOINT {_GUARD_SAVEPOINT}; "
+                        f"RELEASE SAVEPOINT {_GUARD_SAVEPOINT}"
+                    )
+                except DatabaseError:
+                    # The savepoint never existed (the whole query was refused before
+                    # running): the transaction cannot be restored, so it must roll back.
+                    transaction.set_rollback(True)
             raise
 
 

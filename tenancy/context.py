@@ -22,6 +22,7 @@ import contextvars
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from psycopg.pq import TransactionStatus
 
 current_organization_var: contextvars.ContextVar = contextvars.ContextVar(
     "current_organization", default=None
@@ -130,8 +131,9 @@ def cross_tenant(*, reason: str = "", using: str = DEFAULT_DB_ALIAS):
 
     For staff and operator work only. Its uses (grep ``cross_tenant(`` to audit them): the
     Django admin (``AdminCrossTenantMiddleware``), ``backfill_organizations`` (one batch
-    writes memberships of many organizations), the staff-only billing pipeline health
-    endpoint (``billing.apis``), and test set-up. Never in a request handler of the tenant
+    writes memberships of many organizations), ``process_documents`` (finds pending
+    documents of every organization, then processes each in its own ``tenant_context``),
+    the staff-only billing pipeline health endpoint (``billing.apis``), and test set-up. Never in a request handler of the tenant
     API. ``onboard_tenant`` does not use it: it writes the new organization's owner
     membership inside that organization's own ``tenant_context``.
 
@@ -179,3 +181,13 @@ def tenant_context(organization, *, using: str = DEFAULT_DB_ALIAS):
         with transaction.atomic(using=using):
             set_connection_tenant(organization.pk, using=using)
             yield organization
+
+
+def transaction_aborted() -> bool:
+    """Whether the current transaction on Django's default connection is aborted: a
+    statement failed and PostgreSQL ignores every command until ROLLBACK (or ROLLBACK TO
+    SAVEPOINT), and a COMMIT would silently roll back (libpq ``PQTRANS_INERROR``,
+    PostgreSQL manual, 34.2 "Connection Status Functions", ``PQtransactionStatus``).
+    False when there is no open connection."""
+    pg = connections[DEFAULT_DB_ALIAS].connection
+    return pg is not None and pg.info.transaction_status == TransactionStatus.INERROR

@@ -14,6 +14,7 @@ from tenancy.context import (
     connection_settings_restored,
     cross_tenant,
     set_connection_tenant,
+    transaction_aborted,
 )
 from tenancy.selectors import membership_for
 
@@ -117,6 +118,22 @@ class TenantMiddleware:
             request.membership = membership
             with bind_organization(membership.organization):
                 response = self.get_response(request)
+            if response.status_code < 500 and transaction_aborted():
+                # A statement failed without a savepoint and the view answered anyway:
+                # PostgreSQL would turn the COMMIT into a ROLLBACK, so the client must not
+                # be told its writes were kept.
+                logger.error(
+                    "request %s %s: the view answered %s on an aborted transaction; "
+                    "rolled back, answering 500",
+                    request.method,
+                    request.path,
+                    response.status_code,
+                )
+                response = _error(
+                    "The request could not be completed; nothing was saved.",
+                    "transaction_aborted",
+                    500,
+                )
             if response.status_code >= 500:
                 transaction.set_rollback(True)
         return response

@@ -188,6 +188,20 @@ def test_view_with_savepoint_rollback_and_4xx_is_billed_once(api, org):
     assert list(Case.objects.values_list("reference_number", "title")) == [("SP-1", "first")]
 
 
+@pytest.mark.urls("billing.tests.urls_metering")
+def test_a_view_answering_on_an_aborted_transaction_gets_500_and_nothing_is_kept(api, caplog):
+    """PostgreSQL would turn the COMMIT of an aborted transaction into a ROLLBACK: the
+    client is told (500), not billed, and the view's write is gone; the billing write
+    was not even attempted on the dead transaction (logged as not written)."""
+    with caplog.at_level(logging.ERROR):
+        response = api.post("/api/v1/test-aborted/", HTTP_X_REQUEST_ID="ab-1")
+    assert response.status_code == 500
+    assert response.json()["code"] == "transaction_aborted"
+    assert not Client.objects.filter(name="lost").exists()
+    assert BillingEvent.objects.count() == 0
+    assert any("aborted transaction" in r.getMessage() for r in caplog.records)
+
+
 def test_nonexistent_object_404_is_billed(api):
     assert api.get(f"/api/v1/cases/{uuid.uuid4()}/").status_code == 404
     assert BillingEvent.objects.get().dimensions["route"] == "/api/v1/cases/{pk}/"

@@ -240,3 +240,85 @@ def test_raw_insert_round_trips_every_column(org, owner):
     stored = BillingEvent.objects.get(pk=event.pk)
     for field in BillingEvent._meta.concrete_fields:
         assert getattr(stored, field.attname) == getattr(event, field.attname), field.name
+
+
+# --- insert_event_guarded: the request path's one-round-trip write -------------------------
+
+
+def _built(org, request_id="g-1"):
+    return services.build_event(organization=org, event_name="api.request", request_id=request_id)
+
+
+def test_guarded_insert_is_one_query_and_idempotent(org):
+    with CaptureQueriesContext(connection) as ctx:
+        services.insert_event_guarded(_built(org))
+        services.insert_event_guarded(_built(org))  # the same key: skipped, no error
+    assert len(ctx.captured_queries) == 2
+    assert BillingEvent.objects.filter(request_id="g-1").count() == 1
+
+
+def test_guarded_insert_refuses_an_already_aborted_transaction_without_sending(org):
+    """A statement that failed earlier without a savepoint left the transaction aborted:
+    nothing is sent (it would fail and its cleanup too), the error says why."""
+    from django.db import DatabaseError, transaction
+
+    with transaction.atomic():
+        with pytest.raises(DatabaseError), connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+        with CaptureQueriesContext(connection) as ctx:
+            with pytest.raises(DatabaseError, match="already aborted"):
+                services.insert_event_guarded(_built(org))
+        assert ctx.captured_queries == []
+        transaction.set_rollback(True)
+
+
+def test_guarded_insert_failure_restores_the_transaction(org, settings):
+    """A real error of the INSERT (a price overflowing the integer column) is rolled back
+    to the savepoint: the transaction goes on, an earlier write in it is kept."""
+    from django.db import DataError
+
+    record_event(organization=org, event_name="doc.upload", request_id="kept")
+    settings.BILLING_PRICE_BOOK = {"api.request": 3_000_000_000}
+    with pytest.raises(DataError):
+        services.insert_event_guarded(_built(org))
+    assert not connection.needs_rollback
+    assert list(BillingEvent.objects.values_list("request_id", flat=True)) == ["kept"]
+
+
+def test_guarded_insert_whose_savepoint_never_existed_marks_the_transaction_for_rollback(
+    org, monkeypatch
+):
+    """If the whole query is refused before anything runs (a syntax error: the savepoint
+    is never created), the transaction cannot be restored: it is marked for rollback
+    rather than committed with an aborted state."""
+    from django.db import DatabaseError, transaction
+
+    monkeypatch.setattr(services, "_GUARD_SAVEPOINT", "1 not a name")
+    with transaction.atomic():
+        with pytest.raises(DatabaseError):
+            services.insert_event_guarded(_built(org))
+        assert connection.needs_rollback
+
+
+@pytest.mark.django_db(transaction=True)
+def test_guarded_insert_outside_a_transaction_is_refused(org):
+    from django.db.transaction import TransactionManagementError
+
+    assert not connection.in_atomic_block
+    with pytest.raises(TransactionManagementError):
+        services.insert_event_guarded(_built(org, request_id="autocommit-1"))
+    assert not BillingEvent.objects.filter(request_id="autocommit-1").exists()
+
+
+def test_migration_0008_builds_and_drops_indexes_concurrently_and_leaves_the_foreign_key():
+    """billing 0008 on a table of millions of events: no ACCESS EXCLUSIVE lock, no
+    re-validation of the foreign key (sqlmigrate prints what migrate would run)."""
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("sqlmigrate", "billing", "0008", stdout=out)
+    sql = out.getvalue()
+    assert "CREATE INDEX CONCURRENTLY" in sql and "DROP INDEX CONCURRENTLY" in sql
+    assert "FOREIGN KEY" not in sql and "ALTER TABLE" not in sql

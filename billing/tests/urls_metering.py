@@ -1,7 +1,7 @@
 """Test-only URLs: the project's URLs plus views that answer with a chosen status
 inside the tenant context (to test which statuses are billed)."""
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.http import JsonResponse
 from django.urls import include, path
 
@@ -39,8 +39,21 @@ def savepoint_error_view(request):
     return JsonResponse({"detail": "no error", "code": "unexpected"}, status=200)
 
 
+def aborted_transaction_view(request):
+    """Writes a client, then swallows a real database error raised WITHOUT a savepoint
+    (the bug this view stands for) and answers 200 on the aborted transaction."""
+    Client.objects.create(organization=request.organization, name="lost")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+    except DatabaseError:
+        pass
+    return JsonResponse({"detail": "looks fine", "code": "ok"}, status=200)
+
+
 urlpatterns = [
     path("api/v1/test-status/<int:code>/", status_view),
     path("api/v1/test-savepoint/", savepoint_error_view),
+    path("api/v1/test-aborted/", aborted_transaction_view),
     path("", include("goldleaves.urls")),
 ]
