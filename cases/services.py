@@ -8,7 +8,7 @@ and the services check again, raising ``CrossTenantReferenceError``.
 import logging
 
 from django.core.files.uploadedfile import UploadedFile
-from django.db import DatabaseError, transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from billing.selectors import event_resource_id
@@ -299,20 +299,23 @@ def document_process(*, organization, document_id) -> Document | None:
     * ``DocumentProcessingError`` or a storage error (``OSError``): the document is
       ``failed`` with the error's message as the reason (shown to users),
       ``processed_at`` set and NO event; logged at WARNING.
-    * ``django.db.DatabaseError`` (a statement timeout, a serialization failure, a
-      lost connection, a value the column refuses...): propagates. The transaction
-      rolls back and the document stays ``pending``: the failure is not the
-      document's, so it is neither failed nor left unbilled for good;
-      ``process_documents`` retries it.
-    * any other exception (a bug in a parser): ``failed`` with the reason
+    * a transient database error (``OperationalError``: a statement timeout, a
+      serialization failure, a deadlock, a lost connection; ``InterfaceError``):
+      propagates. The transaction rolls back and the document stays ``pending``: the
+      failure is not the document's, so it is neither failed nor left unbilled for
+      good; ``process_documents`` retries it.
+    * any other exception, including a permanent database error (``DataError``,
+      ``IntegrityError``, ``ProgrammingError``: the same on every retry), or a bug in a
+      parser: ``failed`` with the reason
       ``unexpected processing error (<exception class>)`` (no internal detail shown to
       users), NO event; logged at ERROR with the document id and the traceback.
 
     Returns:
         the document, or ``None`` if it no longer exists.
     Raises:
-        django.db.DatabaseError: from locking the row, processing (see above) or
-            marking it failed; the document is then still ``pending``.
+        django.db.DatabaseError: from locking the row, a transient error while
+            processing (see above), or marking it failed; the document is then still
+            ``pending``.
     """
     with tenant_context(organization):
         document = (
@@ -328,8 +331,8 @@ def document_process(*, organization, document_id) -> Document | None:
         except (DocumentProcessingError, OSError) as exc:
             _mark_failed(document, str(exc) or exc.__class__.__name__)
             logger.warning("document %s not processed: %s", document.pk, exc)
-        except DatabaseError:
-            raise  # the savepoint is rolled back; the document stays pending (see above)
+        except (OperationalError, InterfaceError):
+            raise  # transient: the savepoint is rolled back; the document stays pending
         except Exception as exc:
             _mark_failed(document, f"unexpected processing error ({exc.__class__.__name__})")
             logger.exception("document %s: unexpected processing error; marked failed", document.pk)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import DataError, OperationalError, connection
+from django.db import OperationalError, connection
 from pypdf import PdfWriter
 
 from billing.models import BillingEvent
@@ -279,12 +279,11 @@ def test_unexpected_processing_error_marks_failed_logs_and_does_not_bill(
     assert errors[0].exc_info[0] is RuntimeError
 
 
-def test_database_error_while_billing_processing_leaves_the_document_pending(org, owner, settings):
-    """A real database error inside the processing (a page price overflowing the integer
-    column: DataError on the doc.processed INSERT) is not the document's fault: the
-    savepoint is rolled back, the error propagates, and the document stays pending (not
-    failed, not half 'processed' with a page count), with nothing billed, for
-    ``process_documents`` to retry."""
+def test_permanent_database_error_while_billing_marks_the_document_failed(org, owner, settings):
+    """A real database error that would recur on every retry (a page price overflowing
+    the integer column: DataError on the doc.processed INSERT): the savepoint is rolled
+    back (no half 'processed' document, nothing billed) and the document is failed with
+    a reason, not left pending for process_documents to retry forever."""
     settings.BILLING_PRICE_BOOK = {"doc.processed": 3_000_000_000}
     case = CaseFactory(organization=org)
     document = services.document_create(
@@ -293,12 +292,10 @@ def test_database_error_while_billing_processing_leaves_the_document_pending(org
         case=case,
         file=SimpleUploadedFile("c.pdf", pdf_bytes(2), "application/pdf"),
     )
-    with pytest.raises(DataError):
-        services.document_process(organization=org, document_id=document.pk)
+    services.document_process(organization=org, document_id=document.pk)
     document.refresh_from_db()
-    assert (document.processing_status, document.page_count) == ("pending", None)
-    assert document.processed_at is None
-    assert document.processing_failure_reason == ""
+    assert (document.processing_status, document.page_count) == ("failed", None)
+    assert document.processing_failure_reason == "unexpected processing error (DataError)"
     assert not BillingEvent.objects.filter(event_name="doc.processed").exists()
     # the transaction is still usable after the error
     assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
