@@ -10,10 +10,11 @@ IDs:
 * ``billing.E001``: ``BILLING_PRICE_BOOK`` is not an object of event name -> integer
   cents in ``[0, 2147483647]`` (the range of the ``integer`` column).
 * ``billing.E002``: ``USAGE_RATE_CENTS`` is not an integer number of cents in that range.
-* ``billing.E003``: ``STRIPE_RESEND_WINDOW_HOURS`` is not a number of hours greater than 0
-  and less than 24. Stripe enforces the uniqueness of a meter event ``identifier`` only
-  "within a rolling period of at least 24 hours"
-  (https://docs.stripe.com/api/billing/meter-event/create, ``identifier``), so an
+* ``billing.E003``: ``STRIPE_RESEND_WINDOW_HOURS`` is not a whole number of hours
+  (``int``) from 1 to 23; the environment gives whole hours only (``env.int`` in
+  ``goldleaves/settings.py``), so a float can only come from code. Stripe enforces the
+  uniqueness of a meter event ``identifier`` only "within a rolling period of at least
+  24 hours" (https://docs.stripe.com/api/billing/meter-event/create, ``identifier``), so an
   aggregate resent 24 h or more after its first send could be counted twice; 0 or less
   would never resend anything, not even after a timeout (see ``billing.reporting``).
 """
@@ -46,14 +47,15 @@ def check_pricing(app_configs=None, **kwargs) -> list[Error]:
 
 @register(TAG)
 def check_resend_window(app_configs=None, **kwargs) -> list[Error]:
-    """``billing.E003`` when ``settings.STRIPE_RESEND_WINDOW_HOURS`` is not a number
-    (``int`` or ``float``, not ``bool``) of hours with ``0 < hours < 24``; ``[]`` otherwise."""
+    """``billing.E003`` when ``settings.STRIPE_RESEND_WINDOW_HOURS`` is not an ``int``
+    (not ``bool``, not ``float``: the environment gives whole hours only) with
+    ``1 <= hours <= 23``; ``[]`` otherwise."""
     hours = getattr(settings, "STRIPE_RESEND_WINDOW_HOURS", None)
-    if isinstance(hours, int | float) and not isinstance(hours, bool) and 0 < hours < 24:
+    if isinstance(hours, int) and not isinstance(hours, bool) and 1 <= hours <= 23:
         return []
     return [
         Error(
-            f"STRIPE_RESEND_WINDOW_HOURS must be greater than 0 and less than 24 hours, "
+            f"STRIPE_RESEND_WINDOW_HOURS must be a whole number of hours from 1 to 23, "
             f"not {hours!r}",
             hint="Set STRIPE_RESEND_WINDOW_HOURS to a whole number of hours from 1 to 23 "
             "(default 23): Stripe deduplicates a meter event identifier for a rolling "
