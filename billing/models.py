@@ -131,7 +131,11 @@ class MeterReport(TenantModel):
     """One run of usage reporting to Stripe meters for one organization (command or API).
 
     ``until`` is the exclusive end (UTC) of the events it covers; counts say what it
-    did. The outbox rows it created or sent are ``UsageAggregate``s.
+    did. The outbox rows it created or sent are ``UsageAggregate``s. ``created_at`` is
+    when it was queued (or, for the command, began); ``started_at`` when its run moved
+    it ``queued -> running`` (a report can wait in the in-process worker's queue), the
+    instant by which a ``running`` report is judged abandoned
+    (``reporting._abandon_stale_reports``); ``finished_at`` when it reached a final status.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -152,6 +156,11 @@ class MeterReport(TenantModel):
     events_posted = models.IntegerField(default=0)
     detail = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the run began (queued -> running, UTC); null while queued.",
+    )
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

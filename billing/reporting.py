@@ -66,9 +66,13 @@ changes nothing.
 (``queue_report``); see its docstring for what happens when that process dies.
 
 Runs of one organization never overlap: a run that finds the organization's lock held
-is recorded as ``skipped`` (the run holding it does the work), and a run that starts
-marks that organization's reports still ``queued``/``running`` after
-``ABANDONED_AFTER`` (1 hour) as ``failed`` ("abandoned"): their process stopped.
+is recorded as ``skipped`` (the run holding it does the work). A report's status moves
+only by conditional updates (``queued -> running`` when its run begins,
+``running -> <final>`` when it ends), so a report marked ``failed`` ("abandoned")
+meanwhile stays so. A run
+that holds the lock marks the organization's other reports abandoned
+(``_abandon_stale_reports``): ``running`` ones whose run began (``started_at``) more
+than ``ABANDONED_AFTER`` (1 hour) ago, and ``queued`` ones created more than that ago.
 """
 
 from __future__ import annotations
@@ -85,8 +89,8 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, F, Max, Q, Sum
-from django.db.models.functions import TruncHour
+from django.db.models import Case, Count, F, Max, Q, Sum, When
+from django.db.models.functions import Coalesce, TruncHour
 from django.utils import timezone
 
 from billing.models import (
@@ -103,11 +107,25 @@ logger = logging.getLogger("billing.reporting")
 
 STRIPE_MAX_AGE = timedelta(days=35)
 MAX_SIGNIFICANT_DIGITS = 15
-#: A ``queued``/``running`` report older than this, of an organization whose lock a new
-#: run holds, belongs to a process that stopped (``_abandon_stale_reports``); POSTs
-#: within it return the report in progress instead of queuing another (``queue_report``).
+#: How long a report counts as in progress (``_unfinished_reports``): a ``running`` one
+#: since its ``started_at``, a ``queued`` one since its ``created_at``. Within it a POST
+#: returns the report in progress instead of queuing another (``queue_report``); past
+#: it a run holding the organization's lock marks the report abandoned
+#: (``_abandon_stale_reports``).
 ABANDONED_AFTER = timedelta(hours=1)
+#: ``detail`` of a ``running`` report marked abandoned: its run began more than
+#: ``ABANDONED_AFTER`` ago and does not hold the organization's lock.
 ABANDONED_DETAIL = "abandoned: the process running it stopped"
+#: ``detail`` of a ``queued`` report marked abandoned (``{report}``: the id of the run
+#: that marked it). Its process may have stopped, or it may still be waiting behind
+#: other reports in that process's worker: nothing here can tell which, so it says both.
+ABANDONED_QUEUED_DETAIL = (
+    "abandoned: still queued after 1 hour (its process stopped, or its worker was busy); "
+    "run {report} reported the organization's pending usage instead"
+)
+#: Namespaces of the organization's PostgreSQL advisory locks (``_advisory_key``).
+RUN_LOCK = "usage-report"
+QUEUE_LOCK = "usage-report-queue"
 
 SENT = "sent"
 FAILED = "failed"
@@ -127,9 +145,9 @@ def current_hour(now: datetime | None = None) -> datetime:
 
 def resend_window() -> timedelta:
     """How long after an aggregate's first send it may still be resent automatically:
-    ``settings.STRIPE_RESEND_WINDOW_HOURS`` (environment, default 23 h; system check
-    ``billing.E003`` keeps it in (0, 24)), inside the rolling period of at least 24 h
-    during which Stripe deduplicates meter event identifiers
+    ``settings.STRIPE_RESEND_WINDOW_HOURS`` (environment, whole hours, default 23; system
+    check ``billing.E003`` requires an ``int`` from 1 to 23), inside the rolling period
+    of at least 24 h during which Stripe deduplicates meter event identifiers
     (https://docs.stripe.com/api/billing/meter-event/create, ``identifier``) and
     replays idempotency keys."""
     return timedelta(hours=settings.STRIPE_RESEND_WINDOW_HOURS)
@@ -544,6 +562,19 @@ def send_aggregate(client, aggregate: UsageAggregate, *, organization) -> str:
             time.sleep(settings.STRIPE_RETRY_BACKOFF_SECONDS * (2 ** (aggregate.attempts - 1)))
 
 
+def _advisory_key(purpose: str, organization_id) -> int:
+    """The PostgreSQL advisory lock key (a ``bigint``) of ``organization_id`` (a UUID or
+    any value with a stable ``str``) for ``purpose``: ``RUN_LOCK`` (the session lock a
+    run holds for all its work, ``_organization_lock``) or ``QUEUE_LOCK`` (the
+    transaction lock that serializes ``queue_report``). Different purposes give
+    different keys, so a POST never waits for a run in progress. The first 60 bits of
+    SHA-256 of ``"<purpose>:<organization_id>"``: stable across processes and Python
+    versions (unlike ``hash()``), always positive and within ``bigint``
+    (https://www.postgresql.org/docs/15/functions-admin.html#FUNCTIONS-ADVISORY-LOCKS
+    takes one ``bigint`` key)."""
+    return int(hashlib.sha256(f"{purpose}:{organization_id}".encode()).hexdigest()[:15], 16)
+
+
 @contextlib.contextmanager
 def _organization_lock(organization):
     """Hold a session-level PostgreSQL advisory lock for this organization's reporting
@@ -556,7 +587,7 @@ def _organization_lock(organization):
     Raises:
         ReportingError: another run holds it.
     """
-    key = int(hashlib.sha256(f"usage-report:{organization.pk}".encode()).hexdigest()[:15], 16)
+    key = _advisory_key(RUN_LOCK, organization.pk)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
         if not cursor.fetchone()[0]:
@@ -585,9 +616,18 @@ def report_usage(
     Report status ``skipped`` (``detail`` says which): the organization has no
     ``stripe_customer_id``, or another run holds its reporting lock (that run sends the
     pending usage; nothing is lost). A run that takes the lock first marks the
-    organization's abandoned reports ``failed`` (``_abandon_stale_reports``). Returns
-    the result with its (saved) ``MeterReport``; ``report``, when given, is a report
-    of this organization already ``running`` (the worker's, see ``queue_report``).
+    organization's abandoned reports ``failed`` (``_abandon_stale_reports``).
+
+    Without ``report`` a ``running`` report is created (``started_at`` now). With
+    ``report`` (the worker's, see ``queue_report``: a report of this organization) the
+    run claims it by a conditional update ``queued -> running`` (``started_at`` now)
+    and does nothing else if that changes no row (the report was marked abandoned or
+    run meanwhile: a warning is logged). Once it holds the organization's lock it checks
+    again that the report is still ``running`` (it may have been marked abandoned while
+    the run waited) and stops if not. It ends the report by a conditional update
+    ``running -> <final status>`` (``_finish``), so a report marked ``failed``
+    meanwhile is never turned back. Returns the result with the report as stored
+    (refreshed from the database when it was not this run's to change).
 
     Raises:
         Exception: anything unexpected while building or sending (a database error
@@ -604,11 +644,16 @@ def report_usage(
                 until=until,
                 dry_run=dry_run,
                 status=MeterReportStatus.RUNNING,
+                started_at=timezone.now(),
             )
-        else:
-            report.until, report.dry_run = until, dry_run
-            report.status = MeterReportStatus.RUNNING
-            report.save(update_fields=["status", "until", "dry_run"])
+        elif not _start(report, until=until, dry_run=dry_run):
+            logger.warning(
+                "usage report %s is no longer queued (%s: %s): not run",
+                report.pk,
+                report.status,
+                report.detail,
+            )
+            return ReportResult(report=report)
         result = ReportResult(report=report)
         if not organization.stripe_customer_id:
             _finish(report, MeterReportStatus.SKIPPED, "no Stripe customer (stripe_customer_id)")
@@ -621,6 +666,21 @@ def report_usage(
 
     try:
         with _organization_lock(organization):
+            with tenant_context(organization):
+                still_running = MeterReport.objects.filter(
+                    pk=report.pk, status=MeterReportStatus.RUNNING
+                ).exists()
+            if not still_running:
+                with tenant_context(organization):
+                    report.refresh_from_db()
+                logger.warning(
+                    "usage report %s was marked %s while it waited for the organization's "
+                    "lock (%s): not run",
+                    report.pk,
+                    report.status,
+                    report.detail,
+                )
+                return result
             abandoned = _abandon_stale_reports(organization, current=report)
             if abandoned:
                 result.lines.append(f"marked {abandoned} abandoned report(s) failed")
@@ -645,6 +705,27 @@ def report_usage(
             status = MeterReportStatus.SUCCEEDED
         _finish(report, status, "")
     return result
+
+
+def _start(report: MeterReport, *, until: datetime, dry_run: bool) -> bool:
+    """Claim ``report`` for this run: ``queued -> running`` with ``started_at`` now (and
+    ``until``, ``dry_run``), by a conditional update. Returns ``True`` when this run
+    claimed it (``report`` updated in memory), ``False`` when it was not ``queued``
+    (``report`` refreshed from the database). Runs in the caller's tenant context."""
+    now = timezone.now()
+    claimed = MeterReport.objects.filter(pk=report.pk, status=MeterReportStatus.QUEUED).update(
+        status=MeterReportStatus.RUNNING, started_at=now, until=until, dry_run=dry_run
+    )
+    if not claimed:
+        report.refresh_from_db()
+        return False
+    report.status, report.started_at, report.until, report.dry_run = (
+        MeterReportStatus.RUNNING,
+        now,
+        until,
+        dry_run,
+    )
+    return True
 
 
 def _build_and_send(organization, until, report, result, client_factory) -> None:
@@ -683,28 +764,66 @@ def _build_and_send(organization, until, report, result, client_factory) -> None
             result.lines.append(f"FAILED {aggregate.identifier}: {aggregate.last_error}")
 
 
-def _abandon_stale_reports(organization, *, current: MeterReport) -> int:
-    """Mark ``organization``'s reports still ``queued``/``running`` that were created more
-    than ``ABANDONED_AFTER`` ago, other than ``current``, as ``failed`` with detail
-    ``ABANDONED_DETAIL``. Called by a run that holds the organization's reporting lock,
-    so none of them is running now (a run holds the lock for all of its work): their
-    process stopped. Their work is not lost; this run picks it up (see ``queue_report``).
-    A queued report marked so is never run later (``_run_queued_report`` claims only a
-    ``queued`` report). Returns how many were marked."""
-    with tenant_context(organization):
-        return (
-            MeterReport.objects.for_organization(organization)
-            .filter(
-                status__in=[MeterReportStatus.QUEUED, MeterReportStatus.RUNNING],
-                created_at__lt=timezone.now() - ABANDONED_AFTER,
-            )
-            .exclude(pk=current.pk)
-            .update(
-                status=MeterReportStatus.FAILED,
-                detail=ABANDONED_DETAIL,
-                finished_at=timezone.now(),
+def _unfinished_reports(organization, *, stale: bool, now: datetime | None = None):
+    """``organization``'s reports still ``queued`` or ``running``, split by
+    ``ABANDONED_AFTER`` in one place (a ``MeterReport`` queryset, for ``queue_report``
+    and ``_abandon_stale_reports``).
+
+    A report's age is counted from ``in_progress_since`` (annotated): ``started_at`` for
+    a ``running`` report (when its run began; ``created_at`` for a row from before
+    migration 0009, which has none), ``created_at`` for a ``queued`` one. ``stale=False``:
+    those that began or were queued within ``ABANDONED_AFTER`` before ``now`` (default:
+    the current time); ``stale=True``: the others. Runs in the caller's tenant context.
+    """
+    cutoff = (now or timezone.now()) - ABANDONED_AFTER
+    reports = (
+        MeterReport.objects.for_organization(organization)
+        .filter(status__in=[MeterReportStatus.QUEUED, MeterReportStatus.RUNNING])
+        .annotate(
+            in_progress_since=Case(
+                When(status=MeterReportStatus.RUNNING, then=Coalesce("started_at", "created_at")),
+                default=F("created_at"),
             )
         )
+    )
+    if stale:
+        return reports.filter(in_progress_since__lt=cutoff)
+    return reports.filter(in_progress_since__gte=cutoff)
+
+
+def _abandon_stale_reports(organization, *, current: MeterReport) -> int:
+    """Mark ``organization``'s stale unfinished reports (``_unfinished_reports``), other
+    than ``current``, ``failed`` (``finished_at`` now). Called only by a run that holds
+    the organization's reporting lock (``_organization_lock``), which a run keeps for
+    all of its work. The rule, precisely:
+
+    * ``running`` and its run began (``started_at``) more than ``ABANDONED_AFTER`` ago:
+      detail ``ABANDONED_DETAIL``. A live run holds the lock from moments after it
+      begins (``report_usage``: claim, then lock) to its end; only that step, and the
+      dry-run and no-Stripe-customer paths that end at once, run without it. This run
+      holds it, so no one is running that report: its process stopped. (A report that waited long in
+      a worker's queue is not old here: its age counts from ``started_at``.)
+    * ``queued`` and created more than ``ABANDONED_AFTER`` ago: detail
+      ``ABANDONED_QUEUED_DETAIL``. Either its process stopped, or it is still waiting
+      in that process's worker (one thread, runs of all organizations in turn); no
+      process can tell another's queue, so the detail names both. Either way this run
+      reports the organization's pending usage now; if its worker reaches it later, the
+      claim ``queued -> running`` changes nothing and it is not run (``report_usage``).
+
+    Their work is not lost: it lives in the database (pending events and outbox rows,
+    see ``queue_report``) and this run picks it up. Returns how many were marked."""
+    with tenant_context(organization):
+        now = timezone.now()
+        stale = _unfinished_reports(organization, stale=True, now=now).exclude(pk=current.pk)
+        running = stale.filter(status=MeterReportStatus.RUNNING).update(
+            status=MeterReportStatus.FAILED, detail=ABANDONED_DETAIL, finished_at=now
+        )
+        queued = stale.filter(status=MeterReportStatus.QUEUED).update(
+            status=MeterReportStatus.FAILED,
+            detail=ABANDONED_QUEUED_DETAIL.format(report=current.pk),
+            finished_at=now,
+        )
+        return running + queued
 
 
 def requeue_failed(*, aggregates) -> tuple[int, list[str]]:
@@ -777,27 +896,29 @@ def queue_report(*, organization, requested_by=None) -> MeterReport:
     """Queue a report run of ``organization`` on this process's reporting worker, or
     return the one already in progress.
 
-    If a report of the organization is ``queued`` or ``running`` and was created less
-    than ``ABANDONED_AFTER`` ago, that report is returned and nothing is queued (one
-    run does the work; concurrent calls are serialized by a transaction-level advisory
-    lock, so two POSTs cannot both queue). Otherwise a ``queued`` ``MeterReport`` is
-    created and handed, once the caller's transaction has committed
-    (``transaction.on_commit``), to the worker: one background thread (a
-    ``ThreadPoolExecutor`` with one worker, so runs of one process are sequential),
-    never the request thread. Returns the report at once; ``GET report-usage/<id>/``
-    follows it.
+    If a report of the organization is in progress (``_unfinished_reports`` with
+    ``stale=False``: ``queued`` less than ``ABANDONED_AFTER`` ago, or ``running`` and
+    begun less than that ago), the newest is returned and nothing is queued (one run
+    does the work; concurrent calls are serialized by a transaction-level advisory lock,
+    ``QUEUE_LOCK``, held until the caller's transaction ends, so two POSTs cannot both
+    queue). Otherwise a ``queued`` ``MeterReport`` is created and handed, once the
+    caller's transaction has committed (``transaction.on_commit``), to the worker: one
+    background thread (a ``ThreadPoolExecutor`` with one worker, so runs of one process
+    are sequential), never the request thread. Returns the report at once;
+    ``GET report-usage/<id>/`` follows it.
 
-    The worker (``_run_queued_report``) claims the report (``queued -> running``, a
-    conditional update: a report marked abandoned meanwhile is not run), runs
-    ``report_usage`` on its own database connection (closed when the run ends), takes
-    the organization's advisory lock on that connection (held by another run: the report
-    becomes ``skipped``), marks the report ``failed`` with the error text on ANY
-    exception, and never raises into the request.
+    The worker (``_run_queued_report``) runs ``report_usage`` for the report on its own
+    database connection (closed when the run ends), which claims it (``queued ->
+    running``, ``started_at``, a conditional update: a report marked abandoned meanwhile
+    is not run) and takes the organization's advisory lock on that connection (held by
+    another run: the report becomes ``skipped``); the worker marks the report ``failed``
+    with the error text on ANY exception, and never raises into the request.
 
     In-process queueing, no broker: a report whose process dies before or during its
-    run stays ``queued``/``running`` until the next run of the organization marks it
-    ``failed`` ("abandoned", after ``ABANDONED_AFTER``). Nothing is lost or sent twice,
-    because the work itself lives in the database, not in the queue: the events stay
+    run stays ``queued``/``running`` until a later run of the organization, holding its
+    lock, marks it ``failed`` ("abandoned", ``ABANDONED_AFTER`` after it was queued or
+    began; see ``_abandon_stale_reports`` for the exact rule). Nothing is lost or sent
+    twice, because the work itself lives in the database, not in the queue: the events stay
     ``pending`` (not yet aggregated, or linked to a ``pending`` outbox row committed
     before any send), and the next run, ``manage.py report_usage`` or another POST,
     picks up exactly those: unaggregated events go into new aggregates, and pending
@@ -805,19 +926,11 @@ def queue_report(*, organization, requested_by=None) -> MeterReport:
     deduplicates them within ``resend_window()``; past it they are flagged for
     reconciliation, never resent).
     """
-    key = int(hashlib.sha256(f"usage-report-queue:{organization.pk}".encode()).hexdigest()[:15], 16)
+    key = _advisory_key(QUEUE_LOCK, organization.pk)
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
-        in_progress = (
-            MeterReport.objects.for_organization(organization)
-            .filter(
-                status__in=[MeterReportStatus.QUEUED, MeterReportStatus.RUNNING],
-                created_at__gte=timezone.now() - ABANDONED_AFTER,
-            )
-            .order_by("-created_at")
-            .first()
-        )
+        in_progress = _unfinished_reports(organization, stale=False).order_by("-created_at").first()
         if in_progress is not None:
             return in_progress
         report = MeterReport.objects.create(
@@ -839,14 +952,9 @@ def _run_queued_report(report_id, organization, requested_by) -> None:
     """The worker thread's job for one queued report (see ``queue_report``). Never raises."""
     try:
         with tenant_context(organization):
-            claimed = MeterReport.objects.filter(
-                pk=report_id, status=MeterReportStatus.QUEUED
-            ).update(status=MeterReportStatus.RUNNING)
-            if not claimed:
-                logger.warning("usage report %s is no longer queued: not run", report_id)
-                return
             report = MeterReport.objects.get(pk=report_id)
             organization = type(organization).objects.get(pk=organization.pk)  # fresh copy
+        # report_usage claims it (queued -> running) or, if it is no longer queued, does nothing
         report_usage(organization=organization, report=report, requested_by=requested_by)
     except Exception as exc:
         # report_usage recorded it already; this records an error raised before it
@@ -905,8 +1013,38 @@ def _plan(organization, until: datetime, result: ReportResult) -> None:
         transaction.savepoint_rollback(sid)
 
 
-def _finish(report: MeterReport, status: str, detail: str) -> None:
-    report.status = status
-    report.detail = detail
-    report.finished_at = timezone.now()
-    report.save()
+def _finish(report: MeterReport, status: str, detail: str) -> bool:
+    """End this run's report: ``running -> status`` with ``detail``, ``finished_at`` and
+    the run's counts, by a conditional update (``WHERE status = 'running'``). Returns
+    ``True`` when it was written (``report`` updated in memory). ``False`` when the
+    report was no longer ``running`` (marked failed, "abandoned", meanwhile): nothing is
+    overwritten, a warning with what this run would have written is logged, and
+    ``report`` is refreshed from the database. Runs in the caller's tenant context."""
+    changes = {
+        "status": status,
+        "detail": detail,
+        "finished_at": timezone.now(),
+        "aggregates_created": report.aggregates_created,
+        "aggregates_sent": report.aggregates_sent,
+        "aggregates_failed": report.aggregates_failed,
+        "events_posted": report.events_posted,
+    }
+    if MeterReport.objects.filter(pk=report.pk, status=MeterReportStatus.RUNNING).update(**changes):
+        for name, value in changes.items():
+            setattr(report, name, value)
+        return True
+    report.refresh_from_db()
+    logger.warning(
+        "usage report %s was marked %s meanwhile (%s); not overwritten with %s (%s): "
+        "%s aggregate(s) created, %s sent, %s failed, %s event(s) posted",
+        report.pk,
+        report.status,
+        report.detail,
+        status,
+        detail,
+        changes["aggregates_created"],
+        changes["aggregates_sent"],
+        changes["aggregates_failed"],
+        changes["events_posted"],
+    )
+    return False

@@ -154,7 +154,9 @@ class MeterReportSerializer(serializers.ModelSerializer):
     """A usage-reporting run to Stripe (``report-usage/``): ``status`` is a
     ``MeterReportStatus`` value (``queued``, ``running``, ``succeeded``, ``partial``,
     ``failed``, ``dry_run``, ``skipped``) and ``detail`` says why a run failed or was
-    skipped (no Stripe customer, another run held the organization's lock, abandoned)."""
+    skipped (no Stripe customer, another run held the organization's lock, abandoned).
+    ``created_at`` is when it was queued, ``started_at`` when its run began (``null``
+    while queued), ``finished_at`` when it ended (UTC, ISO 8601)."""
 
     class Meta:
         model = MeterReport
@@ -169,6 +171,7 @@ class MeterReportSerializer(serializers.ModelSerializer):
             "events_posted",
             "detail",
             "created_at",
+            "started_at",
             "finished_at",
         ]
         read_only_fields = fields

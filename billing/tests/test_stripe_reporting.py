@@ -8,7 +8,6 @@ request that Stripe would process as a new create is recorded in ``creates`` (du
 included), so the tests assert how many creates each identifier got.
 """
 
-import hashlib
 import importlib
 import json
 import logging
@@ -708,20 +707,31 @@ def test_an_error_in_one_organization_does_not_stop_the_others(
 # --- one run at a time per organization: the in-process queue and abandoned reports ----------
 
 
-def make_report(org, *, status, age=timedelta(0)):
+def make_report(org, *, status, age=timedelta(0), started=None):
+    """A report created ``age`` ago; ``started`` (how long ago its run began) defaults to
+    ``age`` for a ``running`` report and to never for any other."""
+    if started is None and status == MeterReportStatus.RUNNING:
+        started = age
+    now = timezone.now()
     with tenant_context(org):
         return MeterReport.objects.create(
             organization=org,
-            until=timezone.now(),
+            until=now,
             status=status,
-            created_at=timezone.now() - age,
+            created_at=now - age,
+            started_at=None if started is None else now - started,
         )
 
 
-def test_a_post_while_a_report_is_in_progress_returns_that_report(fake_stripe, customer_org, api):
-    # In this rolled-back test transaction on_commit never fires: the report stays queued.
+def test_a_post_returns_the_report_in_progress_instead_of_queuing_another(
+    fake_stripe, customer_org, api
+):
+    """Sequential POSTs in one transaction (on_commit never fires: the report stays
+    queued). The concurrent case, which needs the advisory lock, is
+    ``test_two_concurrent_posts_queue_one_report``."""
     first = api.post("/api/v1/billing/report-usage/")
     assert (first.status_code, first.json()["status"]) == (202, "queued")
+    assert first.json()["started_at"] is None
     again = api.post("/api/v1/billing/report-usage/")
     assert (again.status_code, again.json()["id"]) == (202, first.json()["id"])
     assert MeterReport.objects.count() == 1
@@ -739,6 +749,23 @@ def test_a_post_while_a_report_is_in_progress_returns_that_report(fake_stripe, c
     assert fake_stripe.requests == []
 
 
+def test_a_post_judges_a_running_report_by_when_its_run_began(fake_stripe, customer_org, api):
+    # queued 3 h ago (it waited behind other organizations' runs), began 5 minutes ago
+    waited = make_report(
+        customer_org,
+        status=MeterReportStatus.RUNNING,
+        age=timedelta(hours=3),
+        started=timedelta(minutes=5),
+    )
+    during = api.post("/api/v1/billing/report-usage/")
+    assert (during.json()["id"], during.json()["status"]) == (str(waited.pk), "running")
+    assert during.json()["started_at"] is not None
+    # began 2 h ago: its process stopped (a live run holds the organization's lock)
+    MeterReport.objects.filter(pk=waited.pk).update(started_at=timezone.now() - timedelta(hours=2))
+    fresh = api.post("/api/v1/billing/report-usage/")
+    assert (fresh.json()["status"], fresh.json()["id"] != str(waited.pk)) == ("queued", True)
+
+
 def test_a_run_marks_the_organizations_abandoned_reports_failed(
     fake_stripe, customer_org, outsider_org
 ):
@@ -746,28 +773,145 @@ def test_a_run_marks_the_organizations_abandoned_reports_failed(
     old = timedelta(hours=1, minutes=1)
     stale_queued = make_report(customer_org, status=MeterReportStatus.QUEUED, age=old)
     stale_running = make_report(customer_org, status=MeterReportStatus.RUNNING, age=old)
+    # queued long ago, but its run began 59 minutes ago: not stale (judged by started_at)
+    waited = make_report(
+        customer_org,
+        status=MeterReportStatus.RUNNING,
+        age=timedelta(hours=3),
+        started=timedelta(minutes=59),
+    )
+    # a row from before migration 0009 (no started_at): judged by created_at
+    legacy = make_report(customer_org, status=MeterReportStatus.RUNNING, age=old)
+    MeterReport.objects.filter(pk=legacy.pk).update(started_at=None)
     recent = make_report(customer_org, status=MeterReportStatus.QUEUED, age=timedelta(minutes=59))
     finished = make_report(customer_org, status=MeterReportStatus.SUCCEEDED, age=old)
     other_org = make_report(outsider_org, status=MeterReportStatus.RUNNING, age=old)
     # the report being run is old too (it waited in a busy worker): it is not touched
-    current = make_report(customer_org, status=MeterReportStatus.RUNNING, age=timedelta(hours=3))
+    current = make_report(customer_org, status=MeterReportStatus.QUEUED, age=timedelta(hours=3))
     result = reporting.report_usage(organization=customer_org, report=current)
     assert result.report.pk == current.pk
-    assert "marked 2 abandoned report(s) failed" in result.lines
+    assert "marked 3 abandoned report(s) failed" in result.lines
     rows = {r.pk: r for r in MeterReport.objects.all()}
-    for abandoned in (stale_queued, stale_running):
+    for abandoned in (stale_running, legacy):
         assert rows[abandoned.pk].status == MeterReportStatus.FAILED
         assert rows[abandoned.pk].detail == "abandoned: the process running it stopped"
         assert rows[abandoned.pk].finished_at is not None
+    # a queued one may only be waiting in a busy worker: the detail does not say it stopped
+    assert rows[stale_queued.pk].status == MeterReportStatus.FAILED
+    assert rows[stale_queued.pk].detail == (
+        "abandoned: still queued after 1 hour (its process stopped, or its worker was busy); "
+        f"run {current.pk} reported the organization's pending usage instead"
+    )
+    assert rows[stale_queued.pk].finished_at is not None
+    assert rows[waited.pk].status == MeterReportStatus.RUNNING
     assert rows[recent.pk].status == MeterReportStatus.QUEUED
     assert rows[finished.pk].status == MeterReportStatus.SUCCEEDED
     assert rows[other_org.pk].status == MeterReportStatus.RUNNING
     assert (rows[current.pk].status, rows[current.pk].detail) == ("succeeded", "")
+    assert rows[current.pk].started_at > rows[current.pk].created_at + timedelta(hours=2)
     assert fake_stripe.identifiers() == [ident(customer_org, "api_requests", 0)]
 
 
+def test_a_run_claims_only_a_queued_report(fake_stripe, customer_org, caplog):
+    """``report_usage(report=...)`` moves the report ``queued -> running`` by a
+    conditional update: a report marked abandoned (failed) before its run began is
+    neither run nor turned back to ``running``."""
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    report = make_report(customer_org, status=MeterReportStatus.QUEUED)
+    MeterReport.objects.filter(pk=report.pk).update(
+        status=MeterReportStatus.FAILED, detail="abandoned: marked by another run"
+    )
+    with caplog.at_level(logging.WARNING, logger="billing.reporting"):
+        result = reporting.report_usage(organization=customer_org, report=report)
+    assert (result.report.status, result.report.detail) == (
+        "failed",
+        "abandoned: marked by another run",
+    )
+    report.refresh_from_db()
+    assert (report.status, report.started_at) == (MeterReportStatus.FAILED, None)
+    assert fake_stripe.requests == []
+    assert not UsageAggregate.objects.exists()
+    assert any("is no longer queued" in r.getMessage() for r in caplog.records)
+
+
+def test_a_report_abandoned_while_it_waited_for_the_lock_is_not_run(
+    fake_stripe, customer_org, monkeypatch, caplog
+):
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    report = make_report(customer_org, status=MeterReportStatus.QUEUED)
+    real_lock = reporting._organization_lock
+
+    def lock_after_being_abandoned(organization):
+        # between the claim (running) and the lock: another run marks it abandoned
+        MeterReport.objects.filter(pk=report.pk).update(
+            status=MeterReportStatus.FAILED, detail=reporting.ABANDONED_DETAIL
+        )
+        return real_lock(organization)
+
+    monkeypatch.setattr(reporting, "_organization_lock", lock_after_being_abandoned)
+    with caplog.at_level(logging.WARNING, logger="billing.reporting"):
+        result = reporting.report_usage(organization=customer_org, report=report)
+    assert (result.report.status, result.report.detail) == ("failed", reporting.ABANDONED_DETAIL)
+    report.refresh_from_db()
+    assert (report.status, report.detail) == ("failed", reporting.ABANDONED_DETAIL)
+    assert fake_stripe.requests == []
+    assert any(
+        "while it waited for the organization's lock" in r.getMessage() for r in caplog.records
+    )
+
+
+@pytest.mark.parametrize("stripe_customer", ["cus_acme", ""])
+def test_a_report_abandoned_during_its_run_is_not_turned_back(
+    fake_stripe, customer_org, monkeypatch, caplog, stripe_customer
+):
+    """The run ends its report by a conditional update ``running -> <final>``: a report
+    marked failed meanwhile keeps that status and detail (the run would have written
+    ``succeeded``, or ``skipped`` for an organization without a Stripe customer)."""
+    customer_org.stripe_customer_id = stripe_customer
+    customer_org.save(update_fields=["stripe_customer_id"])
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    report = make_report(customer_org, status=MeterReportStatus.QUEUED)
+
+    def abandon():
+        MeterReport.objects.filter(pk=report.pk).update(
+            status=MeterReportStatus.FAILED, detail=reporting.ABANDONED_DETAIL
+        )
+
+    real_start, real_send = reporting._start, reporting.send_aggregate
+
+    def start_then_abandon(report, **kwargs):
+        claimed = real_start(report, **kwargs)
+        if not stripe_customer:  # this path ends at once: abandon it right after the claim
+            abandon()
+        return claimed
+
+    def abandon_then_send(client, aggregate, **kwargs):
+        abandon()  # while the run is sending
+        return real_send(client, aggregate, **kwargs)
+
+    monkeypatch.setattr(reporting, "_start", start_then_abandon)
+    monkeypatch.setattr(reporting, "send_aggregate", abandon_then_send)
+    with caplog.at_level(logging.WARNING, logger="billing.reporting"):
+        result = reporting.report_usage(organization=customer_org, report=report)
+    report.refresh_from_db()
+    assert (report.status, report.detail) == ("failed", reporting.ABANDONED_DETAIL)
+    assert (result.report.status, result.report.detail) == ("failed", reporting.ABANDONED_DETAIL)
+    assert report.started_at is not None
+    warned = [r.getMessage() for r in caplog.records if "not overwritten" in r.getMessage()]
+    assert len(warned) == 1
+    if stripe_customer:
+        assert "not overwritten with succeeded" in warned[0]
+        assert "1 sent" in warned[0] and "1 event(s) posted" in warned[0]
+        # the work itself was done and acknowledged: Stripe has it once, the event is posted
+        assert fake_stripe.identifiers() == [ident(customer_org, "api_requests", 0)]
+        assert BillingEvent.objects.get().status == BillingEventStatus.POSTED
+    else:
+        assert "not overwritten with skipped" in warned[0]
+        assert fake_stripe.requests == []
+
+
 def lock_key(org) -> int:
-    return int(hashlib.sha256(f"usage-report:{org.pk}".encode()).hexdigest()[:15], 16)
+    return reporting._advisory_key(reporting.RUN_LOCK, org.pk)
 
 
 # --- POST report-usage/: queued on the in-process worker, never run in the request -----------
@@ -808,19 +952,26 @@ def test_report_usage_endpoint_answers_202_before_stripe_does(
 
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
         mock.add_callback(responses.POST, METER_URL, callback=slow_stripe)
-        started = time.monotonic()
-        response = api.post("/api/v1/billing/report-usage/")
-        took = time.monotonic() - started
-        assert response.status_code == 202
-        assert response.json()["status"] == "queued"
-        report_id = response.json()["id"]
-        assert called.wait(timeout=10), "the worker never called Stripe"
-        assert not answered.is_set(), "the 202 came only after Stripe answered"
-        assert took < 5
-        assert api.get(f"/api/v1/billing/report-usage/{report_id}/").json()["status"] == "running"
-        release.set()
+        try:
+            started = time.monotonic()
+            response = api.post("/api/v1/billing/report-usage/")
+            took = time.monotonic() - started
+            assert response.status_code == 202
+            assert response.json()["status"] == "queued"
+            assert response.json()["started_at"] is None
+            report_id = response.json()["id"]
+            assert called.wait(timeout=10), "the worker never called Stripe"
+            assert not answered.is_set(), "the 202 came only after Stripe answered"
+            assert took < 5
+            running = api.get(f"/api/v1/billing/report-usage/{report_id}/").json()
+            assert running["status"] == "running"
+            assert running["started_at"] is not None
+        finally:
+            release.set()  # also when an assertion failed: the worker must not hang
         done = wait_for_report(api, report_id)
     assert (done["status"], done["aggregates_sent"], done["events_posted"]) == ("succeeded", 1, 1)
+    stamps = [datetime.fromisoformat(done[k]) for k in ("created_at", "started_at", "finished_at")]
+    assert stamps == sorted(stamps)
     assert fake.requests == [sent(customer_org, "api_requests", 0, "1")]
     with cross_tenant(reason="test assertions"):
         aggregate = UsageAggregate.objects.get()
@@ -896,6 +1047,69 @@ def test_the_worker_does_not_run_a_report_marked_abandoned_meanwhile(
         report.refresh_from_db()
         assert report.status == MeterReportStatus.FAILED
         assert not UsageAggregate.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_posts_queue_one_report(fake_stripe, customer_org, worker_idle):
+    """A real race on two connections: the first ``queue_report`` runs inside a
+    transaction held open after it queued its report (uncommitted, invisible to others);
+    the second waits on the transaction-level advisory lock (asserted with
+    ``pg_blocking_pids``) until the first commits, then finds that report and returns
+    it. Without the lock the second would see no report in progress and queue another."""
+    from django.db import transaction
+
+    queued, release = threading.Event(), threading.Event()
+    pids: dict = {}
+    results: dict = {}
+
+    def first() -> None:
+        try:
+            with tenant_context(customer_org), transaction.atomic():
+                results["first"] = reporting.queue_report(organization=customer_org)
+                pids["first"] = connection.connection.info.backend_pid
+                queued.set()
+                assert release.wait(20)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
+            results["first"] = exc
+        finally:
+            connection.close()
+
+    def second() -> None:
+        try:
+            connection.ensure_connection()
+            pids["second"] = connection.connection.info.backend_pid
+            with tenant_context(customer_org):
+                results["second"] = reporting.queue_report(organization=customer_org)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
+            results["second"] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    threads[0].start()
+    assert queued.wait(20), results.get("first")
+    threads[1].start()
+    try:
+        blockers: list = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "second" not in results:
+            if "second" in pids:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_blocking_pids(%s)", [pids["second"]])
+                    blockers = cursor.fetchone()[0]
+                if blockers:
+                    break
+            time.sleep(0.02)
+        assert blockers == [pids["first"]], "the second POST never waited on the first"
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(30)
+    assert isinstance(results["first"], MeterReport), results["first"]
+    assert isinstance(results["second"], MeterReport), results["second"]
+    assert results["second"].pk == results["first"].pk
+    with cross_tenant(reason="test assertions"):
+        assert list(MeterReport.objects.values_list("pk", flat=True)) == [results["first"].pk]
 
 
 # --- migration 0006: aggregates sent before it get first_sent_at -----------------------------
