@@ -160,6 +160,7 @@ class MeterReportAdmin(_ReadOnlyAdmin):
         "aggregates_failed",
         "events_posted",
         "created_at",
+        "started_at",
         "finished_at",
     ]
     list_filter = ["status", "dry_run", "organization", "created_at"]

@@ -227,7 +227,7 @@ STRIPE_METERS = env.json(
 STRIPE_MAX_ATTEMPTS = env.int("STRIPE_MAX_ATTEMPTS", default=5)
 STRIPE_RETRY_BACKOFF_SECONDS = env.float("STRIPE_RETRY_BACKOFF_SECONDS", default=1.0)
 STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30.0)
-# Hours after its first send an aggregate may still be resent (check billing.E003: 0 < h < 24).
+# Hours after its first send an aggregate may still be resent (billing.E003: whole hours 1-23).
 STRIPE_RESEND_WINDOW_HOURS = env.int("STRIPE_RESEND_WINDOW_HOURS", default=23)
 
 # --- Logging: every line carries the request id -------------------------------
