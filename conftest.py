@@ -128,3 +128,26 @@ def anon_api():
     from rest_framework.test import APIClient
 
     return APIClient()
+
+
+def wait_for_blockers(pids: dict, results: dict, *, waiter="second", timeout=20.0) -> list:
+    """Poll ``pg_blocking_pids`` of the backend ``pids[waiter]`` (PostgreSQL manual, 9.26
+    "System Information Functions") until it is blocked by another backend or has
+    finished (``waiter in results``), for at most ``timeout`` seconds. Returns the
+    blocking backends' pids: ``[]`` means it never waited. For tests that prove a
+    second connection really queues behind a first one."""
+    import time
+
+    from django.db import connection
+
+    blockers: list = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and waiter not in results:
+        if waiter in pids:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_blocking_pids(%s)", [pids[waiter]])
+                blockers = cursor.fetchone()[0]
+            if blockers:
+                break
+        time.sleep(0.02)
+    return blockers

@@ -133,9 +133,10 @@ def cross_tenant(*, reason: str = "", using: str = DEFAULT_DB_ALIAS):
     Django admin (``AdminCrossTenantMiddleware``), ``backfill_organizations`` (one batch
     writes memberships of many organizations), ``process_documents`` (finds pending
     documents of every organization, then processes each in its own ``tenant_context``),
-    the staff-only billing pipeline health endpoint (``billing.apis``), and test set-up. Never in a request handler of the tenant
-    API. ``onboard_tenant`` does not use it: it writes the new organization's owner
-    membership inside that organization's own ``tenant_context``.
+    the staff-only billing pipeline health endpoint (``billing.apis``), and test set-up.
+    Never in a request handler of the tenant API. ``onboard_tenant`` does not use it: it
+    writes the new organization's owner membership inside that organization's own
+    ``tenant_context``.
 
     Args:
         reason: free text for readers and logs (what the cross-tenant access is for).

@@ -41,7 +41,7 @@ from billing.models import (
     UsageAggregateStatus,
 )
 from billing.services import record_event, record_events
-from conftest import bearer_client
+from conftest import bearer_client, wait_for_blockers
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.tests.factories import member_of
 
@@ -1090,16 +1090,7 @@ def test_two_concurrent_posts_queue_one_report(fake_stripe, customer_org, worker
     assert queued.wait(20), results.get("first")
     threads[1].start()
     try:
-        blockers: list = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and "second" not in results:
-            if "second" in pids:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_blocking_pids(%s)", [pids["second"]])
-                    blockers = cursor.fetchone()[0]
-                if blockers:
-                    break
-            time.sleep(0.02)
+        blockers = wait_for_blockers(pids, results)
         assert blockers == [pids["first"]], "the second POST never waited on the first"
     finally:
         release.set()

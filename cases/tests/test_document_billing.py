@@ -1,7 +1,6 @@
 import io
 import logging
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from cases import processing, services
 from cases.models import Document
 from cases.processing import TEXT_LINES_PER_PAGE, count_text_pages
 from cases.tests.factories import CaseFactory
+from conftest import wait_for_blockers
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.tests.factories import OrganizationFactory, member_of
 
@@ -193,16 +193,7 @@ def test_concurrent_retries_create_one_document(settings):
     assert first_inserted.wait(20)
     second.start()
     try:
-        blockers: list = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and "second" not in results:
-            if "second" in pids:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_blocking_pids(%s)", [pids["second"]])
-                    blockers = cursor.fetchone()[0]
-                if blockers:
-                    break
-            time.sleep(0.02)
+        blockers = wait_for_blockers(pids, results)
         assert blockers == [pids["first"]], "the second upload never waited on the first"
     finally:
         release.set()

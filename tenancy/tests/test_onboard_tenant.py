@@ -3,6 +3,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
+from conftest import wait_for_blockers
 from tenancy.models import Membership, Organization, User
 
 pytestmark = pytest.mark.django_db
@@ -245,7 +246,6 @@ def test_two_onboardings_of_one_new_slug_at_once(second_owner):
     "unchanged", another owner is refused with the command's message (exit status 1),
     never an ``IntegrityError`` traceback."""
     import threading
-    import time
 
     from django.db import connection, transaction
 
@@ -283,16 +283,7 @@ def test_two_onboardings_of_one_new_slug_at_once(second_owner):
     assert inserted.wait(20), results.get("first")
     threads[1].start()
     try:
-        blockers: list = []
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and "second" not in results:
-            if "second" in pids:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_blocking_pids(%s)", [pids["second"]])
-                    blockers = cursor.fetchone()[0]
-                if blockers:
-                    break
-            time.sleep(0.02)
+        blockers = wait_for_blockers(pids, results)
         assert blockers == [pids["first"]], "the second onboarding never waited on the first"
     finally:
         release.set()
