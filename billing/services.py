@@ -149,9 +149,9 @@ def insert_event_guarded(event: BillingEvent) -> None:
     ``bulk_create`` costs three round trips (SAVEPOINT, INSERT, RELEASE), this one. If
     the INSERT fails, a second round trip (``ROLLBACK TO SAVEPOINT; RELEASE``) restores
     the transaction, with every earlier write of the request intact, and the error is
-    raised. The statements
-    go through a client-side-binding psycopg cursor (``_psycopg_cursor``: multi-statement
-    queries need the simple query protocol, whatever ``server_side_binding`` says).
+    raised. The statements go through a client-side-binding psycopg cursor
+    (``_psycopg_cursor``: multi-statement queries need the simple query protocol,
+    whatever ``server_side_binding`` says).
 
     A transaction that an earlier statement already aborted is refused before anything is
     sent (nothing could be written in it, and the request will fail at its end). If the
