@@ -151,3 +151,60 @@ def wait_for_blockers(pids: dict, results: dict, *, waiter="second", timeout=20.
                 break
         time.sleep(0.02)
     return blockers
+
+
+def race_second_behind_first(first, second, *, what="the second", timeout=20.0) -> dict:
+    """Prove that PostgreSQL makes ``second`` wait for ``first``, then let both finish.
+
+    ``first()`` runs in a thread on its own connection inside ``transaction.atomic()``,
+    which is held open after it returns; then ``second()`` runs in another thread on its
+    own connection. Asserts that the second backend was blocked by the first
+    (``wait_for_blockers``), releases the first transaction (it commits) and joins both.
+    Returns ``{"first": result, "second": result}``, an exception raised by either in
+    place of its result. Needs ``transaction=True`` tests (real commits).
+    """
+    import threading
+
+    from django.db import connection, transaction
+
+    held, release = threading.Event(), threading.Event()
+    pids: dict = {}
+    results: dict = {}
+
+    def run_first() -> None:
+        try:
+            with transaction.atomic():
+                pids["first"] = connection.connection.info.backend_pid
+                results["first"] = first()
+                held.set()
+                assert release.wait(timeout)
+        except Exception as exc:  # noqa: BLE001 - reported by the caller's assertions
+            results["first"] = exc
+        finally:
+            held.set()
+            connection.close()
+
+    def run_second() -> None:
+        try:
+            connection.ensure_connection()
+            pids["second"] = connection.connection.info.backend_pid
+            results["second"] = second()
+        except Exception as exc:  # noqa: BLE001 - reported by the caller's assertions
+            results["second"] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run_first), threading.Thread(target=run_second)]
+    threads[0].start()
+    assert held.wait(timeout) and not isinstance(results.get("first"), Exception), results.get(
+        "first"
+    )
+    threads[1].start()
+    try:
+        blockers = wait_for_blockers(pids, results, timeout=timeout)
+        assert blockers == [pids["first"]], f"{what} never waited on the first"
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(timeout + 10)
+    return results

@@ -41,7 +41,7 @@ from billing.models import (
     UsageAggregateStatus,
 )
 from billing.services import record_event, record_events
-from conftest import bearer_client, wait_for_blockers
+from conftest import bearer_client, race_second_behind_first
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.tests.factories import member_of
 
@@ -1056,46 +1056,12 @@ def test_two_concurrent_posts_queue_one_report(fake_stripe, customer_org, worker
     the second waits on the transaction-level advisory lock (asserted with
     ``pg_blocking_pids``) until the first commits, then finds that report and returns
     it. Without the lock the second would see no report in progress and queue another."""
-    from django.db import transaction
 
-    queued, release = threading.Event(), threading.Event()
-    pids: dict = {}
-    results: dict = {}
+    def queue() -> MeterReport:
+        with tenant_context(customer_org):
+            return reporting.queue_report(organization=customer_org)
 
-    def first() -> None:
-        try:
-            with tenant_context(customer_org), transaction.atomic():
-                results["first"] = reporting.queue_report(organization=customer_org)
-                pids["first"] = connection.connection.info.backend_pid
-                queued.set()
-                assert release.wait(20)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
-            results["first"] = exc
-        finally:
-            connection.close()
-
-    def second() -> None:
-        try:
-            connection.ensure_connection()
-            pids["second"] = connection.connection.info.backend_pid
-            with tenant_context(customer_org):
-                results["second"] = reporting.queue_report(organization=customer_org)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
-            results["second"] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    threads[0].start()
-    assert queued.wait(20), results.get("first")
-    threads[1].start()
-    try:
-        blockers = wait_for_blockers(pids, results)
-        assert blockers == [pids["first"]], "the second POST never waited on the first"
-    finally:
-        release.set()
-        for thread in threads:
-            thread.join(30)
+    results = race_second_behind_first(queue, queue, what="the second POST")
     assert isinstance(results["first"], MeterReport), results["first"]
     assert isinstance(results["second"], MeterReport), results["second"]
     assert results["second"].pk == results["first"].pk

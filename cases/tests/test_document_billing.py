@@ -1,12 +1,11 @@
 import io
 import logging
-import threading
 import uuid
 from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import OperationalError, connection
+from django.db import OperationalError
 from pypdf import PdfWriter
 
 from billing.models import BillingEvent
@@ -14,7 +13,7 @@ from cases import processing, services
 from cases.models import Document
 from cases.processing import TEXT_LINES_PER_PAGE, count_text_pages
 from cases.tests.factories import CaseFactory
-from conftest import wait_for_blockers
+from conftest import race_second_behind_first
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.tests.factories import OrganizationFactory, member_of
 
@@ -163,42 +162,18 @@ def test_concurrent_retries_create_one_document(settings):
         org = OrganizationFactory()
         user = member_of(org)
         case = CaseFactory(organization=org)
-    first_inserted, release = threading.Event(), threading.Event()
-    results: dict = {}
-    pids: dict = {}
 
-    def run(name: str, hold: bool) -> None:
-        try:
-            with tenant_context(org):
-                pids[name] = connection.connection.info.backend_pid
-                document = services.document_create(
-                    organization=org,
-                    acting_user=user,
-                    case=case,
-                    file=SimpleUploadedFile("race.txt", b"line\n", "text/plain"),
-                    request_id="race-1",
-                )
-                if hold:
-                    first_inserted.set()
-                    assert release.wait(20)
-            results[name] = document.pk
-        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
-            results[name] = exc
-        finally:
-            connection.close()
+    def upload_once():
+        with tenant_context(org):
+            return services.document_create(
+                organization=org,
+                acting_user=user,
+                case=case,
+                file=SimpleUploadedFile("race.txt", b"line\n", "text/plain"),
+                request_id="race-1",
+            ).pk
 
-    first = threading.Thread(target=run, args=("first", True))
-    second = threading.Thread(target=run, args=("second", False))
-    first.start()
-    assert first_inserted.wait(20)
-    second.start()
-    try:
-        blockers = wait_for_blockers(pids, results)
-        assert blockers == [pids["first"]], "the second upload never waited on the first"
-    finally:
-        release.set()
-        first.join(30)
-        second.join(30)
+    results = race_second_behind_first(upload_once, upload_once, what="the second upload")
     assert not isinstance(results["first"], Exception), results["first"]
     assert results["second"] == results["first"]
     with cross_tenant(reason="test assertions"):

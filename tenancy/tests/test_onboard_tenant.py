@@ -3,7 +3,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from conftest import wait_for_blockers
+from conftest import race_second_behind_first
 from tenancy.models import Membership, Organization, User
 
 pytestmark = pytest.mark.django_db
@@ -245,50 +245,15 @@ def test_two_onboardings_of_one_new_slug_at_once(second_owner):
     with ``pg_blocking_pids``) until the first commits, then fails. The same owner is
     "unchanged", another owner is refused with the command's message (exit status 1),
     never an ``IntegrityError`` traceback."""
-    import threading
-
-    from django.db import connection, transaction
 
     from tenancy.context import cross_tenant
     from tenancy.services import organization_onboard
 
-    inserted, release = threading.Event(), threading.Event()
-    pids: dict = {}
-    results: dict = {}
-
-    def first() -> None:
-        try:
-            with transaction.atomic():
-                pids["first"] = connection.connection.info.backend_pid
-                results["first"] = organization_onboard(name="Acme Law", owner_email="a@acme.test")
-                inserted.set()
-                assert release.wait(20)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
-            results["first"] = exc
-        finally:
-            connection.close()
-
-    def second() -> None:
-        try:
-            connection.ensure_connection()
-            pids["second"] = connection.connection.info.backend_pid
-            results["second"] = run("--name", "Acme Law", "--owner-email", second_owner)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertions below
-            results["second"] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=first), threading.Thread(target=second)]
-    threads[0].start()
-    assert inserted.wait(20), results.get("first")
-    threads[1].start()
-    try:
-        blockers = wait_for_blockers(pids, results)
-        assert blockers == [pids["first"]], "the second onboarding never waited on the first"
-    finally:
-        release.set()
-        for thread in threads:
-            thread.join(30)
+    results = race_second_behind_first(
+        lambda: organization_onboard(name="Acme Law", owner_email="a@acme.test"),
+        lambda: run("--name", "Acme Law", "--owner-email", second_owner),
+        what="the second onboarding",
+    )
     assert not isinstance(results["first"], Exception), results["first"]
     assert results["first"].organization_created
     if second_owner.lower() == "a@acme.test":
