@@ -21,10 +21,10 @@ from rest_framework.views import APIView
 
 from billing.models import BillingEvent
 from cases.tests.factories import CaseFactory
-from conftest import bearer_client
 from tenancy import ratelimit
 from tenancy.context import cross_tenant
 from tenancy.models import Organization
+from tenancy.testing import bearer_client
 from tenancy.tests.factories import OrganizationFactory, member_of
 from tenancy.viewsets import TenantAPIMixin
 
