@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from rest_framework.throttling import BaseThrottle
 
+from tenancy.context import request_organization
+
 logger = logging.getLogger("billing.ratelimit")
 
 PERIOD_SECONDS = 60
@@ -255,7 +257,7 @@ class PlanRateThrottle(BaseThrottle):
         whether it was admitted.
         """
         django_request = getattr(request, "_request", request)
-        organization = getattr(django_request, "organization", None)
+        organization = request_organization(request)
         if organization is None:
             return True
         limit = tier_limit(organization)
