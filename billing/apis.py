@@ -2,13 +2,15 @@
 
 Thin views over ``billing.selectors``. The summary and report take an organization
 id in the path: the caller must be a member of it (staff: any organization), else
-404 (never 403: no enumeration). They run inside ``tenant_context`` of THAT
-organization, so row-level security, when enabled, applies to the target rows.
+404 (never 403: no enumeration), by ``tenancy.permissions.IsMemberOfTargetOrganization``.
+They run inside ``tenant_context`` of THAT organization, so row-level security, when
+enabled, applies to the target rows.
 """
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -27,8 +29,7 @@ from billing.serializers import (
     UsageSummarySerializer,
 )
 from tenancy.context import cross_tenant, tenant_context
-from tenancy.models import Organization
-from tenancy.selectors import membership_for
+from tenancy.permissions import IsMemberOfTargetOrganization
 from tenancy.viewsets import TenantAPIMixin
 
 _PERIOD_PARAMS = [
@@ -53,38 +54,20 @@ class BillingEventListApi(TenantAPIMixin, generics.ListAPIView):
 
 
 class _UsageApi(TenantAPIMixin, APIView):
+    """A period view of the organization named in the URL (``organization_id``), which
+    ``IsMemberOfTargetOrganization`` resolves into ``self.target_organization``."""
+
+    permission_classes = [IsAuthenticated, IsMemberOfTargetOrganization]
     query_serializer_class = PeriodQuerySerializer
 
-    def target(self, organization_id) -> Organization:
-        """The ``Organization`` whose id (a UUID, from the URL path) is ``organization_id``.
-
-        Looked up by id alone: organizations are the tenants, not tenant rows, so no
-        row-level security applies to them. Whether the caller may read it is checked
-        afterwards by ``period_response``, which also answers 404, so a caller cannot
-        tell another firm's organization from a missing one.
-
-        Raises:
-            rest_framework.exceptions.NotFound: no organization has that id (404).
-        """
-        organization = Organization.objects.filter(pk=organization_id).first()
-        if organization is None:
-            raise exceptions.NotFound
-        return organization
-
-    def period_response(self, request, organization_id, build):
-        """Resolve the organization, check access and the query, and run ``build`` in its
-        tenant context: ``build(organization, start, end, params) -> dict``."""
-        organization = self.target(organization_id)
+    def period_response(self, request, build):
+        """Check the query and run ``build`` in the target organization's tenant context:
+        ``build(organization, start, end, params) -> dict``."""
+        organization = self.target_organization
         query = self.query_serializer_class(
             data=request.query_params, context={"organization": organization}
         )
         with tenant_context(organization):
-            user = request.user
-            if (
-                not user.is_staff
-                and membership_for(user=user, organization_id=organization.pk) is None
-            ):
-                raise exceptions.NotFound
             query.is_valid(raise_exception=True)
             params = query.validated_data
             if "start" in params:
@@ -113,7 +96,7 @@ class UsageSummaryApi(_UsageApi):
             lines = selectors.usage_summary(organization=organization, start=start, end=end)
             return {"lines": lines, "total_cost_cents": sum(line["cost_cents"] for line in lines)}
 
-        body = self.period_response(request, organization_id, build)
+        body = self.period_response(request, build)
         return Response(UsageSummarySerializer(body).data)
 
 
@@ -139,7 +122,7 @@ class UsageReportApi(_UsageApi):
             serializer = REPORT_ROW_SERIALIZERS[group_by](rows, many=True)
             return {"group_by": group_by, "rows": serializer.data}
 
-        body = self.period_response(request, organization_id, build)
+        body = self.period_response(request, build)
         return Response(UsageReportSerializer(body).data)
 
 
