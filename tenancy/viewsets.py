@@ -7,6 +7,7 @@ object of another organization is a 404 for every method, never a 403.
 
 from rest_framework import exceptions, serializers, viewsets
 
+from tenancy.context import request_organization
 from tenancy.models import TenantQuerySet
 
 
@@ -36,7 +37,7 @@ class TenantAPIMixin:
         self.perform_authentication(request)
         self.check_throttles(request)
         self.check_permissions(request)
-        if getattr(request._request, "organization", None) is None:
+        if self.organization is None:
             raise exceptions.PermissionDenied(
                 "Authenticate with a bearer token (JWT) for an organization.",
                 code="organization_required",
@@ -44,7 +45,17 @@ class TenantAPIMixin:
 
     @property
     def organization(self):
-        return self.request._request.organization
+        """The request's ``Organization`` (``tenancy.context.request_organization``), or
+        ``None`` (schema introspection)."""
+        return request_organization(self.request)
+
+    def get_serializer_context(self) -> dict:
+        """DRF's serializer context (``request``, ``view``, ``format``) plus
+        ``organization``: the request's ``Organization`` (``None`` during schema
+        introspection). Serializers and their fields read the organization from here."""
+        context = super().get_serializer_context()
+        context["organization"] = self.organization
+        return context
 
     def finalize_response(self, request, response, *args, **kwargs):
         """Add the plan-tier RateLimit headers (``billing.ratelimit``) to every response."""
@@ -79,16 +90,17 @@ class TenantModelViewSet(TenantAPIMixin, viewsets.ModelViewSet):
 
 
 class TenantPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField):
-    """A related-object field that only accepts ids from the request's organization.
+    """A related-object field that only accepts ids from the serializer context's
+    ``organization`` (``TenantAPIMixin.get_serializer_context`` puts the request's there).
 
     An id of another organization's object is "does not exist" (400), never a
-    cross-tenant link and never a hint that the object exists.
+    cross-tenant link and never a hint that the object exists; without an organization
+    in the context no id is accepted.
     """
 
     def get_queryset(self):
         queryset = super().get_queryset()
-        request = self.context.get("request")
-        organization = getattr(getattr(request, "_request", request), "organization", None)
+        organization = self.context.get("organization")
         if organization is None:
             return queryset.none()
         return queryset.filter(organization_id=organization.pk)
