@@ -17,7 +17,7 @@ from rest_framework.views import APIView
 from billing import reporting, selectors
 from billing.filters import BillingEventFilter
 from billing.middleware import write_failures
-from billing.models import MeterReport
+from billing.models import BillingEvent, MeterReport
 from billing.serializers import (
     REPORT_ROW_SERIALIZERS,
     BillingEventSerializer,
@@ -42,15 +42,14 @@ class BillingEventListApi(TenantAPIMixin, generics.ListAPIView):
     """``GET events/``: the active organization's billing events, newest first, paginated.
     Filters: ``event_name``, ``status`` (0 pending, 1 posted), ``start``/``end``."""
 
+    model = BillingEvent
     serializer_class = BillingEventSerializer
     filterset_class = BillingEventFilter
     search_fields: list = []
     ordering_fields = ["created_at"]
 
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return selectors.BillingEvent.objects.none()
-        return selectors.event_list(organization=self.organization)
+    def tenant_queryset(self, organization):
+        return selectors.event_list(organization=organization)
 
 
 class _UsageApi(TenantAPIMixin, APIView):
@@ -172,7 +171,7 @@ class ReportUsageApi(TenantAPIMixin, APIView):
             PermissionDenied: 403 ``not_owner`` for a member who is neither staff nor
                 the organization's owner.
         """
-        if not (request.user.is_staff or request.membership.role == "owner"):
+        if not (request.user.is_staff or self.membership.role == "owner"):
             raise exceptions.PermissionDenied(
                 "Only the organization's owner or staff may report usage.", code="not_owner"
             )
@@ -183,11 +182,10 @@ class ReportUsageApi(TenantAPIMixin, APIView):
 class ReportUsageDetailApi(TenantAPIMixin, generics.RetrieveAPIView):
     """``GET report-usage/<id>/``: a usage-reporting run of the active organization."""
 
+    model = MeterReport
     serializer_class = MeterReportSerializer
 
-    def get_queryset(self):
-        """The active organization's ``MeterReport``s only, so a report of another
-        organization is a 404, never a 403 (no enumeration); ``none()`` for the schema."""
-        if getattr(self, "swagger_fake_view", False):
-            return MeterReport.objects.none()
-        return MeterReport.objects.for_organization(self.organization)
+    def tenant_queryset(self, organization):
+        """The organization's ``MeterReport``s only, so a report of another organization
+        is a 404, never a 403 (no enumeration)."""
+        return MeterReport.objects.for_organization(organization)

@@ -29,9 +29,9 @@ Headers follow the IETF draft "RateLimit header fields for HTTP"
 quota is whole again); a 429 also carries ``Retry-After`` (RFC 9110, 10.2.3), seconds.
 ``TenantAPIMixin.finalize_response`` adds them to every response of a tenant API view
 whose request was counted, error responses included (400 validation, 404, a 403 raised
-by the view or by a permission class: ``TenantAPIMixin.initial`` checks the throttles
-before the permissions, so a denied request is counted once, limited, and carries the
-headers too).
+by the view or by a permission class: ``TenantAPIMixin.check_permissions`` checks the
+throttles before the permissions, so a denied request is counted once, limited, and
+carries the headers too).
 
 Which responses carry NO RateLimit headers, on purpose:
 
