@@ -30,6 +30,7 @@ from django.core.exceptions import MiddlewareNotUsed
 
 from billing.services import build_event, insert_event_guarded
 from core.middleware import elapsed_ms
+from tenancy.context import request_organization
 
 logger = logging.getLogger("billing.metering")
 
@@ -114,7 +115,7 @@ def _status_is_unbilled(status_code: int, rules: list[str]) -> bool:
 class UsageMiddleware:
     """Writes one ``api.request`` event for each billable request.
 
-    Billable: ``request.organization`` is set; the path starts with one of
+    Billable: the request has an organization; the path starts with one of
     ``settings.BILLABLE_ROUTES``; it is not under ``BILLING_EXCLUDED_PATHS``,
     ``STATIC_URL`` or ``MEDIA_URL``; the status is not in ``BILLING_UNBILLED_STATUSES``
     (default 401, 403, 429, 5xx). The event: user, quantity 1 ``call`` priced by
@@ -147,7 +148,7 @@ class UsageMiddleware:
 
     def is_billable(self, request, response) -> bool:
         """Whether ``request`` (answered by ``response``) is metered; see the class doc."""
-        if getattr(request, "organization", None) is None:
+        if request_organization(request) is None:
             return False
         path = request.path
         if not any(path.startswith(prefix) for prefix in settings.BILLABLE_ROUTES):
@@ -163,7 +164,7 @@ class UsageMiddleware:
         try:
             match = getattr(request, "resolver_match", None)
             event = build_event(
-                organization=request.organization,
+                organization=request_organization(request),
                 event_name="api.request",
                 event_type="api",
                 user=request.user if getattr(request.user, "is_authenticated", False) else None,

@@ -257,6 +257,7 @@ def test_permanent_database_error_while_billing_marks_the_document_failed(org, o
         acting_user=owner,
         case=case,
         file=SimpleUploadedFile("c.pdf", pdf_bytes(2), "application/pdf"),
+        request_id=None,  # outside a request: no idempotency key
     )
     services.document_process(organization=org, document_id=document.pk)
     document.refresh_from_db()
@@ -316,6 +317,7 @@ def test_processing_twice_bills_once(org, owner, django_capture_on_commit_callba
             acting_user=owner,
             case=case,
             file=SimpleUploadedFile("b.pdf", pdf_bytes(2), "application/pdf"),
+            request_id=None,  # outside a request: no idempotency key
         )
     assert len(callbacks) == 1
     services.document_process(organization=org, document_id=document.pk)
