@@ -1,7 +1,8 @@
 """Usage reporting to Stripe that never double-bills and never swallows late usage.
 
-One module per concern, each with its own logger (``billing.reporting.<module>``); nothing
-is re-exported here, so import a name from the module that defines it:
+One module per concern; a module that logs has its own logger
+(``billing.reporting.<module>``). Nothing is re-exported here: import a name from the
+module that defines it.
 
 * ``identifiers``: the reported hour, aggregate identifiers, meter event values (Stripe's
   limits on timestamps and values).
@@ -18,5 +19,6 @@ is re-exported here, so import a name from the module that defines it:
 Imports inside the package run one way: ``identifiers``, ``stripe_api``, ``locks`` and
 ``lifecycle`` import no sibling; ``outbox`` imports ``identifiers``; ``reconciliation``
 imports ``outbox``; ``send`` imports ``identifiers``, ``reconciliation`` and
-``stripe_api``; ``runs`` imports all of these; ``queue`` imports ``runs``.
+``stripe_api``; ``runs`` imports all of these but ``reconciliation`` (which ``send``
+uses); ``queue`` imports ``runs``, ``lifecycle``, ``locks`` and ``identifiers``.
 """

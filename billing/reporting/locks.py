@@ -27,15 +27,15 @@ class ReportingError(RuntimeError):
 
 
 def advisory_key(purpose: str, organization_id) -> int:
-    """The PostgreSQL advisory lock key (a ``bigint``) of ``organization_id`` (a UUID or
-    any value with a stable ``str``) for ``purpose``: ``RUN_LOCK`` (the session lock a
-    run holds for all its work, ``organization_lock``) or ``QUEUE_LOCK`` (the
-    transaction lock that serializes ``queue_report``). Different purposes give
-    different keys, so a POST never waits for a run in progress. The first 60 bits of
-    SHA-256 of ``"<purpose>:<organization_id>"``: stable across processes and Python
-    versions (unlike ``hash()``), always positive and within ``bigint``
-    (https://www.postgresql.org/docs/15/functions-admin.html#FUNCTIONS-ADVISORY-LOCKS
-    takes one ``bigint`` key)."""
+    """The PostgreSQL advisory lock key (a ``bigint``) of ``organization_id`` (a UUID or any
+    value with a stable ``str``) for ``purpose``: ``RUN_LOCK`` (the session lock a run holds
+    for all its work, ``organization_lock``) or ``QUEUE_LOCK`` (the transaction lock that
+    serializes ``billing.reporting.queue.queue_report``). Different purposes give different
+    keys, so a POST never waits for a run in progress. The first 60 bits of SHA-256 of
+    ``"<purpose>:<organization_id>"``: stable across processes and Python versions (unlike
+    ``hash()``), always positive and within ``bigint``
+    (https://www.postgresql.org/docs/15/functions-admin.html#FUNCTIONS-ADVISORY-LOCKS takes
+    one ``bigint`` key)."""
     return int(hashlib.sha256(f"{purpose}:{organization_id}".encode()).hexdigest()[:15], 16)
 
 
@@ -43,10 +43,10 @@ def advisory_key(purpose: str, organization_id) -> int:
 def organization_lock(organization):
     """Hold a session-level PostgreSQL advisory lock for this organization's reporting
     (https://www.postgresql.org/docs/15/explicit-locking.html#ADVISORY-LOCKS), so two runs
-    never send for the same customer at once. Taken on the calling thread's own
-    connection (``django.db.connection`` is per thread: the worker of ``queue_report``
-    has its own). Session-level, so it needs a direct connection (not PgBouncer in
-    transaction mode, see DEPLOY.md).
+    never send for the same customer at once. Taken on the calling thread's own connection
+    (``django.db.connection`` is per thread: the worker of
+    ``billing.reporting.queue.queue_report`` has its own). Session-level, so it needs a
+    direct connection (not PgBouncer in transaction mode, see DEPLOY.md).
 
     Raises:
         ReportingError: another run holds it.

@@ -175,8 +175,9 @@ def acknowledge(
     """Step 3: the aggregate ``<one of from_statuses> -> sent`` and its events
     ``pending -> posted``, by conditional updates in one transaction, only if it was
     sent at least once (``first_sent_at`` set: Stripe cannot have it otherwise).
-    ``from_statuses`` is ``pending`` for a run; ``resolve_reconciliation`` passes
-    ``failed`` and ``needs_reconciliation`` (and ``last_error``, its note).
+    ``from_statuses`` is ``pending`` for a run;
+    ``billing.reporting.reconciliation.resolve_reconciliation`` passes ``failed`` and
+    ``needs_reconciliation`` (and ``last_error``, its note).
 
     Returns:
         the number of events posted, or ``None`` when the aggregate did not move (in

@@ -47,7 +47,8 @@ def send_aggregate(client, aggregate: UsageAggregate, *, organization) -> str:
     Every attempt carries the same ``identifier``; the ``Idempotency-Key`` is the
     aggregate's ``idempotency_key``, which changes only after a 5xx answer
     (``classify_stripe_error``). Before the first attempt ``first_sent_at`` is
-    committed; an aggregate first sent longer ago than ``resend_window()`` is not sent.
+    committed; an aggregate first sent longer ago than
+    ``billing.reporting.reconciliation.resend_window()`` is not sent.
 
     Returns:
         ``"sent"`` (Stripe acknowledged it, or already had its identifier),

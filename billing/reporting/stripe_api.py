@@ -44,7 +44,7 @@ def stripe_client():
 
 @dataclass(frozen=True)
 class ErrorVerdict:
-    """How ``send_aggregate`` treats a ``stripe.StripeError``.
+    """How ``billing.reporting.send.send_aggregate`` treats a ``stripe.StripeError``.
 
     ``delivered``: Stripe already has the event (duplicate identifier); ``retry``:
     another attempt may follow; ``new_key``: the next attempt needs a new
