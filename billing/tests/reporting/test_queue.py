@@ -16,8 +16,9 @@ from billing.reporting import queue as reporting_queue
 from billing.reporting import runs
 from billing.tests.fakes import METER_URL, FakeStripe
 from billing.tests.reporting.scenario import add_events, ident, lock_key, make_report, sent
-from conftest import bearer_client, race_second_behind_first
+from core.testing import race_second_behind_first
 from tenancy.context import cross_tenant, tenant_context
+from tenancy.testing import bearer_client
 from tenancy.tests.factories import member_of
 
 
