@@ -14,10 +14,11 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import reporting, selectors
+from billing import selectors
 from billing.filters import BillingEventFilter
 from billing.middleware import write_failures
 from billing.models import BillingEvent, MeterReport
+from billing.reporting.queue import queue_report
 from billing.serializers import (
     REPORT_ROW_SERIALIZERS,
     BillingEventSerializer,
@@ -150,8 +151,8 @@ class ReportUsageApi(TenantAPIMixin, APIView):
     Staff or the organization's owner only (403 otherwise). Returns 202 with the report
     at once; the run is enqueued after the request's transaction commits and runs on
     this process's reporting worker thread, never in the request
-    (``billing.reporting.queue_report``). While a report of the organization is queued
-    or running, the POST returns that report instead of queuing another.
+    (``billing.reporting.queue.queue_report``). While a report of the organization is
+    queued or running, the POST returns that report instead of queuing another.
     ``GET report-usage/<id>/`` shows its status.
     """
 
@@ -175,7 +176,7 @@ class ReportUsageApi(TenantAPIMixin, APIView):
             raise exceptions.PermissionDenied(
                 "Only the organization's owner or staff may report usage.", code="not_owner"
             )
-        report = reporting.queue_report(organization=self.organization, requested_by=request.user)
+        report = queue_report(organization=self.organization, requested_by=request.user)
         return Response(MeterReportSerializer(report).data, status=202)
 
 
