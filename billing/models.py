@@ -1,4 +1,4 @@
-"""Billing events: the metered usage of each organization (see DESIGN.md, Billing events)."""
+"""Billing events: the metered usage of each organization (see docs/architecture.md, "Billing events")."""
 
 import uuid
 from decimal import Decimal
