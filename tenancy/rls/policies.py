@@ -21,7 +21,7 @@ For each tenant table this module makes sure (idempotently) that:
   ``UNIQUE (organization_id, id)`` for it).
 
 Three places use it: the migration operation
-``tenancy.operations.TenantRowLevelSecurity`` (``forwards_sql`` / ``backwards_sql``,
+``tenancy.rls.operations.TenantRowLevelSecurity`` (``forwards_sql`` / ``backwards_sql``,
 static SQL in the migration's transaction, printed by ``sqlmigrate``), the
 ``migrate`` command's post-migrate backstop (``sync_tables``: only the tables of
 the applied migration state whose app has an applied RLS migration, and no DDL at

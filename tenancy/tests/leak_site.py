@@ -19,7 +19,7 @@ from django.http import JsonResponse
 from django.urls import include, path
 
 from cases.models import Case
-from tenancy.db_roles import rls_database_default
+from tenancy.rls.roles import rls_database_default
 
 
 def _pid_and_org():
