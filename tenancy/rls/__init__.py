@@ -11,3 +11,11 @@
 
 The request side (``tenant_context``, ``cross_tenant``) lives in ``tenancy.context``.
 """
+
+
+class RowLevelSecurityError(Exception):
+    """Row-level security or the database roles could not be set up as required: a table
+    lock not granted in time, an app role the login role may not create, a database
+    default it may not write, or a role switch asked for inside a transaction. The message
+    says what was (not) done and what to run; ``migrate`` and ``flush`` turn it into a
+    ``CommandError`` (exit status 1)."""

@@ -20,7 +20,7 @@ from cases.tests.factories import CaseFactory, ClientFactory
 from conftest import bearer_client
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.models import Membership, Organization, User
-from tenancy.rls import operations, policies
+from tenancy.rls import RowLevelSecurityError, operations, policies, roles
 from tenancy.rls.isolation import isolation_problems, isolation_warnings
 from tenancy.tests.dburl import owner_psycopg_connection
 from tenancy.tests.factories import PASSWORD, MembershipFactory, OrganizationFactory, member_of
@@ -610,3 +610,10 @@ def test_migrate_with_an_app_label_grants_the_app_role_the_new_tables(owner_conn
         assert app_role_can_read()
     finally:
         owner_conn_committed.execute("DROP TABLE granted_later")
+
+
+def test_owner_connection_refuses_to_switch_roles_inside_a_transaction(db):
+    # Library code raises the domain error; migrate and flush turn it into a CommandError.
+    with pytest.raises(RowLevelSecurityError, match="inside a transaction"):
+        with roles.owner_connection():
+            pass

@@ -18,16 +18,18 @@ app role too), but not after ``--plan`` or ``--check``, it also:
 """
 
 from django.conf import settings
+from django.core.management.base import CommandError
 from django.core.management.commands import migrate
 from django.db import connections
 
-from tenancy.rls import operations, policies, roles
+from tenancy.rls import RowLevelSecurityError, operations, policies, roles
 
 
 class Command(migrate.Command):
     """Django's ``migrate`` (same options) as the owner role, then the app role, the
     ``app.rls_enabled`` database default and the row-level-security backstop, as the
-    module docstring describes."""
+    module docstring describes. A ``RowLevelSecurityError`` (a lock not granted in time,
+    a role or default the login role may not write) exits 1 with its message."""
 
     help = migrate.Command.help + (
         " Runs as the owner role, then grants the app role and applies row-level security "
@@ -35,6 +37,12 @@ class Command(migrate.Command):
     )
 
     def handle(self, *args, **options):
+        try:
+            self._migrate(*args, **options)
+        except RowLevelSecurityError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _migrate(self, *args, **options):
         using = options["database"]
         with roles.owner_connection(using):
             super().handle(*args, **options)
