@@ -11,9 +11,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
+from tenancy.backfill import _free_slugs
 from tenancy.context import cross_tenant
 from tenancy.models import Membership, MembershipRole, Organization, User
-from tenancy.services import _free_slugs
 from tenancy.tests.dburl import subprocess_database_url
 from tenancy.tests.factories import OrganizationFactory
 

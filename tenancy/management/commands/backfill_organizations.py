@@ -6,9 +6,9 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, transaction
 
+from tenancy.backfill import BackfillBatchResult, organizations_backfill_batch
 from tenancy.context import cross_tenant
 from tenancy.models import User
-from tenancy.services import BackfillBatchResult, organizations_backfill_batch
 
 
 class Command(BaseCommand):
