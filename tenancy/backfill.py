@@ -1,7 +1,27 @@
 """The one-off backfill behind ``manage.py backfill_organizations``: a default organization
-for every user without one."""
+for every user without one.
 
-from dataclasses import dataclass
+Per user: the organization of their earliest membership if they have one; otherwise the
+default organization of their *key* -- ``domain:<domain>`` for a firm's domain (colleagues
+share it), ``email:<address>`` for a public mail domain (``PUBLIC_MAIL_DOMAINS``) --
+created if missing (``Organization.backfill_key``; named after the domain or the
+address's local part, slug from that name, suffixed ``-2``, ``-3``... when another
+organization has it), with an owner membership for its first (lowest id) user and member
+memberships for the rest. Then ``User.organization`` is set.
+
+Each batch runs in one transaction through ``cross_tenant`` (it writes memberships of
+many organizations): a crash loses at most the batch in flight, and a rerun resumes with
+the users still without an organization.
+"""
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+from django.db import DatabaseError, connection, transaction
+
+from tenancy.context import cross_tenant
+from tenancy.models import User
 
 #: Mail domains shared by unrelated people: their users get one organization each, named
 #: after the address's local part. Any other domain is a firm: its users share one.
@@ -66,6 +86,14 @@ LIMIT %(limit)s
 """
 
 
+class BackfillError(Exception):
+    """The backfill stopped: a batch hit a database error (its transaction was rolled
+    back; the batches before it stay committed, so a rerun resumes), or it was called
+    with a batch size or batch limit below 1. The message says which batch failed, the
+    first line of the database error (the ``DatabaseError`` is the ``__cause__``) and how
+    many users the committed batches did. ``backfill_organizations`` exits 1 with it."""
+
+
 @dataclass
 class BackfillBatchResult:
     """One batch of ``organizations_backfill_batch``: counts, and the last user id seen
@@ -76,6 +104,25 @@ class BackfillBatchResult:
     memberships_created: int = 0
     via_existing_membership: int = 0
     last_user_id: int | None = None
+
+
+@dataclass
+class BackfillTotals:
+    """What ``organizations_backfill`` did (or, in a dry run, would do): counts summed
+    over its ``batches``."""
+
+    batches: int = 0
+    users: int = 0
+    organizations_created: int = 0
+    memberships_created: int = 0
+    via_existing_membership: int = 0
+
+    def add(self, batch: BackfillBatchResult) -> None:
+        """Count ``batch`` in: one more batch and its counts."""
+        self.batches += 1
+        for field in fields(BackfillBatchResult):
+            if field.name != "last_user_id":
+                setattr(self, field.name, getattr(self, field.name) + getattr(batch, field.name))
 
 
 def _free_slugs(cursor, wanted: dict[str, str]) -> dict[str, str]:
@@ -114,6 +161,12 @@ def _free_slugs(cursor, wanted: dict[str, str]) -> dict[str, str]:
     return result
 
 
+def users_without_organization() -> int:
+    """How many users have no default organization (``User.organization`` NULL)."""
+    with cross_tenant(reason="backfill_organizations: count"):
+        return User.objects.filter(organization__isnull=True).count()
+
+
 def organizations_backfill_batch(*, after_id: int, batch_size: int) -> BackfillBatchResult:
     """Give the next ``batch_size`` users without an organization (id > ``after_id``) one.
 
@@ -129,10 +182,6 @@ def organizations_backfill_batch(*, after_id: int, batch_size: int) -> BackfillB
     memberships of many organizations): a crash loses at most the batch in flight, and a
     rerun resumes with the users still without an organization. Idempotent.
     """
-    from django.db import connection
-
-    from tenancy.context import cross_tenant
-
     params = {"public": list(PUBLIC_MAIL_DOMAINS), "after": after_id, "limit": batch_size}
     result = BackfillBatchResult()
     with cross_tenant(reason="backfill_organizations"), connection.cursor() as cursor:
@@ -207,3 +256,63 @@ def _backfill_temp_batch(cursor, result: BackfillBatchResult) -> None:
         """UPDATE tenancy_user u SET organization_id = b.org_id FROM backfill_batch b
            WHERE u.id = b.id AND u.organization_id IS NULL"""
     )
+
+
+def organizations_backfill(
+    *,
+    batch_size: int = 5000,
+    max_batches: int | None = None,
+    dry_run: bool = False,
+    on_batch: Callable[[BackfillTotals], None] | None = None,
+) -> BackfillTotals:
+    """Run ``organizations_backfill_batch`` until no user is left without an organization
+    (or ``max_batches`` batches ran), each batch in its own committed transaction.
+
+    A dry run does every batch inside one transaction that it rolls back at the end, so
+    later batches see what earlier ones would have created and the counts are true;
+    nothing is written.
+
+    Args:
+        batch_size: users per batch (and per transaction), at least 1.
+        max_batches: stop after this many batches (at least 1); ``None``: no limit.
+        dry_run: roll everything back at the end.
+        on_batch: called after each batch with the running totals (progress output).
+    Returns:
+        ``BackfillTotals``: batches and counts (what would be done, in a dry run).
+    Raises:
+        BackfillError: ``batch_size`` or ``max_batches`` below 1 (nothing done), or a
+            batch failed: it was rolled back, the batches before it stay committed (none
+            in a dry run) and a rerun resumes.
+    """
+    if batch_size < 1:
+        raise BackfillError(f"batch size must be at least 1, not {batch_size}")
+    if max_batches is not None and max_batches < 1:
+        raise BackfillError(f"max batches must be at least 1, not {max_batches}")
+    totals = BackfillTotals()
+    after_id = 0
+    try:
+        with transaction.atomic() if dry_run else contextlib.nullcontext():
+            while max_batches is None or totals.batches < max_batches:
+                result = organizations_backfill_batch(after_id=after_id, batch_size=batch_size)
+                if not result.users:
+                    break
+                after_id = result.last_user_id
+                totals.add(result)
+                if on_batch is not None:
+                    on_batch(totals)
+            if dry_run:
+                transaction.set_rollback(True)
+    except DatabaseError as exc:
+        raise BackfillError(
+            f"backfill failed in batch {totals.batches + 1} (users after id {after_id}): "
+            f"{_first_error(exc)}. The batch was rolled back. "
+            f"{totals.users} user(s) were done in committed batches; rerun to resume."
+        ) from exc
+    return totals
+
+
+def _first_error(exc: BaseException) -> str:
+    """The first line of the database error that failed the batch (PostgreSQL's DETAIL and
+    CONTEXT lines dropped); its repr if it has no text."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else repr(exc)
