@@ -10,8 +10,12 @@ organization has it), with an owner membership for its first (lowest id) user an
 memberships for the rest. Then ``User.organization`` is set.
 
 Each batch runs in one transaction through ``cross_tenant`` (it writes memberships of
-many organizations): a crash loses at most the batch in flight, and a rerun resumes with
-the users still without an organization.
+many organizations), and its work is one set-based SQL statement on the server
+(``_BATCH_SQL``: the batch's users and their keys, the new organizations ``INSERT ...
+SELECT ... RETURNING``, the memberships ``INSERT ... SELECT``, the users ``UPDATE ...
+FROM``, as data-modifying ``WITH`` queries; PostgreSQL manual, 7.8.4 "Data-Modifying
+Statements in WITH"): no Python runs per user, a crash loses at most the batch in flight,
+and a rerun resumes with the users still without an organization.
 """
 
 import contextlib
@@ -58,7 +62,8 @@ PUBLIC_MAIL_DOMAINS = (
     "163.com",
 )
 
-# A user's organization key and slug base, computed in SQL for a whole batch.
+# A user's organization key and organization name (also the source of its slug), and the
+# slug base made from the name (of the key's first user ``b``), computed in SQL per batch.
 _KEY_SQL = """
   CASE WHEN lower(split_part(u.email, '@', 2)) = ANY(%(public)s)
        THEN 'email:' || lower(u.email)
@@ -69,20 +74,150 @@ _SLUG_SOURCE_SQL = """
        THEN lower(split_part(u.email, '@', 1))
        ELSE lower(split_part(u.email, '@', 2)) END
 """
+_BASE_SLUG_SQL = """
+  left(coalesce(nullif(trim(both '-' from regexp_replace(b.org_name,
+       '[^a-z0-9]+', '-', 'g')), ''), 'org'), 90)
+"""
 
+# Free slugs for the keys of ``wanted(key, base_slug, org_name)`` (one row per key): the
+# base if no organization has it and no earlier key (in key order) of the batch wants it;
+# otherwise ``<base>-<n>``, the r-th free n >= 2 for the r-th such key of that base. Taken
+# are the existing slugs and every base of the batch (each is either an organization's
+# slug already or given bare to its first key). "<b>-<n>" has one decomposition (n has no
+# '-'), so only keys of the same base compete for its suffixes. With t_1 < t_2 < ... the
+# taken n >= 2 of a base, the r-th free n is r + 1 + #{i : t_i - i - 1 < r} (t_i - i - 1
+# free numbers lie below t_i). The existing "<b>-..." slugs are found by an index range
+# scan (``~>=~``/``~<~``: bytewise order, served by the slug's varchar_pattern_ops index).
+_SLUG_CTES = """
+ranked AS (
+  SELECT w.key, w.base_slug, w.org_name,
+         row_number() OVER (PARTITION BY w.base_slug ORDER BY w.key) AS rank,
+         EXISTS (SELECT 1 FROM tenancy_organization o WHERE o.slug = w.base_slug) AS base_taken
+  FROM wanted w
+),
+need_suffix AS (
+  SELECT key, base_slug, org_name, row_number() OVER (PARTITION BY base_slug ORDER BY key) AS r
+  FROM ranked WHERE rank > 1 OR base_taken
+),
+suffix_base AS (SELECT DISTINCT base_slug FROM need_suffix),
+taken AS (
+  SELECT base_slug, n, row_number() OVER (PARTITION BY base_slug ORDER BY n) AS i
+  FROM (
+    SELECT b.base_slug,
+           CASE WHEN substr(o.slug, length(b.base_slug) + 2) ~ '^[1-9][0-9]{0,17}$'
+                THEN substr(o.slug, length(b.base_slug) + 2)::bigint END AS n
+    FROM suffix_base b
+    JOIN tenancy_organization o
+      ON o.slug ~>=~ (b.base_slug || '-') AND o.slug ~<~ (b.base_slug || '.')
+    UNION
+    SELECT b.base_slug, (regexp_match(w.base_slug, '-([1-9][0-9]{0,17})$'))[1]::bigint
+    FROM suffix_base b
+    JOIN wanted w ON (regexp_match(w.base_slug, '^(.*)-[1-9][0-9]{0,17}$'))[1] = b.base_slug
+  ) AS t
+  WHERE n >= 2
+),
+slugged AS (
+  SELECT key, base_slug AS slug, org_name FROM ranked WHERE rank = 1 AND NOT base_taken
+  UNION ALL
+  SELECT s.key,
+         s.base_slug || '-' || (s.r + 1 + (SELECT count(*) FROM taken t
+                                           WHERE t.base_slug = s.base_slug
+                                             AND t.n - t.i - 1 < s.r)),
+         s.org_name
+  FROM need_suffix s
+)
+"""
+
+# The batch's user id range: the next ``limit`` users without an organization after
+# ``after``. Its bounds reach ``_BATCH_SQL`` as literals (a custom plan), so the planner
+# sees a range of about ``limit`` rows and reads it through the primary key.
+_BOUNDS_SQL = """
+SELECT max(id) FROM (
+  SELECT id FROM tenancy_user WHERE organization_id IS NULL AND id > %(after)s
+  ORDER BY id LIMIT %(limit)s
+) AS b
+"""
+
+# One batch, one statement. ``batch``: the users without an organization in the id range,
+# their key and the organization of their earliest membership (``member_org``). ``keys``:
+# per key of the users without one, its first (lowest id) user and its organization if it
+# has one. ``wanted``: the keys without, named after their first user; ``new_org`` inserts
+# those. ``key_org``: every key's organization, and whether its first user becomes the
+# owner (a new organization has no member yet; an existing one may already have an owner).
+# ``new_membership`` writes the memberships of existing organizations (``ON CONFLICT``: a
+# concurrent invitation may have added one since the snapshot), ``new_org_membership``
+# those of the new ones (which no other transaction can know yet: a plain INSERT, without
+# the speculative insertion's extra index probe and WAL record), and ``updated`` sets
+# ``User.organization``.
+# Every sub-statement sees the snapshot taken at the statement's start, so rows inserted
+# here reach the later steps through RETURNING (``new_org``), never through a table scan.
+# The reads go through indexes: the memberships by a ``user_id`` range scan, each key's
+# organization and owner by a scalar subquery on a unique or foreign-key index.
 _BATCH_SQL = f"""
-CREATE TEMP TABLE backfill_batch ON COMMIT DROP AS
-SELECT u.id, u.email, ({_KEY_SQL}) AS key,
-       left(coalesce(nullif(trim(both '-' from regexp_replace({_SLUG_SOURCE_SQL},
-            '[^a-z0-9]+', '-', 'g')), ''), 'org'), 90) AS base_slug,
-       ({_SLUG_SOURCE_SQL}) AS org_name,
-       (SELECT m.organization_id FROM tenancy_membership m WHERE m.user_id = u.id
-         ORDER BY m.created_at, m.id LIMIT 1) AS org_id,
-       false AS via_membership
-FROM tenancy_user u
-WHERE u.organization_id IS NULL AND u.id > %(after)s
-ORDER BY u.id
-LIMIT %(limit)s
+WITH first_membership AS (
+  SELECT DISTINCT ON (m.user_id) m.user_id, m.organization_id
+  FROM tenancy_membership m
+  WHERE m.user_id > %(after)s AND m.user_id <= %(last)s
+  ORDER BY m.user_id, m.created_at, m.id
+),
+batch AS MATERIALIZED (
+  SELECT u.id, ({_KEY_SQL}) AS key, ({_SLUG_SOURCE_SQL}) AS org_name,
+         fm.organization_id AS member_org
+  FROM tenancy_user u LEFT JOIN first_membership fm ON fm.user_id = u.id
+  WHERE u.organization_id IS NULL AND u.id > %(after)s AND u.id <= %(last)s
+),
+keys AS MATERIALIZED (
+  SELECT k.key, k.first_id,
+         (SELECT o.id FROM tenancy_organization o WHERE o.backfill_key = k.key) AS org_id
+  FROM (SELECT key, min(id) AS first_id FROM batch WHERE member_org IS NULL GROUP BY key) AS k
+),
+wanted AS (
+  SELECT k.key, ({_BASE_SLUG_SQL}) AS base_slug, b.org_name
+  FROM keys k JOIN batch b ON b.id = k.first_id
+  WHERE k.org_id IS NULL
+),
+{_SLUG_CTES},
+new_org AS (
+  INSERT INTO tenancy_organization
+    (id, name, slug, plan_tier, stripe_customer_id, billing_timezone, created_at, backfill_key)
+  SELECT gen_random_uuid(), left(org_name, 200), slug, 'starter', '', 'UTC', now(), key
+  FROM slugged
+  RETURNING id, backfill_key
+),
+key_org AS (
+  SELECT k.key, k.first_id, coalesce(k.org_id, n.id) AS org_id, k.org_id IS NOT NULL AS existing,
+         k.org_id IS NOT NULL
+           AND (SELECT 1 FROM tenancy_membership m
+                WHERE m.organization_id = k.org_id AND m.role = 'owner' LIMIT 1) IS NULL
+           AS needs_owner
+  FROM keys k LEFT JOIN new_org n ON n.backfill_key = k.key
+),
+new_membership AS (
+  INSERT INTO tenancy_membership (organization_id, user_id, role, created_at)
+  SELECT o.org_id, b.id,
+         CASE WHEN b.id = o.first_id AND o.needs_owner THEN 'owner' ELSE 'member' END, now()
+  FROM batch b JOIN key_org o ON o.key = b.key
+  WHERE b.member_org IS NULL AND o.existing
+  ON CONFLICT (organization_id, user_id) DO NOTHING
+  RETURNING 1
+),
+new_org_membership AS (
+  INSERT INTO tenancy_membership (organization_id, user_id, role, created_at)
+  SELECT o.org_id, b.id, CASE WHEN b.id = o.first_id THEN 'owner' ELSE 'member' END, now()
+  FROM batch b JOIN key_org o ON o.key = b.key
+  WHERE b.member_org IS NULL AND NOT o.existing
+  RETURNING 1
+),
+updated AS (
+  UPDATE tenancy_user u SET organization_id = coalesce(b.member_org, o.org_id)
+  FROM batch b LEFT JOIN key_org o ON o.key = b.key AND b.member_org IS NULL
+  WHERE u.id = b.id AND u.organization_id IS NULL AND u.id > %(after)s AND u.id <= %(last)s
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM batch), (SELECT count(*) FROM batch WHERE member_org IS NOT NULL),
+       (SELECT count(*) FROM new_org),
+       (SELECT count(*) FROM new_membership) + (SELECT count(*) FROM new_org_membership),
+       (SELECT count(*) FROM updated)
 """
 
 
@@ -128,37 +263,17 @@ class BackfillTotals:
 def _free_slugs(cursor, wanted: dict[str, str]) -> dict[str, str]:
     """``{key: base_slug}`` -> ``{key: slug}``: the base if free, else ``base-2``, ``base-3``...
 
-    Free means: not an existing organization's slug and not given to another key of this
-    batch. A few indexed ``slug = ANY(...)`` queries per batch, never one per row.
+    Free means: not an existing organization's slug and not given to another key of the
+    same call (keys in sorted order). The slug step of ``_BATCH_SQL``, run alone: one
+    statement, whatever the number of keys or collisions.
     """
-    result: dict[str, str] = {}
-    taken_here: set[str] = set()
-    pending = dict(sorted(wanted.items()))
-    suffix_start = 1  # first pass: the bare base; then -2..-21, -22..-41, ...
-    while pending:
-        candidates = {}
-        for key, base in pending.items():
-            if suffix_start == 1:
-                candidates[key] = [base]
-            else:
-                candidates[key] = [
-                    f"{base[:90]}-{n}" for n in range(suffix_start, suffix_start + 20)
-                ]
-        flat = sorted({c for cs in candidates.values() for c in cs})
-        cursor.execute("SELECT slug FROM tenancy_organization WHERE slug = ANY(%s)", [flat])
-        taken = {row[0] for row in cursor.fetchall()} | taken_here
-        still = {}
-        for key, base in pending.items():
-            free = next((c for c in candidates[key] if c not in taken), None)
-            if free is None:
-                still[key] = base
-            else:
-                result[key] = free
-                taken.add(free)
-                taken_here.add(free)
-        pending = still
-        suffix_start = 2 if suffix_start == 1 else suffix_start + 20
-    return result
+    keys = sorted(wanted)
+    cursor.execute(
+        "WITH wanted AS (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) "
+        f"AS w(key, base_slug, org_name)), {_SLUG_CTES} SELECT key, slug FROM slugged",
+        [keys, [wanted[k] for k in keys], keys],
+    )
+    return dict(cursor.fetchall())
 
 
 def users_without_organization() -> int:
@@ -168,93 +283,48 @@ def users_without_organization() -> int:
 
 
 def organizations_backfill_batch(*, after_id: int, batch_size: int) -> BackfillBatchResult:
-    """Give the next ``batch_size`` users without an organization (id > ``after_id``) one.
+    """Give the next ``batch_size`` users without an organization (id > ``after_id``) one,
+    by the rule of this module's docstring.
 
-    Per user: the organization of their earliest membership if they have one; otherwise
-    the default organization of their key -- ``domain:<domain>`` for a firm's domain,
-    ``email:<address>`` for a public mail domain (``PUBLIC_MAIL_DOMAINS``) -- created if
-    missing (``Organization.backfill_key``; slug from the domain or the local part,
-    suffixed ``-2``, ``-3``... when an unrelated organization has it), with an owner
-    membership for its first (lowest id) user and member memberships for the rest. Then
-    ``User.organization`` is set.
+    One transaction through ``cross_tenant``, serialised with any other run by a
+    transaction-level advisory lock, and three statements whatever the batch size: the
+    lock with the planner settings, the batch's id range (``_BOUNDS_SQL``) and the
+    set-based ``_BATCH_SQL``. Idempotent: a user who has an organization is never picked
+    again.
 
-    Set-based SQL, one transaction per batch through ``cross_tenant`` (it writes
-    memberships of many organizations): a crash loses at most the batch in flight, and a
-    rerun resumes with the users still without an organization. Idempotent.
+    Returns:
+        ``BackfillBatchResult``; ``users`` 0 (and ``last_user_id`` ``None``) when no user
+        after ``after_id`` is without an organization.
+
+    Raises:
+        DatabaseError: the batch failed (e.g. a concurrent onboarding took a slug); it
+            was rolled back, nothing of it was written.
     """
     params = {"public": list(PUBLIC_MAIL_DOMAINS), "after": after_id, "limit": batch_size}
-    result = BackfillBatchResult()
     with cross_tenant(reason="backfill_organizations"), connection.cursor() as cursor:
+        # Transaction-local planner settings. jit off: big row estimates would make
+        # PostgreSQL JIT-compile this short statement (~0.1s, more than it saves).
+        # enable_seqscan off: the deferred foreign-key checks of the inserted and updated
+        # rows (one per row and key, at COMMIT) run plans that the session caches at first
+        # use; one made while tenancy_organization was small is a sequential scan, and it
+        # stays cached while the table grows with every batch (seen: each batch slower
+        # than the last). Every read of _BATCH_SQL has an index, at any table size.
         cursor.execute(
-            "SELECT pg_advisory_xact_lock(hashtext('goldleaves.backfill_organizations'))"
+            "SELECT pg_advisory_xact_lock(hashtext('goldleaves.backfill_organizations')), "
+            "set_config('jit', 'off', true), set_config('enable_seqscan', 'off', true)"
         )
-        # Transaction-local planner settings. jit off: big row estimates would make PostgreSQL
-        # JIT-compile these short statements (~0.1s each, more than it saves).
-        # force_custom_plan: the foreign-key checks of the inserted/updated rows run as cached
-        # plans; one made when tenancy_organization was small is a sequential scan, and the
-        # table grows with every batch (seen: each batch slower than the last).
-        cursor.execute(
-            "SELECT set_config('jit', 'off', true), "
-            "set_config('plan_cache_mode', 'force_custom_plan', true)"
-        )
-        cursor.execute(_BATCH_SQL, params)
-        _backfill_temp_batch(cursor, result)
-        # Inside an outer transaction (--dry-run) ON COMMIT DROP would come too late for the
-        # next batch. Only on success: after an error the transaction is aborted (a DROP
-        # would fail and hide the real error), and its rollback removes the table anyway.
-        cursor.execute("DROP TABLE IF EXISTS backfill_batch")
-    return result
-
-
-def _backfill_temp_batch(cursor, result: BackfillBatchResult) -> None:
-    cursor.execute("SELECT count(*), max(id), count(org_id) FROM backfill_batch")
-    result.users, result.last_user_id, result.via_existing_membership = cursor.fetchone()
-    if not result.users:
-        return
-    cursor.execute("UPDATE backfill_batch SET via_membership = true WHERE org_id IS NOT NULL")
-    cursor.execute(
-        """UPDATE backfill_batch b SET org_id = o.id FROM tenancy_organization o
-           WHERE b.org_id IS NULL AND o.backfill_key = b.key"""
-    )
-    cursor.execute(
-        """SELECT DISTINCT ON (key) key, base_slug, org_name FROM backfill_batch
-           WHERE org_id IS NULL ORDER BY key, id"""
-    )
-    new = cursor.fetchall()
-    if new:
-        slugs = _free_slugs(cursor, {key: base for key, base, _ in new})
-        keys = [key for key, _, _ in new]
-        cursor.execute(
-            """INSERT INTO tenancy_organization
-                 (id, name, slug, plan_tier, stripe_customer_id, billing_timezone,
-                  created_at, backfill_key)
-               SELECT gen_random_uuid(), left(n.name, 200), n.slug, 'starter', '', 'UTC',
-                      now(), n.key
-               FROM unnest(%s::text[], %s::text[], %s::text[]) AS n(key, slug, name)""",
-            [keys, [slugs[k] for k in keys], [name for _, _, name in new]],
-        )
-        result.organizations_created = cursor.rowcount
-        cursor.execute(
-            """UPDATE backfill_batch b SET org_id = o.id FROM tenancy_organization o
-               WHERE b.org_id IS NULL AND o.backfill_key = b.key"""
-        )
-    cursor.execute(
-        """INSERT INTO tenancy_membership (organization_id, user_id, role, created_at)
-           SELECT b.org_id, b.id,
-                  CASE WHEN row_number() OVER (PARTITION BY b.org_id ORDER BY b.id) = 1
-                        AND NOT EXISTS (SELECT 1 FROM tenancy_membership m
-                                        WHERE m.organization_id = b.org_id
-                                          AND m.role = 'owner')
-                       THEN 'owner' ELSE 'member' END,
-                  now()
-           FROM backfill_batch b
-           WHERE NOT b.via_membership
-           ON CONFLICT (organization_id, user_id) DO NOTHING"""
-    )
-    result.memberships_created = cursor.rowcount
-    cursor.execute(
-        """UPDATE tenancy_user u SET organization_id = b.org_id FROM backfill_batch b
-           WHERE u.id = b.id AND u.organization_id IS NULL"""
+        cursor.execute(_BOUNDS_SQL, params)
+        (last_id,) = cursor.fetchone()
+        if last_id is None:
+            return BackfillBatchResult()
+        cursor.execute(_BATCH_SQL, {**params, "last": last_id})
+        users, via_membership, organizations, memberships, _ = cursor.fetchone()
+    return BackfillBatchResult(
+        users=users,
+        organizations_created=organizations,
+        memberships_created=memberships,
+        via_existing_membership=via_membership,
+        last_user_id=last_id,
     )
 
 
