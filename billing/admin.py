@@ -1,9 +1,15 @@
-"""Admin for billing events: read-only (money), filterable, searchable by request id."""
+"""Admin for billing events: read-only (money), filterable, searchable by request id; and
+the organization admin, extended with this month's usage."""
 
 from django.contrib import admin, messages
+from django.utils.html import format_html_join
 
 from billing import reporting
 from billing.models import BillingEvent, MeterReport, UsageAggregate
+from billing.selectors import month_period, usage_summary
+from tenancy.admin import OrganizationAdmin
+from tenancy.context import tenant_context
+from tenancy.models import Organization
 
 
 class _ReadOnlyAdmin(admin.ModelAdmin):
@@ -167,3 +173,42 @@ class MeterReportAdmin(_ReadOnlyAdmin):
     search_fields = ["id", "organization__slug", "detail"]
     date_hierarchy = "created_at"
     list_select_related = ["organization"]
+
+
+# Billing extends tenancy's organization admin (tenancy does not import billing): the
+# registered OrganizationAdmin is replaced by a subclass with the usage field.
+admin.site.unregister(Organization)
+
+
+@admin.register(Organization)
+class BillingOrganizationAdmin(OrganizationAdmin):
+    """``tenancy.admin.OrganizationAdmin`` plus this month's usage (read-only) on the
+    change page."""
+
+    readonly_fields = [*OrganizationAdmin.readonly_fields, "current_period_usage"]
+
+    @admin.display(description="Current period usage")
+    def current_period_usage(self, obj):
+        """This calendar month (billing time zone): count, quantity and cents per event name,
+        as HTML; ``"-"`` on the add page."""
+        if obj is None or obj.pk is None:
+            return "-"
+        start, end = month_period(obj)
+        with tenant_context(obj):  # staff's one explicit cross-tenant read (RLS applies)
+            lines = usage_summary(organization=obj, start=start, end=end)
+        if not lines:
+            return f"No usage from {start:%Y-%m-%d} to {end:%Y-%m-%d} ({start.tzinfo})."
+        total = sum(line["cost_cents"] for line in lines)
+        rows = format_html_join(
+            "",
+            "<li>{}: {} events, quantity {}, {} cents</li>",
+            (
+                (line["event_name"], line["count"], line["quantity"], line["cost_cents"])
+                for line in lines
+            ),
+        )
+        return format_html_join(
+            "",
+            "<p>{} to {} ({}), total {} cents</p><ul>{}</ul>",
+            [(f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", str(start.tzinfo), total, rows)],
+        )

@@ -15,7 +15,7 @@ from billing.selectors import event_resource_id
 from billing.services import record_event
 from cases.models import Case, CaseStatus, Client, Document, DocumentProcessingStatus
 from cases.processing import DocumentProcessingError, count_pages
-from goldleaves.middleware import request_id_var
+from core.middleware import request_id_var
 from tenancy.context import tenant_context
 
 logger = logging.getLogger("cases.documents")

@@ -11,7 +11,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from goldleaves.db_pool import reset_pooled_connection
+from core.db_pool import reset_pooled_connection
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -51,8 +51,8 @@ INSTALLED_APPS = [
 # Request id and timer come first, so every response (SecurityMiddleware's redirects too)
 # carries X-Request-ID and Server-Timing.
 MIDDLEWARE = [
-    "goldleaves.middleware.RequestIdMiddleware",
-    "goldleaves.middleware.RequestTimerMiddleware",
+    "core.middleware.RequestIdMiddleware",
+    "core.middleware.RequestTimerMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -158,7 +158,7 @@ else:
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenancy.authentication.TenantJWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "goldleaves.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
@@ -166,8 +166,8 @@ REST_FRAMEWORK = {
         "rest_framework.filters.OrderingFilter",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "goldleaves.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_CLASSES": ["billing.ratelimit.PlanRateThrottle"],
+    "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["tenancy.ratelimit.PlanRateThrottle"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
@@ -231,7 +231,7 @@ STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30.0)
 STRIPE_RESEND_WINDOW_HOURS = env.int("STRIPE_RESEND_WINDOW_HOURS", default=23)
 
 # --- Logging: every line carries the request id -------------------------------
-# The request_id filter (goldleaves.middleware.RequestIdLogFilter) is put on EVERY handler
+# The request_id filter (core.middleware.RequestIdLogFilter) is put on EVERY handler
 # below by the loop after the dict, so a handler added later cannot miss it: each record
 # reaching any configured handler, from any logger, has request_id (the current request's,
 # or "-"); a record that got one from its log call's extra= keeps it.
@@ -239,7 +239,7 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "goldleaves.middleware.RequestIdLogFilter"}},
+    "filters": {"request_id": {"()": "core.middleware.RequestIdLogFilter"}},
     "formatters": {
         "default": {"format": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"}
     },

@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from goldleaves.errors import handler404 as api_not_found
+from core.errors import handler404 as api_not_found
 from goldleaves.health import health
 
 api_v1 = [
@@ -25,7 +25,7 @@ urlpatterns = [
     re_path(r"^api/", api_not_found),
 ]
 
-handler400 = "goldleaves.errors.handler400"
-handler403 = "goldleaves.errors.handler403"
-handler404 = "goldleaves.errors.handler404"
-handler500 = "goldleaves.errors.handler500"
+handler400 = "core.errors.handler400"
+handler403 = "core.errors.handler403"
+handler404 = "core.errors.handler404"
+handler500 = "core.errors.handler500"

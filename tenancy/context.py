@@ -22,7 +22,6 @@ import contextvars
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
-from psycopg.pq import TransactionStatus
 
 current_organization_var: contextvars.ContextVar = contextvars.ContextVar(
     "current_organization", default=None
@@ -182,13 +181,3 @@ def tenant_context(organization, *, using: str = DEFAULT_DB_ALIAS):
         with transaction.atomic(using=using):
             set_connection_tenant(organization.pk, using=using)
             yield organization
-
-
-def transaction_aborted() -> bool:
-    """Whether the current transaction on Django's default connection is aborted: a
-    statement failed and PostgreSQL ignores every command until ROLLBACK (or ROLLBACK TO
-    SAVEPOINT), and a COMMIT would silently roll back (libpq ``PQTRANS_INERROR``,
-    PostgreSQL manual, 34.2 "Connection Status Functions", ``PQtransactionStatus``).
-    False when there is no open connection."""
-    pg = connections[DEFAULT_DB_ALIAS].connection
-    return pg is not None and pg.info.transaction_status == TransactionStatus.INERROR

@@ -8,13 +8,13 @@ from django.http import JsonResponse
 from rest_framework import exceptions
 from rest_framework_simplejwt.authentication import JWTAuthentication
 
+from core.db import transaction_aborted
 from tenancy.authentication import JWT_RESULT_ATTR
 from tenancy.context import (
     bind_organization,
     connection_settings_restored,
     cross_tenant,
     set_connection_tenant,
-    transaction_aborted,
 )
 from tenancy.selectors import membership_for
 

@@ -20,7 +20,7 @@ class TenantAPIMixin:
         organization check.
 
         DRF checks permissions first, so a request refused by a permission class would
-        never be counted against the plan-tier rate limit (``billing.ratelimit``); here
+        never be counted against the plan-tier rate limit (``tenancy.ratelimit``); here
         it is counted once, its 403 carries the RateLimit headers, and over the limit it
         is a 429. Once only: an object-level refusal later (``check_object_permissions``
         in ``get_object``) does not count the request again. Requests with no
@@ -47,7 +47,7 @@ class TenantAPIMixin:
         return self.request._request.organization
 
     def finalize_response(self, request, response, *args, **kwargs):
-        """Add the plan-tier RateLimit headers (``billing.ratelimit``) to every response."""
+        """Add the plan-tier RateLimit headers (``tenancy.ratelimit``) to every response."""
         response = super().finalize_response(request, response, *args, **kwargs)
         rate_limit = getattr(request._request, "rate_limit", None)
         if rate_limit is not None:

@@ -41,8 +41,9 @@ from billing.models import (
     UsageAggregateStatus,
 )
 from billing.services import record_event, record_events
-from conftest import bearer_client, race_second_behind_first
+from core.testing import race_second_behind_first
 from tenancy.context import cross_tenant, tenant_context
+from tenancy.testing import bearer_client
 from tenancy.tests.factories import member_of
 
 METER_URL = "https://api.stripe.com/v1/billing/meter_events"

@@ -13,7 +13,7 @@ from cases import processing, services
 from cases.models import Document
 from cases.processing import TEXT_LINES_PER_PAGE, count_text_pages
 from cases.tests.factories import CaseFactory
-from conftest import race_second_behind_first
+from core.testing import race_second_behind_first
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.tests.factories import OrganizationFactory, member_of
 

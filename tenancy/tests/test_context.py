@@ -10,7 +10,6 @@ import pytest
 from django.db import connection, transaction
 
 from cases.tests.factories import CaseFactory
-from conftest import bearer_client
 from tenancy.context import (
     NoTenantError,
     cross_tenant,
@@ -19,6 +18,7 @@ from tenancy.context import (
     set_connection_tenant,
     tenant_context,
 )
+from tenancy.testing import bearer_client
 from tenancy.tests.factories import OrganizationFactory, member_of
 
 

@@ -19,12 +19,12 @@ from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory, force_authenticate
 from rest_framework.views import APIView
 
-from billing import ratelimit
 from billing.models import BillingEvent
 from cases.tests.factories import CaseFactory
-from conftest import bearer_client
+from tenancy import ratelimit
 from tenancy.context import cross_tenant
 from tenancy.models import Organization
+from tenancy.testing import bearer_client
 from tenancy.tests.factories import OrganizationFactory, member_of
 from tenancy.viewsets import TenantAPIMixin
 
@@ -265,7 +265,7 @@ def test_redis_down_warns_once_per_interval(settings, small_limits, db, caplog, 
 
     try:
         _, client = starter_client(db)
-        with caplog.at_level("WARNING", logger="billing.ratelimit"):
+        with caplog.at_level("WARNING", logger="tenancy.ratelimit"):
             assert [client.get("/api/v1/cases/").status_code for _ in range(6)] == [200] * 6
             assert len(warnings()) == 1
             now[0] += 59  # still inside the interval

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from rest_framework.throttling import BaseThrottle
 
-logger = logging.getLogger("billing.ratelimit")
+logger = logging.getLogger("tenancy.ratelimit")
 
 PERIOD_SECONDS = 60
 SCOPE = "api"
