@@ -1,4 +1,6 @@
-"""Billing events: the metered usage of each organization (see docs/architecture.md, "Billing events")."""
+"""Billing events: the metered usage of each organization.
+
+See docs/architecture.md, "Billing events"."""
 
 import uuid
 from decimal import Decimal

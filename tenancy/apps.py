@@ -3,7 +3,7 @@ from django.apps import AppConfig
 
 class TenancyConfig(AppConfig):
     """The tenancy app: on ready, registers the OpenAPI JWT scheme and the signal that
-    switches new database connections to the app role (``tenancy.db_roles``)."""
+    switches new database connections to the app role (``tenancy.rls.roles``)."""
 
     name = "tenancy"
     verbose_name = "Tenancy"
@@ -11,6 +11,6 @@ class TenancyConfig(AppConfig):
 
     def ready(self):
         from tenancy import schema  # noqa: F401  (registers the OpenAPI JWT scheme)
-        from tenancy.db_roles import connect_signals
+        from tenancy.rls.roles import connect_signals
 
         connect_signals()
