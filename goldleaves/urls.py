@@ -6,8 +6,13 @@ from drf_spectacular.views import (
     SpectacularSwaggerView,
 )
 
+from billing.dashboard import usage_dashboard
 from core.errors import handler404 as api_not_found
 from goldleaves.health import health
+
+admin.site.site_header = "Goldleaves administration"
+admin.site.site_title = "Goldleaves administration"
+admin.site.index_title = "Goldleaves administration"
 
 api_v1 = [
     path("", include("tenancy.urls")),
@@ -17,6 +22,9 @@ api_v1 = [
 
 urlpatterns = [
     path("health/", health, name="health"),
+    # Staff usage dashboard (billing.dashboard); under /admin/, so on the admin's
+    # cross-tenant path (AdminCrossTenantMiddleware) and behind its login.
+    path("admin/usage/", admin.site.admin_view(usage_dashboard), name="admin-usage"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path(
