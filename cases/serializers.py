@@ -44,32 +44,22 @@ class ClientSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
 
 
+_NEW_CASE = {
+    "client": "5f0c7a52-3e0b-4d57-9a0e-2b7d61c4e8a1",
+    "title": "Roe v. Acme Corp",
+    "reference_number": "2026-0042",
+    "status": "open",
+    "description": "Contract dispute.",
+    "opened_at": "2026-11-02T09:30:00Z",
+}
+
+
 @extend_schema_serializer(
     examples=[
-        OpenApiExample(
-            "New case",
-            value={
-                "client": "5f0c7a52-3e0b-4d57-9a0e-2b7d61c4e8a1",
-                "title": "Roe v. Acme Corp",
-                "reference_number": "2026-0042",
-                "status": "open",
-                "description": "Contract dispute.",
-                "opened_at": "2026-11-02T09:30:00Z",
-            },
-            request_only=True,
-        ),
+        OpenApiExample("New case", value=_NEW_CASE, request_only=True),
         OpenApiExample(
             "Case",
-            value={
-                "id": "9c1e4b7a-2d3f-4a5b-8c6d-7e8f9a0b1c2d",
-                "client": "5f0c7a52-3e0b-4d57-9a0e-2b7d61c4e8a1",
-                "title": "Roe v. Acme Corp",
-                "reference_number": "2026-0042",
-                "status": "open",
-                "description": "Contract dispute.",
-                "opened_at": "2026-11-02T09:30:00Z",
-                "closed_at": None,
-            },
+            value={"id": "9c1e4b7a-2d3f-4a5b-8c6d-7e8f9a0b1c2d", **_NEW_CASE, "closed_at": None},
             response_only=True,
         ),
     ]

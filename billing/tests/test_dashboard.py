@@ -12,8 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing import selectors
-from billing.models import UsageAggregate
-from billing.tests.factories import BillingEventFactory
+from billing.tests.factories import BillingEventFactory, UsageAggregateFactory
 from tenancy.context import tenant_context
 from tenancy.tests.factories import OrganizationFactory, UserFactory
 
@@ -213,18 +212,8 @@ def test_failed_and_needs_reconciliation_aggregates_are_counted_with_links(
     staff_client, org, outsider_org
 ):
     def aggregate(organization, sequence, status):
-        hour = timezone.now().replace(minute=0, second=0, microsecond=0)
         with tenant_context(organization):
-            UsageAggregate.objects.create(
-                organization=organization,
-                event_name="api.request",
-                meter_event_name="api_requests",
-                period_start=hour,
-                sequence=sequence,
-                value=1,
-                identifier=f"agg-{organization.slug}-{sequence}",
-                status=status,
-            )
+            UsageAggregateFactory(organization=organization, sequence=sequence, status=status)
 
     aggregate(org, 1, "failed")
     aggregate(outsider_org, 1, "failed")
