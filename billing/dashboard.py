@@ -27,7 +27,8 @@ from django.utils.http import urlencode
 from billing import selectors
 from billing.charts import daily_bar_chart
 from billing.models import UsageAggregateStatus
-from tenancy.models import Organization, PlanTier
+from tenancy.models import PlanTier
+from tenancy.selectors import organization_by_id
 
 #: How many months (the current one included) the period picker offers.
 MONTHS_BACK = 24
@@ -152,7 +153,7 @@ def usage_dashboard(request):
     month, sort = form.period()
     organization = None
     if form.is_bound and form.is_valid() and form.cleaned_data.get("organization"):
-        organization = Organization.objects.filter(pk=form.cleaned_data["organization"]).first()
+        organization = organization_by_id(organization_id=form.cleaned_data["organization"])
         if organization is None:
             raise Http404("No such organization.")
     rows = selectors.usage_by_organization(month=month)

@@ -11,7 +11,7 @@ from core.errors import handler404 as api_not_found
 from goldleaves.health import health
 
 admin.site.site_header = "Goldleaves administration"
-admin.site.site_title = "Goldleaves administration"
+admin.site.site_title = "Goldleaves"  # the <title> suffix: "<page> | Goldleaves"
 admin.site.index_title = "Goldleaves administration"
 
 api_v1 = [

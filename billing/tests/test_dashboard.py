@@ -266,8 +266,9 @@ def test_admin_index_links_the_dashboard_and_is_titled(staff_client):
     response = staff_client.get("/admin/")
     html = response.content.decode()
     assert '<a href="/admin/usage/">Usage dashboard</a>' in html
-    assert "<title>Goldleaves administration | Goldleaves administration</title>" in html
-    assert "Goldleaves administration</a></div>" in html or "Goldleaves administration" in html
+    assert "<title>Goldleaves administration | Goldleaves</title>" in html
+    assert '<div id="site-name"><a href="/admin/">Goldleaves administration</a></div>' in html
+    assert "<h1>Goldleaves administration</h1>" in html  # the index title
     assert "Django administration" not in html
 
 
