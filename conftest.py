@@ -3,20 +3,28 @@ API clients. Helpers that test modules import live in ``core.testing`` (two-conn
 races) and ``tenancy.testing`` (access tokens, bearer clients)."""
 
 import os
+import shutil
 
 import pytest
 
 
 def pytest_collection_modifyitems(config, items):
-    """Redis tests need a real Redis: without REDIS_URL they are skipped with that reason."""
-    if os.environ.get("REDIS_URL"):
-        return
-    skip = pytest.mark.skip(
-        reason="needs a real Redis: set REDIS_URL (e.g. redis://127.0.0.1:6379/0)"
-    )
+    """Redis tests need a real Redis: without REDIS_URL they are skipped with that reason.
+    Browser tests need Chromium and chromedriver on PATH (``sh scripts/ci_browser.sh``);
+    without them they are skipped with that reason (CI installs them and allows no skip)."""
+    skips = {}
+    if not os.environ.get("REDIS_URL"):
+        skips["redis"] = pytest.mark.skip(
+            reason="needs a real Redis: set REDIS_URL (e.g. redis://127.0.0.1:6379/0)"
+        )
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        skips["browser"] = pytest.mark.skip(
+            reason="needs chromium and chromedriver: sh scripts/ci_browser.sh"
+        )
     for item in items:
-        if "redis" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

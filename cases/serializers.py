@@ -3,6 +3,7 @@ organization of the serializer context (``context["organization"]``, the request
 through ``TenantPrimaryKeyRelatedField``): another organization's id is a 400 "does
 not exist"."""
 
+from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
 from cases.models import Case, Client, Document
@@ -11,6 +12,27 @@ from tenancy.viewsets import TenantPrimaryKeyRelatedField
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "New client",
+            value={"name": "Jane Roe", "email": "jane@roe.test", "phone": "+1 555 0100"},
+            request_only=True,
+        ),
+        OpenApiExample(
+            "Client",
+            value={
+                "id": "5f0c7a52-3e0b-4d57-9a0e-2b7d61c4e8a1",
+                "name": "Jane Roe",
+                "email": "jane@roe.test",
+                "phone": "+1 555 0100",
+                "notes": "",
+                "created_at": "2026-11-02T09:15:00Z",
+            },
+            response_only=True,
+        ),
+    ]
+)
 class ClientSerializer(serializers.ModelSerializer):
     """A client as JSON: ``{"id": uuid, "name": str, "email": str, "phone": str,
     "notes": str, "created_at": ISO 8601 UTC}``; ``id`` and ``created_at`` are read-only.
@@ -23,6 +45,26 @@ class ClientSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
 
 
+_NEW_CASE = {
+    "client": "5f0c7a52-3e0b-4d57-9a0e-2b7d61c4e8a1",
+    "title": "Roe v. Acme Corp",
+    "reference_number": "2026-0042",
+    "status": "open",
+    "description": "Contract dispute.",
+    "opened_at": "2026-11-02T09:30:00Z",
+}
+
+
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample("New case", value=_NEW_CASE, request_only=True),
+        OpenApiExample(
+            "Case",
+            value={"id": "9c1e4b7a-2d3f-4a5b-8c6d-7e8f9a0b1c2d", **_NEW_CASE, "closed_at": None},
+            response_only=True,
+        ),
+    ]
+)
 class CaseSerializer(serializers.ModelSerializer):
     """A case as JSON: ``{"id": uuid, "client": client uuid, "title": str,
     "reference_number": str, "status": "open"|"pending"|"closed", "description": str,
@@ -70,6 +112,28 @@ class CaseSerializer(serializers.ModelSerializer):
         return attrs
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Uploaded document",
+            value={
+                "id": "3a2b1c0d-4e5f-4a6b-9c7d-8e9f0a1b2c3d",
+                "case": "9c1e4b7a-2d3f-4a5b-8c6d-7e8f9a0b1c2d",
+                "download_url": "/media/documents/0b5d1f2e/3a2b1c0d/engagement-letter.pdf",
+                "original_filename": "engagement-letter.pdf",
+                "content_type": "application/pdf",
+                "size_bytes": 48213,
+                "uploaded_by": 7,
+                "uploaded_at": "2026-11-02T09:45:00Z",
+                "processing_status": "pending",
+                "processing_failure_reason": "",
+                "page_count": None,
+                "processed_at": None,
+            },
+            response_only=True,
+        )
+    ]
+)
 class DocumentSerializer(serializers.ModelSerializer):
     """A document as JSON; created by a multipart upload of ``case`` (uuid) and ``file``.
 

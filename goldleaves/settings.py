@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc as local static files (no CDN)
     "tenancy",
     "billing",
     "cases",
@@ -71,7 +72,8 @@ WSGI_APPLICATION = "goldleaves.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Project-level overrides (the admin index, drf-spectacular's Redoc page).
+        "DIRS": [BASE_DIR / "goldleaves" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -165,7 +167,7 @@ REST_FRAMEWORK = {
         "rest_framework.filters.SearchFilter",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "core.openapi.TaggedAutoSchema",
     "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
     "DEFAULT_THROTTLE_CLASSES": ["tenancy.ratelimit.PlanRateThrottle"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
@@ -186,6 +188,21 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI and Redoc from drf-spectacular-sidecar's static files: the docs need no
+    # network beyond this server.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # One tag per resource; an operation's tag is the first path segment after /api/v1/
+    # (core.openapi.TaggedAutoSchema), e.g. /api/v1/cases/ -> "Cases".
+    "TAGS": [
+        {"name": "Auth", "description": "JWT access and refresh tokens."},
+        {"name": "Organizations", "description": "The caller's organizations and the active one."},
+        {"name": "Clients", "description": "Clients of the active organization."},
+        {"name": "Cases", "description": "Cases (matters) of the active organization."},
+        {"name": "Documents", "description": "Documents of a case: upload and processing."},
+        {"name": "Billing", "description": "Metered usage: events, summaries, reports."},
+    ],
 }
 
 # --- Tenancy ---------------------------------------------------------------

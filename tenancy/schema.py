@@ -1,6 +1,10 @@
-"""OpenAPI: declare the bearer-JWT scheme for ``TenantJWTAuthentication``."""
+"""OpenAPI: declare the bearer-JWT scheme for ``TenantJWTAuthentication`` and the token pair
+serializer's shape."""
 
-from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
+from drf_spectacular.contrib.rest_framework_simplejwt import (
+    SimpleJWTScheme,
+    TokenObtainPairSerializerExtension,
+)
 
 
 class TenantJWTScheme(SimpleJWTScheme):
@@ -11,3 +15,12 @@ class TenantJWTScheme(SimpleJWTScheme):
 
     target_class = "tenancy.authentication.TenantJWTAuthentication"
     name = "jwtAuth"
+
+
+class OrganizationTokenObtainPairSerializerExtension(TokenObtainPairSerializerExtension):
+    """drf-spectacular extension: documents ``OrganizationTokenObtainPairSerializer`` as
+    simplejwt's pair serializer (request ``{"email", "password"}``, response ``{"access",
+    "refresh"}``); drf-spectacular's own extension matches simplejwt's class exactly, not
+    its subclasses."""
+
+    target_class = "tenancy.serializers.OrganizationTokenObtainPairSerializer"
