@@ -2,7 +2,8 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from goldleaves.errors import handler404 as api_not_found
+from billing.middleware import not_billed
+from goldleaves.errors import handler404
 from goldleaves.health import health
 
 api_v1 = [
@@ -21,8 +22,9 @@ urlpatterns = [
         name="swagger-ui",
     ),
     path("api/v1/", include(api_v1)),
-    # Unknown API paths: JSON 404 even with DEBUG on (no HTML page on an API path).
-    re_path(r"^api/", api_not_found),
+    # Unknown API paths: JSON 404 even with DEBUG on (no HTML page on an API path). Not a
+    # served route, so never billed; still rate limited (billing.ratelimit).
+    re_path(r"^api/", not_billed(handler404), name="api-not-found"),
 ]
 
 handler400 = "goldleaves.errors.handler400"

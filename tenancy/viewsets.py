@@ -15,27 +15,11 @@ class TenantAPIMixin:
     ``TenantMiddleware``); session-authenticated requests without one get 403."""
 
     def initial(self, request, *args, **kwargs):
-        """DRF's ``APIView.initial`` (format suffix, content negotiation, versioning,
-        authentication) with the throttles checked BEFORE the permissions, then the
-        organization check.
-
-        DRF checks permissions first, so a request refused by a permission class would
-        never be counted against the plan-tier rate limit (``billing.ratelimit``); here
-        it is counted once, its 403 carries the RateLimit headers, and over the limit it
-        is a 429. Once only: an object-level refusal later (``check_object_permissions``
-        in ``get_object``) does not count the request again. Requests with no
-        organization are not counted (``PlanRateThrottle``); an unauthenticated one is
-        still a 401 from the permission check, before the organization check (403).
-        Keep in step with ``rest_framework.views.APIView.initial`` when upgrading DRF.
-        """
-        self.format_kwarg = self.get_format_suffix(**kwargs)
-        neg = self.perform_content_negotiation(request)
-        request.accepted_renderer, request.accepted_media_type = neg
-        version, scheme = self.determine_version(request, *args, **kwargs)
-        request.version, request.versioning_scheme = version, scheme
-        self.perform_authentication(request)
-        self.check_throttles(request)
-        self.check_permissions(request)
+        """DRF's ``APIView.initial`` (authentication, permissions), then the organization
+        check. Plan-tier rate limits are counted before any view runs, by
+        ``billing.ratelimit.RateLimitMiddleware``; an unauthenticated request is still a
+        401 from the permission check, before the organization check (403)."""
+        super().initial(request, *args, **kwargs)
         if getattr(request._request, "organization", None) is None:
             raise exceptions.PermissionDenied(
                 "Authenticate with a bearer token (JWT) for an organization.",
@@ -45,15 +29,6 @@ class TenantAPIMixin:
     @property
     def organization(self):
         return self.request._request.organization
-
-    def finalize_response(self, request, response, *args, **kwargs):
-        """Add the plan-tier RateLimit headers (``billing.ratelimit``) to every response."""
-        response = super().finalize_response(request, response, *args, **kwargs)
-        rate_limit = getattr(request._request, "rate_limit", None)
-        if rate_limit is not None:
-            for name, value in rate_limit.headers().items():
-                response[name] = value
-        return response
 
 
 class TenantModelViewSet(TenantAPIMixin, viewsets.ModelViewSet):
