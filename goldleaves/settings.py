@@ -47,9 +47,11 @@ INSTALLED_APPS = [
     "cases",
 ]
 
-# Order matters and is asserted by a test: request id -> timer -> session/auth -> tenant -> usage.
-# Request id and timer come first, so every response (SecurityMiddleware's redirects too)
-# carries X-Request-ID and Server-Timing.
+# Order matters and is asserted by a test: request id -> timer -> session/auth -> tenant ->
+# rate limit -> idempotency -> usage. Request id and timer come first, so every response
+# (SecurityMiddleware's redirects too) carries X-Request-ID and Server-Timing. The rate limit
+# counts every tenant request (replays and unrouted paths too); an Idempotency-Key replay is
+# answered before the usage middleware, so it is never billed again.
 MIDDLEWARE = [
     "goldleaves.middleware.RequestIdMiddleware",
     "goldleaves.middleware.RequestTimerMiddleware",
@@ -62,6 +64,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "tenancy.middleware.TenantMiddleware",
     "tenancy.middleware.AdminCrossTenantMiddleware",
+    "billing.ratelimit.RateLimitMiddleware",
+    "billing.idempotency.IdempotencyMiddleware",
     "billing.middleware.UsageMiddleware",
 ]
 
@@ -167,7 +171,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "goldleaves.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_CLASSES": ["billing.ratelimit.PlanRateThrottle"],
+    # Plan-tier rate limits are a middleware (billing.ratelimit.RateLimitMiddleware), so that
+    # they count every tenant request, also those that never reach a DRF view.
+    "DEFAULT_THROTTLE_CLASSES": [],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
@@ -186,6 +192,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "billing.schema.document_idempotency_key",
+    ],
 }
 
 # --- Tenancy ---------------------------------------------------------------
@@ -206,6 +216,11 @@ TIER_RATE_LIMITS = env.json(
 RATE_LIMIT_REDIS_TIMEOUT = env.float("RATE_LIMIT_REDIS_TIMEOUT", default=0.25)
 RATE_LIMIT_WARNING_INTERVAL = env.int("RATE_LIMIT_WARNING_INTERVAL", default=60)
 BILLABLE_ROUTES = env.list("BILLABLE_ROUTES", default=["/api/v1/"])
+# Path prefixes of the tenant API: rate limited (every request with an organization, routed
+# or not) and honouring Idempotency-Key on POST/PUT/PATCH/DELETE.
+API_ROUTES = env.list("API_ROUTES", default=["/api/v1/"])
+# Hours a stored Idempotency-Key response is replayed (then purge_idempotency_keys deletes it).
+IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 USAGE_RATE_CENTS = env.int("USAGE_RATE_CENTS", default=1)
 # Metering (billing.middleware.UsageMiddleware, billing.pricing): see .env.example.
 BILLING_METERING_ENABLED = env.bool("BILLING_METERING_ENABLED", default=True)
@@ -233,15 +248,19 @@ STRIPE_RESEND_WINDOW_HOURS = env.int("STRIPE_RESEND_WINDOW_HOURS", default=23)
 # --- Logging: every line carries the request id -------------------------------
 # The request_id filter (goldleaves.middleware.RequestIdLogFilter) is put on EVERY handler
 # below by the loop after the dict, so a handler added later cannot miss it: each record
-# reaching any configured handler, from any logger, has request_id (the current request's,
-# or "-"); a record that got one from its log call's extra= keeps it.
+# reaching any configured handler, from any logger, has request_id (the current request's
+# server id, or "-") and client_request_id (its X-Request-ID, or "-"); a record that got one
+# from its log call's extra= keeps it.
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {"request_id": {"()": "goldleaves.middleware.RequestIdLogFilter"}},
     "formatters": {
-        "default": {"format": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"}
+        "default": {
+            "format": "%(asctime)s %(levelname)s [%(request_id)s %(client_request_id)s] "
+            "%(name)s: %(message)s"
+        }
     },
     "handlers": {
         "console": {
