@@ -33,10 +33,14 @@ request that does not get it answers 409 at once. Then, in a second statement (s
 fresh READ COMMITTED snapshot taken after the lock was granted), it reads the key's row:
 a request that held the lock before has committed (its row is visible: PostgreSQL makes a
 transaction visible before it releases its locks) or rolled back (no row). Both
-statements go in one message: ONE round trip before the view, and one ``INSERT ... ON
-CONFLICT DO UPDATE`` after it to store the response (the update replaces an expired row
-not purged yet). A request without the header costs nothing: two dictionary lookups. The
-isolation level must be READ COMMITTED (Django's default on PostgreSQL).
+statements go in one message: ONE round trip before the view. After it, the answer is
+stored with one ``INSERT ... ON CONFLICT DO UPDATE`` (the update replaces an expired row
+not purged yet) sent in the same message as the request's usage event, which the usage
+middleware hands over instead of writing it (``insert_event_guarded(event, first=...)``):
+so a keyed request costs one round trip more than the same request without a key (a
+replay one more and no event write; an unbilled 403 two, having no event to ride on). A
+request without the header costs nothing: two dictionary lookups. The isolation level
+must be READ COMMITTED (Django's default on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -51,13 +55,16 @@ from datetime import datetime, timedelta
 import psycopg
 from django.conf import settings
 from django.db import connection
+from django.db.models.constants import OnConflict
+from django.db.models.sql import InsertQuery
 from django.db.transaction import TransactionManagementError
 from django.http import HttpResponse, JsonResponse
 from django.http.multipartparser import MultiPartParserError
 from django.utils import timezone
 
+from billing.middleware import EVENT_SINK_ATTR, event_not_written
 from billing.models import IdempotencyKey
-from billing.services import _psycopg_cursor
+from billing.services import RequiredWriteFailed, _psycopg_cursor, insert_event_guarded
 from tenancy.context import cross_tenant, transaction_aborted
 
 logger = logging.getLogger("billing.idempotency")
@@ -225,18 +232,53 @@ def idempotency_key_claim(*, organization, key: str, fingerprint: str, now=None)
     return Claim("replay", (status_code, headers or {}, bytes(body or b"")))
 
 
+_UPDATED_ON_CONFLICT = (
+    "user",
+    "fingerprint",
+    "request_id",
+    "method",
+    "path",
+    "status_code",
+    "response_headers",
+    "response_body",
+    "created_at",
+    "expires_at",
+)
+
+
+def _store_statement(row: IdempotencyKey) -> tuple[str, list]:
+    """The ``INSERT ... ON CONFLICT (organization_id, key) DO UPDATE`` of ``row`` as
+    Django's ORM compiles it for ``bulk_create(update_conflicts=True)`` (an expired row of
+    the key, not purged yet, is replaced), as ``(sql, params)``."""
+    opts = IdempotencyKey._meta
+    query = InsertQuery(
+        IdempotencyKey,
+        on_conflict=OnConflict.UPDATE,
+        update_fields=[opts.get_field(name) for name in _UPDATED_ON_CONFLICT],
+        unique_fields=[opts.get_field("organization"), opts.get_field("key")],
+    )
+    query.insert_values(opts.concrete_fields, [row])
+    [(sql, params)] = query.get_compiler(connection=connection).as_sql()
+    return sql, list(params)
+
+
 def idempotency_key_store(
-    *, organization, acting_user, key: str, fingerprint: str, request, response
+    *, organization, acting_user, key: str, fingerprint: str, request, response, event=None
 ) -> None:
     """Store ``response`` (status, ``STORED_HEADERS``, body) under ``key`` of
     ``organization`` for ``IDEMPOTENCY_KEY_TTL_HOURS``, in the current transaction (the
-    request's: the row commits, or rolls back, with the request's own writes). One
-    ``INSERT ... ON CONFLICT (organization_id, key) DO UPDATE`` (an expired row of the
-    key, not purged yet, is replaced). A streaming response is stored without its body.
+    request's: the row commits, or rolls back, with the request's own writes), with
+    ``_store_statement``. A streaming response is stored without its body.
+
+    ``event``: the request's usage event (a built ``BillingEvent``), handed over by
+    ``UsageMiddleware``. Written in the same round trip (``insert_event_guarded(event,
+    first=<the store>)``) under the usage middleware's failure policy: if only the event
+    fails, it is counted and logged (``event_not_written``) and the answer stays stored.
 
     Raises:
-        django.db.DatabaseError: the write failed; the request must fail with it (its
-            transaction rolls back), or a retry would run it a second time.
+        django.db.DatabaseError (``RequiredWriteFailed`` with an event): the answer could
+            not be stored; the request must fail with it (its transaction rolls back), or a
+            retry would run it a second time.
     """
     now = timezone.now()
     body = b"" if getattr(response, "streaming", False) else bytes(response.content)
@@ -254,23 +296,17 @@ def idempotency_key_store(
         created_at=now,
         expires_at=now + timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS),
     )
-    IdempotencyKey.objects.bulk_create(
-        [row],
-        update_conflicts=True,
-        unique_fields=["organization", "key"],
-        update_fields=[
-            "user",
-            "fingerprint",
-            "request_id",
-            "method",
-            "path",
-            "status_code",
-            "response_headers",
-            "response_body",
-            "created_at",
-            "expires_at",
-        ],
-    )
+    statement = _store_statement(row)
+    if event is None:
+        with connection.cursor() as cursor:
+            cursor.execute(*statement)
+        return
+    try:
+        insert_event_guarded(event, first=statement)
+    except RequiredWriteFailed:
+        raise
+    except Exception:  # noqa: BLE001 - the usage event's failure policy
+        event_not_written(request, response)
 
 
 def replayed_response(stored: tuple[int, dict, bytes]) -> HttpResponse:
@@ -399,6 +435,8 @@ class IdempotencyMiddleware:
         if claim.state == "replay":
             logger.info("Idempotency-Key replay (%s %s)", request.method, request.path)
             return replayed_response(claim.stored)
+        events: list = []
+        setattr(request, EVENT_SINK_ATTR, events)  # the usage event is written with the key
         response = self.get_response(request)
         if response.status_code < 500 and not transaction_aborted():
             idempotency_key_store(
@@ -408,5 +446,6 @@ class IdempotencyMiddleware:
                 fingerprint=fingerprint,
                 request=request,
                 response=response,
+                event=events[0] if events else None,
             )
         return response

@@ -21,6 +21,10 @@ only copied into ``dimensions.client_request_id``. A client retries without bein
 twice through ``Idempotency-Key`` (``billing.idempotency``): a replayed answer is returned
 before this middleware runs.
 
+A request with an ``Idempotency-Key`` hands its built event to ``IdempotencyMiddleware``
+instead (``EVENT_SINK_ATTR``), which writes it together with the key's stored answer in one
+round trip (``insert_event_guarded(..., first=...)``), under the same failure policy.
+
 Round trips per metered request: 1 (``SAVEPOINT; INSERT ... ON CONFLICT DO NOTHING;
 RELEASE SAVEPOINT`` sent as one query by ``billing.services.insert_event_guarded``). A
 request that writes nothing else (a GET) also pays a WAL flush at its COMMIT, since its
@@ -47,6 +51,11 @@ _REGEX_GROUP = re.compile(r"\(\?P<(\w+)>")
 _CONVERTER = re.compile(r"<(?:\w+:)?(\w+)>")
 
 
+#: Request attribute: a list set by ``IdempotencyMiddleware`` on a keyed request; the usage
+#: middleware then appends its built event there instead of inserting it.
+EVENT_SINK_ATTR = "billing_event_sink"
+
+
 def write_failures() -> int:
     """Number of ``api.request`` events this process failed to write since it started."""
     return _failures
@@ -56,6 +65,21 @@ def _count_failure() -> None:
     global _failures
     with _failures_lock:
         _failures += 1
+
+
+def event_not_written(request, response) -> None:
+    """The failure policy of the usage event of ``request``: count it
+    (``write_failures``) and log it at ERROR with the current exception's traceback, both
+    ids, the method, path and status. Call it from an ``except`` block; never raises."""
+    _count_failure()
+    logger.exception(
+        "billing event not written for request %s (client id %s; %s %s -> %s)",
+        getattr(request, "request_id", None),
+        getattr(request, "client_request_id", None) or "-",
+        request.method,
+        request.path,
+        response.status_code,
+    )
 
 
 def route_template(route: str | None) -> str | None:
@@ -186,7 +210,8 @@ class UsageMiddleware:
         return not _status_is_unbilled(response.status_code, rules)
 
     def record(self, request, response) -> None:
-        """Write the event in a savepoint; log and count a failure, never raise."""
+        """Write the event in a savepoint (or hand it to ``IdempotencyMiddleware`` through
+        ``EVENT_SINK_ATTR``); log and count a failure (``event_not_written``), never raise."""
         request_id = getattr(request, "request_id", None)
         client_request_id = getattr(request, "client_request_id", None)
         try:
@@ -209,14 +234,10 @@ class UsageMiddleware:
                 unit="call",
                 dimensions=dimensions,
             )
-            insert_event_guarded(event)
+            sink = getattr(request, EVENT_SINK_ATTR, None)
+            if sink is not None:
+                sink.append(event)
+            else:
+                insert_event_guarded(event)
         except Exception:  # noqa: BLE001 - see the failure policy in the module doc
-            _count_failure()
-            logger.exception(
-                "billing event not written for request %s (client id %s; %s %s -> %s)",
-                request_id,
-                client_request_id or "-",
-                request.method,
-                request.path,
-                response.status_code,
-            )
+            event_not_written(request, response)

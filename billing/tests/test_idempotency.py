@@ -215,9 +215,9 @@ def test_ttl_comes_from_the_setting(api, acme_client, settings):
 
 
 def test_queries_a_key_costs(api, acme_client):
-    """No header: no query of the idempotency table. A first try: the claim (lock and
-    lookup, one round trip) and the stored answer (one INSERT). A replay: the claim only,
-    and no billing event (nothing runs)."""
+    """No header: no query of the idempotency table. A first try: one round trip more than
+    without a key (the claim: lock and lookup); the stored answer travels in the same
+    message as the usage event. A replay: the claim only, and no billing event."""
 
     def queries(**kwargs) -> list[str]:
         with CaptureQueriesContext(connection) as ctx:
@@ -233,10 +233,48 @@ def test_queries_a_key_costs(api, acme_client):
     assert len(keyed) == 2
     assert keyed[0].startswith("SELECT pg_try_advisory_xact_lock(")
     assert keyed[1].startswith('INSERT INTO "billing_idempotency_keys"')
-    assert len(first) == len(plain) + 2
+    assert 'ON CONFLICT("organization_id", "key") DO UPDATE' in keyed[1]
+    assert '; SAVEPOINT gl_billing_event; INSERT INTO "billing_events"' in keyed[1]
+    assert len(first) == len(plain) + 1
     assert not [sql for sql in replay if "billing_events" in sql]
     assert len([sql for sql in replay if "billing_idempotency_keys" in sql]) == 1
+    assert len(replay) < len(plain)
     print(f"queries: plain {len(plain)}, first try {len(first)}, replay {len(replay)}")
+
+
+def test_a_failed_usage_event_keeps_the_stored_answer(api, acme_client, settings, caplog):
+    """The event and the stored answer share a round trip, not a fate: a real DataError
+    on the event (a price overflowing its integer column) is the usage middleware's
+    failure (counted, logged); the case and its stored answer are kept."""
+    from billing import middleware
+
+    settings.BILLING_PRICE_BOOK = {"api.request": 3_000_000_000}
+    before = middleware.write_failures()
+    with caplog.at_level("ERROR", logger="billing.metering"):
+        first = create_case(api, acme_client, key="ev-fail")
+    assert first.status_code == 201, first.content
+    assert middleware.write_failures() == before + 1
+    assert any("billing event not written" in r.getMessage() for r in caplog.records)
+    assert api_events().count() == 0
+    assert Case.objects.count() == 1
+    assert create_case(api, acme_client, key="ev-fail")["Idempotent-Replayed"] == "true"
+
+
+def test_an_answer_that_cannot_be_stored_fails_the_request(api, acme_client, monkeypatch):
+    """If the stored answer is not written, a retry would run the request again: so the
+    request fails (500) and its writes, and its event, roll back. The failure is a real
+    NOT NULL violation in PostgreSQL."""
+    monkeypatch.setattr(
+        idempotency,
+        "_store_statement",
+        lambda row: ("INSERT INTO billing_idempotency_keys (organization_id) VALUES (NULL)", []),
+    )
+    api.raise_request_exception = False
+    response = create_case(api, acme_client, key="lost")
+    assert response.status_code == 500
+    assert Case.objects.count() == 0
+    assert api_events().count() == 0
+    assert not IdempotencyKey.objects.exists()
 
 
 def test_replays_count_against_the_rate_limit(settings, db):
