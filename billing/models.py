@@ -27,7 +27,10 @@ class BillingEvent(TenantModel):
     ``quantity`` is a decimal count of ``unit`` (``call``, ``document``, ``byte``,
     ``page``); ``unit_cost_cents`` is the integer price per unit in cents fixed
     at write time; ``created_at`` is UTC. Unique on (organization, event_name,
-    request_id) when ``request_id`` is set, so a retried request is billed once.
+    request_id) when ``request_id`` is set: one event per key. An ``api.request`` event's
+    ``request_id`` is the server's id of the request (never the client's ``X-Request-ID``,
+    kept as ``dimensions.client_request_id``), so each request served is billed once;
+    document events are keyed on the document (``doc.upload:<id>``, ``doc.processed:<id>``).
 
     ``id`` is a UUIDv7 (RFC 9562, section 5.7: a millisecond Unix timestamp first), so
     new rows land at the right edge of the primary-key index instead of on random

@@ -7,9 +7,11 @@ savepoint in a single round trip. For ``record_event`` / ``record_events`` it is
 ``INSERT ... SELECT FROM unnest(...) ... RETURNING id`` on Django's connection, so the
 created rows come back in the same round trip (the ORM's ``ignore_conflicts`` cannot
 return them; a confirming SELECT cost a second query and the per-row parameters a
-third of a batch's time). A retried request (same organization, event name and
-request id, the partial unique constraint ``billing_event_org_name_request_unique``)
-is skipped by the database itself, without an exception, so the surrounding
+third of a batch's time). An event whose key already exists (same organization, event
+name and request id, the partial unique constraint
+``billing_event_org_name_request_unique``; on the request path the request id is the
+server's, unique per request, and ``doc.upload``/``doc.processed`` are keyed on the
+document) is skipped by the database itself, without an exception, so the surrounding
 transaction (the request's) is never aborted by a duplicate. Concurrent inserts of
 the same key wait for each other on the unique index; exactly one row survives.
 """

@@ -29,7 +29,7 @@ def test_concurrent_requests_are_billed_once_per_request_id(
     # Rate limits are out of scope here: each organization sends 4 x 50 = 200 requests
     # in a few seconds, which only stayed under the factory's 'pro' tier (300/min) by
     # luck of the numbers. Pin both organizations to 'enterprise' and make sure that
-    # tier has no limit (PlanRateThrottle: no limit configured = unlimited), so a 429
+    # tier has no limit (billing.ratelimit: no limit configured = unlimited), so a 429
     # can never replace a billable 200 whatever THREADS or TIER_RATE_LIMITS become.
     settings.TIER_RATE_LIMITS = {
         tier: limits

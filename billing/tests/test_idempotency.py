@@ -444,3 +444,30 @@ def test_a_retry_after_a_rolled_back_first_try_runs(monkeypatch):
             "Retry"
         ]
         assert IdempotencyKey.objects.filter(organization=org).count() == 1
+
+
+def test_the_openapi_schema_documents_the_header_and_its_answers(client):
+    schema = client.get("/api/schema/?format=json").json()
+    create = schema["paths"]["/api/v1/cases/"]["post"]
+    [parameter] = [p for p in create["parameters"] if p["name"] == "Idempotency-Key"]
+    assert (parameter["in"], parameter["required"]) == ("header", False)
+    assert parameter["schema"] == {"type": "string", "minLength": 1, "maxLength": 255}
+    assert "Idempotent-Replayed" in create["responses"]["201"]["headers"]
+    assert "Retry-After" in create["responses"]["409"]["headers"]
+    for status, code in (("409", "idempotency_key_in_progress"), ("422", "idempotency_key_reused")):
+        content = create["responses"][status]["content"]["application/json"]
+        assert content["schema"] == {"$ref": "#/components/schemas/IdempotencyError"}
+        assert content["example"]["code"] == code
+    for method in ("put", "patch", "delete"):
+        operation = schema["paths"]["/api/v1/cases/{id}/"][method]
+        assert any(p["name"] == "Idempotency-Key" for p in operation["parameters"])
+    listing = schema["paths"]["/api/v1/cases/"]["get"]
+    assert not any(p["name"] == "Idempotency-Key" for p in listing.get("parameters", []))
+    token = schema["paths"]["/api/v1/auth/token/"]["post"]  # no organization: ignored
+    assert not any(p["name"] == "Idempotency-Key" for p in token.get("parameters", []))
+    error = schema["components"]["schemas"]["IdempotencyError"]
+    assert set(error["properties"]["code"]["enum"]) == {
+        "idempotency_key_invalid",
+        "idempotency_key_in_progress",
+        "idempotency_key_reused",
+    }
