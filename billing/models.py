@@ -272,11 +272,11 @@ class IdempotencyKey(TenantModel):
     Written, in the request's own transaction, when a ``POST``/``PUT``/``PATCH``/``DELETE``
     that carried the key finished with a status below 500 (``billing.idempotency``): a
     retry with the same key and the same ``fingerprint`` gets ``status_code``,
-    ``response_headers`` (``{name: value}``, only ``idempotency.STORED_HEADERS``) and
+    ``response_headers`` (``{name: value}``, only ``idempotency.keys.STORED_HEADERS``) and
     ``response_body`` (bytes) back, marked ``Idempotent-Replayed: true``, without running
     or billing anything again. ``fingerprint`` is the SHA-256 (hex) of the request
     (organization, user, method, path, query string, content type, body; see
-    ``idempotency.request_fingerprint``). ``request_id`` is the server id of the request
+    ``idempotency.keys.request_fingerprint``). ``request_id`` is the server id of the request
     that ran. ``expires_at`` (UTC) is ``created_at`` + ``IDEMPOTENCY_KEY_TTL_HOURS``:
     after it the key is free again and ``manage.py purge_idempotency_keys`` deletes it.
 

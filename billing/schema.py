@@ -7,7 +7,7 @@ every ``POST``/``PUT``/``PATCH``/``DELETE`` under ``API_ROUTES`` rather than per
 
 from django.conf import settings
 
-from billing.idempotency import HEADER, MAX_KEY_LENGTH, METHODS, REPLAYED_HEADER
+from billing.idempotency.keys import HEADER, MAX_KEY_LENGTH, METHODS, REPLAYED_HEADER
 
 ERROR_COMPONENT = "IdempotencyError"
 

@@ -65,7 +65,7 @@ MIDDLEWARE = [
     "tenancy.middleware.TenantMiddleware",
     "tenancy.middleware.AdminCrossTenantMiddleware",
     "billing.ratelimit.RateLimitMiddleware",
-    "billing.idempotency.IdempotencyMiddleware",
+    "billing.idempotency.middleware.IdempotencyMiddleware",
     "billing.middleware.UsageMiddleware",
 ]
 

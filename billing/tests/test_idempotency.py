@@ -11,7 +11,8 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from billing import idempotency, ratelimit
+from billing import ratelimit
+from billing.idempotency import keys, purge
 from billing.models import BillingEvent, IdempotencyKey
 from cases.models import Case, Client
 from conftest import bearer_client
@@ -174,7 +175,7 @@ def test_delete_and_location_headers_are_replayed(api, org, acme_client):
     assert again["Idempotent-Replayed"] == "true"
     assert again.content == b""
     assert IdempotencyKey.objects.get(key="del-1").response_headers == {
-        name: first[name] for name in idempotency.STORED_HEADERS if name in first
+        name: first[name] for name in keys.STORED_HEADERS if name in first
     }
 
 
@@ -265,7 +266,7 @@ def test_an_answer_that_cannot_be_stored_fails_the_request(api, acme_client, mon
     request fails (500) and its writes, and its event, roll back. The failure is a real
     NOT NULL violation in PostgreSQL."""
     monkeypatch.setattr(
-        idempotency,
+        keys,
         "_store_statement",
         lambda row: ("INSERT INTO billing_idempotency_keys (organization_id) VALUES (NULL)", []),
     )
@@ -295,48 +296,41 @@ def test_replays_count_against_the_rate_limit(settings, db):
         ratelimit.reset_limiter()
 
 
+def stored_key(organization, key: str, expires_at) -> IdempotencyKey:
+    """An unsaved stored answer (201) of ``key`` expiring at ``expires_at``."""
+    return IdempotencyKey(
+        organization=organization,
+        key=key,
+        fingerprint="f",
+        method="POST",
+        path="/",
+        status_code=201,
+        expires_at=expires_at,
+    )
+
+
 def test_purge_deletes_expired_keys_in_batches(api, org, acme_client, outsider_org):
     now = timezone.now()
-    rows = [
-        IdempotencyKey(
-            organization=o,
-            key=f"k{i}",
-            fingerprint="f",
-            method="POST",
-            path="/",
-            status_code=201,
-            expires_at=now + timedelta(hours=-1 if i < 5 else 1),
-        )
+    IdempotencyKey.objects.bulk_create(
+        stored_key(o, f"k{i}", now + timedelta(hours=-1 if i < 5 else 1))
         for o in (org, outsider_org)
         for i in range(8)
-    ]
-    IdempotencyKey.objects.bulk_create(rows)
-    assert idempotency.idempotency_key_purge_expired(now=now, dry_run=True) == 10
+    )
+    assert purge.idempotency_key_purge_expired(now=now, dry_run=True) == 10
     assert IdempotencyKey.objects.count() == 16
     batches = []
-    deleted = idempotency.idempotency_key_purge_expired(
-        now=now, batch_size=4, on_batch=batches.append
-    )
+    deleted = purge.idempotency_key_purge_expired(now=now, batch_size=4, on_batch=batches.append)
     assert deleted == 10
     assert [(b.number, b.deleted, b.total) for b in batches] == [(1, 4, 4), (2, 4, 8), (3, 2, 10)]
     assert IdempotencyKey.objects.count() == 6
     assert not IdempotencyKey.objects.filter(expires_at__lte=now).exists()
-    assert idempotency.idempotency_key_purge_expired(now=now) == 0
+    assert purge.idempotency_key_purge_expired(now=now) == 0
 
 
 def test_purge_command(org, capsys):
     now = timezone.now()
     IdempotencyKey.objects.bulk_create(
-        IdempotencyKey(
-            organization=org,
-            key=f"c{i}",
-            fingerprint="f",
-            method="POST",
-            path="/",
-            status_code=201,
-            expires_at=now - timedelta(minutes=1),
-        )
-        for i in range(3)
+        stored_key(org, f"c{i}", now - timedelta(minutes=1)) for i in range(3)
     )
     call_command("purge_idempotency_keys", "--dry-run")
     out = capsys.readouterr().out

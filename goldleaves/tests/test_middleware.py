@@ -29,7 +29,7 @@ def test_middleware_order_is_request_id_timer_auth_tenant_usage():
         "django.contrib.auth.middleware.AuthenticationMiddleware",
         "tenancy.middleware.TenantMiddleware",
         "billing.ratelimit.RateLimitMiddleware",
-        "billing.idempotency.IdempotencyMiddleware",
+        "billing.idempotency.middleware.IdempotencyMiddleware",
         "billing.middleware.UsageMiddleware",
     ]
     positions = [middleware.index(name) for name in wanted]

@@ -7,13 +7,13 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 from django.utils import timezone
 
-from billing.idempotency import idempotency_key_purge_expired
+from billing.idempotency.purge import idempotency_key_purge_expired
 
 
 class Command(BaseCommand):
     """``manage.py purge_idempotency_keys [--batch-size N] [--dry-run]``.
 
-    Runs ``billing.idempotency.idempotency_key_purge_expired`` (every organization, one
+    Runs ``billing.idempotency.purge.idempotency_key_purge_expired`` (every organization, one
     transaction per batch) and prints one progress line per batch and a summary. Safe to
     run at any time and repeatedly (daily is enough): an expired key is already ignored
     by the API, so the purge only reclaims space.

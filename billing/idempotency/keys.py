@@ -1,56 +1,14 @@
-"""Retries through ``Idempotency-Key``: a finished write is answered again from storage,
-never run or billed twice (IETF draft-ietf-httpapi-idempotency-key-header-07; Stripe's
-idempotent requests, https://docs.stripe.com/api/idempotent_requests).
-
-Scope: ``POST``, ``PUT``, ``PATCH`` and ``DELETE`` under ``settings.API_ROUTES`` of a
-request with an organization (``TenantMiddleware``); keys are per organization. ``GET``,
-``HEAD`` and ``OPTIONS`` ignore the header (they are safe to repeat, and each one served
-is billed), and so does a request without organization (anonymous, the token endpoints).
-
-The rules (``IdempotencyMiddleware``):
-
-* The key: 1-255 printable ASCII characters (``0x20``-``0x7E``), sent bare (as Stripe's
-  clients do) or as the draft's Structured Field String (``"..."``, RFC 8941 3.3.3,
-  which is unquoted first). Anything else: ``400`` ``idempotency_key_invalid``.
-* First request with a key: runs normally; if its status is below 500 its response
-  (status, body, ``STORED_HEADERS``) is stored with the key and the request's
-  ``request_fingerprint``, in the request's own transaction, until
-  ``IDEMPOTENCY_KEY_TTL_HOURS`` have passed. A 5xx is not stored (its transaction is
-  rolled back anyway): the retry runs again. A 4xx is stored and replayed.
-* Same key, same fingerprint, first one finished: the stored response, with
-  ``Idempotent-Replayed: true``. The view does not run, nothing is written or billed.
-* Same key, other fingerprint: ``422`` ``idempotency_key_reused``; nothing runs.
-* Same key while the first request still runs: ``409`` ``idempotency_key_in_progress``
-  with ``Retry-After``; never two executions.
-
-How "in progress" is seen by another connection: the request runs in ONE transaction
-(opened by ``TenantMiddleware``), and its key row is only written (and visible) when it
-commits. A concurrent ``INSERT`` of the same key would wait on the uncommitted index
-entry until the first request ends (and a plain lookup would see nothing). So a keyed
-request first takes ``pg_try_advisory_xact_lock`` on the key (PostgreSQL manual, 9.27.10
-"Advisory Lock Functions"): held until its transaction ends, never waited for; a second
-request that does not get it answers 409 at once. Then, in a second statement (so with a
-fresh READ COMMITTED snapshot taken after the lock was granted), it reads the key's row:
-a request that held the lock before has committed (its row is visible: PostgreSQL makes a
-transaction visible before it releases its locks) or rolled back (no row). Both
-statements go in one message: ONE round trip before the view. After it, the answer is
-stored with one ``INSERT ... ON CONFLICT DO UPDATE`` (the update replaces an expired row
-not purged yet) sent in the same message as the request's usage event, which the usage
-middleware hands over instead of writing it (``insert_event_guarded(event, first=...)``):
-so a keyed request costs one round trip more than the same request without a key (a
-replay one more and no event write; an unbilled 403 two, having no event to ride on). A
-request without the header costs nothing: two dictionary lookups. The isolation level
-must be READ COMMITTED (Django's default on PostgreSQL).
-"""
+"""The protocol of ``Idempotency-Key`` (see the package doc): the key, the request's
+fingerprint, the claim (advisory lock and lookup, one round trip), the stored answer and
+its replay."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import psycopg
 from django.conf import settings
@@ -58,16 +16,12 @@ from django.db import connection
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
 from django.db.transaction import TransactionManagementError
-from django.http import HttpResponse, JsonResponse
-from django.http.multipartparser import MultiPartParserError
+from django.http import HttpResponse
 from django.utils import timezone
 
-from billing.middleware import EVENT_SINK_ATTR, event_not_written
+from billing.middleware import event_not_written
 from billing.models import IdempotencyKey
 from billing.services import RequiredWriteFailed, _psycopg_cursor, insert_event_guarded
-from tenancy.context import cross_tenant, transaction_aborted
-
-logger = logging.getLogger("billing.idempotency")
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -320,132 +274,3 @@ def replayed_response(stored: tuple[int, dict, bytes]) -> HttpResponse:
         response[name] = value
     response[REPLAYED_HEADER] = "true"
     return response
-
-
-def _error(detail: str, code: str, status: int) -> JsonResponse:
-    return JsonResponse({"detail": detail, "code": code}, status=status)
-
-
-@dataclass(frozen=True)
-class PurgeBatch:
-    """One batch of ``idempotency_key_purge_expired``: its number (from 1), the keys it
-    deleted, and the running total."""
-
-    number: int
-    deleted: int
-    total: int
-
-
-# A MATERIALIZED CTE, not ``WHERE (organization_id, key) IN (SELECT ... LIMIT)``: the
-# planner may rescan an IN subquery, and with SKIP LOCKED each rescan picks other rows, so
-# one "batch" could delete far more than its LIMIT.
-_PURGE_SQL = (
-    "WITH batch AS MATERIALIZED ("
-    "SELECT organization_id, key FROM billing_idempotency_keys WHERE expires_at <= %s "
-    "ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED) "
-    "DELETE FROM billing_idempotency_keys k USING batch "
-    "WHERE k.organization_id = batch.organization_id AND k.key = batch.key"
-)
-
-
-def idempotency_key_purge_expired(
-    *,
-    now: datetime | None = None,
-    batch_size: int = 1000,
-    dry_run: bool = False,
-    on_batch=None,
-) -> int:
-    """Delete every organization's keys that expired at or before ``now`` (default: now,
-    UTC), ``batch_size`` rows per transaction (oldest expiry first, through the
-    ``expires_at`` index), through the explicit cross-tenant path. Rows locked by a
-    request that is replacing its expired key are skipped (``SKIP LOCKED``), never waited
-    for. The service behind ``manage.py purge_idempotency_keys`` and the daily job.
-
-    Args:
-        dry_run: count the expired keys and delete nothing.
-        on_batch: called with a ``PurgeBatch`` after each batch (progress output).
-    Returns:
-        the number of keys deleted (with ``dry_run``: that would be deleted).
-    Raises:
-        ValueError: ``batch_size`` < 1.
-    """
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    now = now or timezone.now()
-    if dry_run:
-        with cross_tenant(reason="count expired idempotency keys"):
-            return IdempotencyKey.objects.filter(expires_at__lte=now).count()
-    total, number = 0, 0
-    while True:
-        with cross_tenant(reason="purge expired idempotency keys"), connection.cursor() as cursor:
-            cursor.execute(_PURGE_SQL, [now, batch_size])
-            deleted = cursor.rowcount
-        if not deleted:
-            return total
-        number += 1
-        total += deleted
-        if on_batch is not None:
-            on_batch(PurgeBatch(number=number, deleted=deleted, total=total))
-        if deleted < batch_size:
-            return total
-
-
-class IdempotencyMiddleware:
-    """``Idempotency-Key`` for the tenant API's writes (rules in the module doc).
-
-    Placed after ``TenantMiddleware`` (it needs the organization and runs in the
-    request's transaction) and ``RateLimitMiddleware`` (a replay is counted), and before
-    ``UsageMiddleware``: a replay, a 409, a 422 or a 400 from here never reaches the usage
-    middleware, so it is not billed; the first execution is billed as any request.
-    """
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-
-    def __call__(self, request):
-        raw = request.headers.get(HEADER) if request.method in METHODS else None
-        organization = getattr(request, "organization", None)
-        if raw is None or organization is None:
-            return self.get_response(request)
-        if not any(request.path.startswith(prefix) for prefix in settings.API_ROUTES):
-            return self.get_response(request)
-        try:
-            key = parse_key(raw)
-        except InvalidIdempotencyKey as exc:
-            return _error(str(exc), "idempotency_key_invalid", 400)
-        try:
-            fingerprint = request_fingerprint(request)
-        except MultiPartParserError as exc:
-            return _error(f"Multipart form parse error - {exc}", "parse_error", 400)
-        claim = idempotency_key_claim(organization=organization, key=key, fingerprint=fingerprint)
-        if claim.state == "busy":
-            response = _error(
-                "A request with this Idempotency-Key is still being processed; retry later.",
-                "idempotency_key_in_progress",
-                409,
-            )
-            response["Retry-After"] = str(IN_PROGRESS_RETRY_AFTER)
-            return response
-        if claim.state == "reused":
-            return _error(
-                "This Idempotency-Key was already used for a different request.",
-                "idempotency_key_reused",
-                422,
-            )
-        if claim.state == "replay":
-            logger.info("Idempotency-Key replay (%s %s)", request.method, request.path)
-            return replayed_response(claim.stored)
-        events: list = []
-        setattr(request, EVENT_SINK_ATTR, events)  # the usage event is written with the key
-        response = self.get_response(request)
-        if response.status_code < 500 and not transaction_aborted():
-            idempotency_key_store(
-                organization=organization,
-                acting_user=request.user,
-                key=key,
-                fingerprint=fingerprint,
-                request=request,
-                response=response,
-                event=events[0] if events else None,
-            )
-        return response
