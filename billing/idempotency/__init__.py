@@ -32,7 +32,9 @@ request first takes ``pg_try_advisory_xact_lock`` on the key (PostgreSQL manual,
 request that does not get it answers 409 at once. Then, in a second statement (so with a
 fresh READ COMMITTED snapshot taken after the lock was granted), it reads the key's row:
 a request that held the lock before has committed (its row is visible: PostgreSQL makes a
-transaction visible before it releases its locks) or rolled back (no row). Both
+transaction visible before it releases its locks) or rolled back (no row). A stored row
+wins over the lock: the holder may be another replay of the same finished key, so
+concurrent replays all get the answer; only a key with no row and a held lock is 409. Both
 statements go in one message: ONE round trip before the view. After it, the answer is
 stored with one ``INSERT ... ON CONFLICT DO UPDATE`` (the update replaces an expired row
 not purged yet) sent in the same message as the request's usage event, which the usage

@@ -160,9 +160,11 @@ def idempotency_key_claim(*, organization, key: str, fingerprint: str, now=None)
     Must run inside the request's transaction: the lock is held until it ends.
 
     Returns:
-        a ``Claim``: ``busy`` if the lock is held by another transaction; else
-        ``replay`` (same ``fingerprint``) or ``reused`` (another one) when a row exists;
-        else ``new``.
+        a ``Claim``: when an unexpired row exists (the key's first request finished),
+        ``replay`` (same ``fingerprint``) or ``reused`` (another one), whether or not the
+        lock was granted (another replay of the key may hold it: replays never wait for
+        or refuse each other); with no row, ``new`` if the lock was granted, else
+        ``busy`` (the key's first request is still running).
     Raises:
         TransactionManagementError: called outside a transaction.
     """
@@ -174,10 +176,8 @@ def idempotency_key_claim(*, organization, key: str, fingerprint: str, now=None)
         (locked,) = cursor.fetchone()
         cursor.nextset()
         row = cursor.fetchone()
-    if not locked:
-        return Claim("busy")
     if row is None:
-        return Claim("new")
+        return Claim("new" if locked else "busy")
     stored_fingerprint, status_code, headers, body = row
     if stored_fingerprint != fingerprint:
         return Claim("reused")

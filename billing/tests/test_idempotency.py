@@ -465,3 +465,52 @@ def test_the_openapi_schema_documents_the_header_and_its_answers(client):
         "idempotency_key_in_progress",
         "idempotency_key_reused",
     }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_replays_of_a_finished_key_are_all_answered():
+    """A replay also takes the key's lock (held until its transaction ends); another
+    replay of the same finished key at that moment is still a replay, never a 409. The
+    holder here is a claim on a second connection, held open in its transaction."""
+    from django.db import transaction
+
+    with cross_tenant(reason="test set-up"):
+        org = OrganizationFactory(plan_tier="enterprise")
+        user = member_of(org)
+    client = bearer_client(user)
+    first = client.post("/api/v1/clients/", {"name": "Once"}, HTTP_IDEMPOTENCY_KEY="rep-1")
+    assert first.status_code == 201
+    with cross_tenant(reason="test: the stored fingerprint"):
+        fingerprint = IdempotencyKey.objects.get(organization=org, key="rep-1").fingerprint
+    held, release, claims = threading.Event(), threading.Event(), {}
+
+    def hold_a_replay():
+        try:
+            with tenant_context(org), transaction.atomic():
+                claims["holder"] = keys.idempotency_key_claim(
+                    organization=org, key="rep-1", fingerprint=fingerprint
+                )
+                held.set()
+                assert release.wait(30)
+        finally:
+            held.set()
+            connection.close()
+
+    holder = threading.Thread(target=hold_a_replay)
+    holder.start()
+    try:
+        assert held.wait(30)
+        with tenant_context(org):
+            claims["other"] = keys.idempotency_key_claim(
+                organization=org, key="rep-1", fingerprint=fingerprint
+            )
+        replay = client.post("/api/v1/clients/", {"name": "Once"}, HTTP_IDEMPOTENCY_KEY="rep-1")
+    finally:
+        release.set()
+        holder.join(30)
+    assert claims["holder"].state == claims["other"].state == "replay"
+    assert (replay.status_code, replay["Idempotent-Replayed"]) == (201, "true")
+    assert replay.json() == first.json()
+    with tenant_context(org):
+        busy = keys.idempotency_key_claim(organization=org, key="rep-other", fingerprint="f")
+    assert busy.state == "new"  # control: a key with no row is claimed
