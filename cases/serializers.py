@@ -1,6 +1,7 @@
 """Serializers for clients, cases and documents. Related ids resolve within the
-request's organization only (``TenantPrimaryKeyRelatedField``): another
-organization's id is a 400 "does not exist"."""
+organization of the serializer context (``context["organization"]``, the request's,
+through ``TenantPrimaryKeyRelatedField``): another organization's id is a 400 "does
+not exist"."""
 
 from rest_framework import serializers
 
@@ -28,7 +29,8 @@ class CaseSerializer(serializers.ModelSerializer):
     "opened_at": ISO 8601 UTC, "closed_at": ISO 8601 UTC or null}``.
 
     ``id`` and ``closed_at`` are read-only (``closed_at`` follows ``status``, set by
-    ``cases.services``). Needs ``context["request"]`` of a ``TenantMiddleware`` request.
+    ``cases.services``). Needs ``context["organization"]`` (an ``Organization``; the
+    tenant views' ``get_serializer_context`` puts the request's there).
     Raises ``ValidationError`` (400) for a ``client`` of another organization ("does not
     exist") or a ``reference_number`` already used in this organization.
     """
@@ -56,7 +58,7 @@ class CaseSerializer(serializers.ModelSerializer):
         """Reject a ``reference_number`` another case of the request's organization has
         (``ValidationError`` on that field); other organizations' numbers do not count."""
         reference = attrs.get("reference_number")
-        organization = self.context["request"]._request.organization
+        organization = self.context["organization"]
         if reference is not None:
             clash = Case.objects.for_organization(organization).filter(reference_number=reference)
             if self.instance is not None:

@@ -14,7 +14,6 @@ from django.utils import timezone
 from billing.services import record_event
 from cases.models import Case, CaseStatus, Client, Document, DocumentProcessingStatus
 from cases.processing import DocumentProcessingError, count_pages
-from goldleaves.middleware import request_id_var
 from tenancy.context import tenant_context
 
 logger = logging.getLogger("cases.documents")
@@ -117,11 +116,6 @@ def case_delete(*, organization, acting_user, case: Case) -> None:
     case.delete()
 
 
-def _current_request_id() -> str | None:
-    value = request_id_var.get()
-    return None if value in ("", "-") else value
-
-
 @transaction.atomic
 def document_create(
     *,
@@ -129,7 +123,7 @@ def document_create(
     acting_user,
     case: Case,
     file: UploadedFile,
-    request_id: str | None = None,
+    request_id: str | None,
 ) -> Document:
     """Store ``file`` through the default storage, record it against ``case`` and bill it
     once (``doc.upload``).
@@ -147,8 +141,9 @@ def document_create(
     ``request_id``, the server id of the upload request; ``resource_id`` = the document)
     is recorded with request id ``doc.upload:<document id>``: keyed on the document,
     unique per organization and event name, so each document is billed exactly once for
-    its upload, whatever the request ids. ``request_id`` defaults to the current request's
-    server id (``None`` outside a request). Processing is scheduled after commit
+    its upload, whatever the request ids. The API passes the request's server id as
+    ``request_id`` (``request.request_id``); code outside a request passes ``None``.
+    Processing is scheduled after commit
     (``transaction.on_commit``; the callback never raises, see ``_process_after_commit``
     and ``document_process``).
 
@@ -158,7 +153,6 @@ def document_create(
         CrossTenantReferenceError: ``case`` belongs to another organization.
     """
     _check_same_tenant(organization, case, "case")
-    request_id = request_id or _current_request_id()
     document = Document(
         organization=organization,
         case=case,

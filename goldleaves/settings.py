@@ -11,7 +11,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from goldleaves.db_pool import reset_pooled_connection
+from core.db_pool import reset_pooled_connection
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -53,8 +53,8 @@ INSTALLED_APPS = [
 # counts every tenant request (replays and unrouted paths too); an Idempotency-Key replay is
 # answered before the usage middleware, so it is never billed again.
 MIDDLEWARE = [
-    "goldleaves.middleware.RequestIdMiddleware",
-    "goldleaves.middleware.RequestTimerMiddleware",
+    "core.middleware.RequestIdMiddleware",
+    "core.middleware.RequestTimerMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -64,7 +64,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "tenancy.middleware.TenantMiddleware",
     "tenancy.middleware.AdminCrossTenantMiddleware",
-    "billing.ratelimit.RateLimitMiddleware",
+    "tenancy.ratelimit.RateLimitMiddleware",
     "billing.idempotency.middleware.IdempotencyMiddleware",
     "billing.middleware.UsageMiddleware",
 ]
@@ -162,7 +162,7 @@ else:
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenancy.authentication.TenantJWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "goldleaves.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
@@ -170,8 +170,8 @@ REST_FRAMEWORK = {
         "rest_framework.filters.OrderingFilter",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "goldleaves.errors.api_exception_handler",
-    # Plan-tier rate limits are a middleware (billing.ratelimit.RateLimitMiddleware), so that
+    "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
+    # Plan-tier rate limits are a middleware (tenancy.ratelimit.RateLimitMiddleware), so that
     # they count every tenant request, also those that never reach a DRF view.
     "DEFAULT_THROTTLE_CLASSES": [],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
@@ -246,7 +246,7 @@ STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30.0)
 STRIPE_RESEND_WINDOW_HOURS = env.int("STRIPE_RESEND_WINDOW_HOURS", default=23)
 
 # --- Logging: every line carries the request id -------------------------------
-# The request_id filter (goldleaves.middleware.RequestIdLogFilter) is put on EVERY handler
+# The request_id filter (core.middleware.RequestIdLogFilter) is put on EVERY handler
 # below by the loop after the dict, so a handler added later cannot miss it: each record
 # reaching any configured handler, from any logger, has request_id (the current request's
 # server id, or "-") and client_request_id (its X-Request-ID, or "-"); a record that got one
@@ -255,7 +255,7 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "goldleaves.middleware.RequestIdLogFilter"}},
+    "filters": {"request_id": {"()": "core.middleware.RequestIdLogFilter"}},
     "formatters": {
         "default": {
             "format": "%(asctime)s %(levelname)s [%(request_id)s %(client_request_id)s] "

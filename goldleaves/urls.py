@@ -3,7 +3,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from billing.middleware import not_billed
-from goldleaves.errors import handler404
+from core.errors import handler404 as api_not_found
 from goldleaves.health import health
 
 api_v1 = [
@@ -23,11 +23,11 @@ urlpatterns = [
     ),
     path("api/v1/", include(api_v1)),
     # Unknown API paths: JSON 404 even with DEBUG on (no HTML page on an API path). Not a
-    # served route, so never billed; still rate limited (billing.ratelimit).
-    re_path(r"^api/", not_billed(handler404), name="api-not-found"),
+    # served route, so never billed; still rate limited (tenancy.ratelimit).
+    re_path(r"^api/", not_billed(api_not_found), name="api-not-found"),
 ]
 
-handler400 = "goldleaves.errors.handler400"
-handler403 = "goldleaves.errors.handler403"
-handler404 = "goldleaves.errors.handler404"
-handler500 = "goldleaves.errors.handler500"
+handler400 = "core.errors.handler400"
+handler403 = "core.errors.handler403"
+handler404 = "core.errors.handler404"
+handler500 = "core.errors.handler500"

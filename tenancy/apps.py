@@ -10,7 +10,7 @@ class TenancyConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from goldleaves import schema  # noqa: F401  (registers the OpenAPI JWT scheme)
+        from tenancy import schema  # noqa: F401  (registers the OpenAPI JWT scheme)
         from tenancy.db_roles import connect_signals
 
         connect_signals()

@@ -21,7 +21,9 @@ from django.utils import timezone
 
 from billing.middleware import event_not_written
 from billing.models import IdempotencyKey
-from billing.services import RequiredWriteFailed, _psycopg_cursor, insert_event_guarded
+from billing.services import RequiredWriteFailed, insert_event_guarded
+from core.db import psycopg_cursor
+from tenancy.context import request_organization
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -115,7 +117,7 @@ def request_fingerprint(request) -> str:
         body_digest = hashlib.sha256(request.body).hexdigest()
     user = getattr(request, "user", None)
     parts = [
-        str(request.organization.pk),
+        str(request_organization(request).pk),
         str(getattr(user, "pk", "") or ""),
         request.method,
         request.path,
@@ -171,7 +173,7 @@ def idempotency_key_claim(*, organization, key: str, fingerprint: str, now=None)
     if not connection.in_atomic_block:
         raise TransactionManagementError("idempotency_key_claim runs in the request's transaction")
     params = [_lock_key(organization.pk, key), organization.pk, key, now or timezone.now()]
-    with _psycopg_cursor(psycopg.ClientCursor) as cursor:
+    with psycopg_cursor(psycopg.ClientCursor) as cursor:
         cursor.execute(_CLAIM_SQL, params)
         (locked,) = cursor.fetchone()
         cursor.nextset()

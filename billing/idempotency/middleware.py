@@ -18,7 +18,8 @@ from billing.idempotency.keys import (
     request_fingerprint,
 )
 from billing.middleware import EVENT_SINK_ATTR
-from tenancy.context import transaction_aborted
+from core.db import transaction_aborted
+from tenancy.context import request_organization
 
 logger = logging.getLogger("billing.idempotency")
 
@@ -41,7 +42,7 @@ class IdempotencyMiddleware:
 
     def __call__(self, request):
         raw = request.headers.get(HEADER) if request.method in METHODS else None
-        organization = getattr(request, "organization", None)
+        organization = request_organization(request)
         if raw is None or organization is None:
             return self.get_response(request)
         if not any(request.path.startswith(prefix) for prefix in settings.API_ROUTES):

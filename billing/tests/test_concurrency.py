@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from billing.models import BillingEvent
-from billing.ratelimit import tier_limit
 from tenancy.context import cross_tenant
 from tenancy.models import PlanTier
+from tenancy.ratelimit import tier_limit
 from tenancy.serializers import OrganizationTokenObtainPairSerializer
 from tenancy.tests.factories import OrganizationFactory, member_of
 
@@ -30,7 +30,7 @@ def test_concurrent_requests_are_each_billed_once_whatever_their_x_request_id(
     # Rate limits are out of scope here: each organization sends 4 x 50 = 200 requests
     # in a few seconds, which only stayed under the factory's 'pro' tier (300/min) by
     # luck of the numbers. Pin both organizations to 'enterprise' and make sure that
-    # tier has no limit (billing.ratelimit: no limit configured = unlimited), so a 429
+    # tier has no limit (tenancy.ratelimit: no limit configured = unlimited), so a 429
     # can never replace a billable 200 whatever THREADS or TIER_RATE_LIMITS become.
     settings.TIER_RATE_LIMITS = {
         tier: limits

@@ -11,12 +11,12 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from billing import ratelimit
 from billing.idempotency import keys, purge
 from billing.models import BillingEvent, IdempotencyKey
 from cases.models import Case, Client
-from conftest import bearer_client
+from tenancy import ratelimit
 from tenancy.context import cross_tenant, tenant_context
+from tenancy.testing import bearer_client
 from tenancy.tests.factories import OrganizationFactory, member_of
 
 pytestmark = pytest.mark.django_db

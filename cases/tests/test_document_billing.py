@@ -284,6 +284,7 @@ def test_permanent_database_error_while_billing_marks_the_document_failed(org, o
         acting_user=owner,
         case=case,
         file=SimpleUploadedFile("c.pdf", pdf_bytes(2), "application/pdf"),
+        request_id=None,  # outside a request: no request id
     )
     services.document_process(organization=org, document_id=document.pk)
     document.refresh_from_db()
@@ -343,6 +344,7 @@ def test_processing_twice_bills_once(org, owner, django_capture_on_commit_callba
             acting_user=owner,
             case=case,
             file=SimpleUploadedFile("b.pdf", pdf_bytes(2), "application/pdf"),
+            request_id=None,  # outside a request: no request id
         )
     assert len(callbacks) == 1
     services.document_process(organization=org, document_id=document.pk)

@@ -14,9 +14,9 @@ from billing.models import BillingEvent
 from billing.tests.factories import BillingEventFactory
 from cases.apis import CaseViewSet, ClientViewSet, DocumentViewSet
 from cases.models import Case, Client, Document
-from conftest import bearer_client
-from goldleaves.pagination import stable_order
+from core.pagination import stable_order
 from tenancy.models import Membership
+from tenancy.testing import bearer_client
 from tenancy.tests.factories import MembershipFactory, OrganizationFactory
 
 pytestmark = pytest.mark.django_db

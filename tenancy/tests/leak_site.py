@@ -19,6 +19,7 @@ from django.http import JsonResponse
 from django.urls import include, path
 
 from cases.models import Case
+from tenancy.context import request_organization
 from tenancy.db_roles import rls_database_default
 
 
@@ -57,7 +58,7 @@ def whoami(request):
     pid, setting = _pid_and_org()
     return JsonResponse(
         {
-            "organization": str(request.organization.pk),
+            "organization": str(request_organization(request).pk),
             "setting": setting,
             "pid": pid,
             # deliberately unfiltered: only row-level security keeps other firms out

@@ -1,4 +1,4 @@
-"""``manage.py backfill_organizations`` on a generated data set (issue 5, Backfill)."""
+"""``manage.py backfill_organizations`` on a generated data set."""
 
 import os
 import signal

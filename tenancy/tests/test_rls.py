@@ -1,4 +1,4 @@
-"""Row-level security: PostgreSQL itself refuses cross-tenant rows (issue 5).
+"""Row-level security: PostgreSQL itself refuses cross-tenant rows.
 
 The suite connects as the app role (asserted below), so these tests exercise the
 policies for real. The ``rls_on`` / ``rls_off`` fixtures pin ``RLS_ENABLED`` and the
@@ -18,11 +18,11 @@ from django.utils import timezone
 from billing.models import BillingEvent, IdempotencyKey, MeterReport, UsageAggregate
 from cases.models import Case, Client, Document
 from cases.tests.factories import CaseFactory, ClientFactory
-from conftest import bearer_client
 from tenancy import operations, rls
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.isolation import isolation_problems, isolation_warnings
 from tenancy.models import Membership, Organization, User
+from tenancy.testing import bearer_client
 from tenancy.tests.dburl import owner_psycopg_connection
 from tenancy.tests.factories import PASSWORD, MembershipFactory, OrganizationFactory, member_of
 

@@ -7,7 +7,7 @@ from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tenancy.models import Organization
+from tenancy.models import Membership
 from tenancy.viewsets import TenantAPIMixin
 
 
@@ -33,7 +33,10 @@ class ObjectDeniedApi(TenantAPIMixin, generics.RetrieveAPIView):
     ``check_object_permissions`` -> ``permission_denied``)."""
 
     permission_classes = [IsAuthenticated, _DenyEveryObject]
-    queryset = Organization.objects.all()
+    model = Membership
+
+    def tenant_queryset(self, organization):
+        return Membership.objects.for_organization(organization)
 
     def retrieve(self, request, *args, **kwargs):  # get_object raises before the body
         self.get_object()
@@ -42,6 +45,6 @@ class ObjectDeniedApi(TenantAPIMixin, generics.RetrieveAPIView):
 
 urlpatterns = [
     path("api/v1/test-denied/", DeniedApi.as_view()),
-    path("api/v1/test-denied-object/<uuid:pk>/", ObjectDeniedApi.as_view()),
+    path("api/v1/test-denied-object/<int:pk>/", ObjectDeniedApi.as_view()),
     path("", include("goldleaves.urls")),
 ]

@@ -54,7 +54,9 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.http import JsonResponse
 
-logger = logging.getLogger("billing.ratelimit")
+from tenancy.context import request_organization
+
+logger = logging.getLogger("tenancy.ratelimit")
 
 PERIOD_SECONDS = 60
 SCOPE = "api"
@@ -244,7 +246,7 @@ def count_request(request) -> RateLimitResult | None:
     path outside the API, an unlimited tier, and a limiter failure (Redis down: fail
     open, warning logged at most once per ``RATE_LIMIT_WARNING_INTERVAL``).
     """
-    organization = getattr(request, "organization", None)
+    organization = request_organization(request)
     if organization is None:
         return None
     if not any(request.path.startswith(prefix) for prefix in settings.API_ROUTES):
@@ -282,7 +284,7 @@ class RateLimitMiddleware:
     anything else runs for it: over the limit the answer is ``throttled_response`` (429,
     not billed: the usage middleware never sees it) and neither the view nor an
     ``Idempotency-Key`` replay runs. Placed right after ``TenantMiddleware`` (it needs
-    ``request.organization``), so unrouted paths, replays and the idempotency middleware's
+    the request's organization), so unrouted paths, replays and the idempotency middleware's
     own answers are counted like any other request. Every counted response (errors
     included) carries the RateLimit header fields (``RateLimitResult.headers``); the
     result is also left on the request as ``request.rate_limit``.
