@@ -17,6 +17,13 @@ rows written equal the requests the server answered (from its access log):
 billing_events rows == successful (2xx) billable requests for b, no
 billing_events for a and c, one drf-api-tracking row per request for c.
 
+With metering on (b) it also drives ``POST /api/v1/cases/`` with an
+``Idempotency-Key``: a new key per request (the first try: the claim, the case, the
+stored answer and the event), and one key and body repeated (the replay: the stored
+answer, nothing run or billed), each beside plain POST. Checks: one event and one
+stored key per first try; the replays (after one untimed first try) create, bill and
+store nothing.
+
 The size of billing_events matters: each metered request inserts into it (six
 indexes, random UUID primary key), and on a table of millions of rows whose
 indexes exceed shared_buffers that insert costs far more than on an empty one.
@@ -115,12 +122,14 @@ def cleanup(org_id) -> None:
             "DELETE FROM cases_case WHERE organization_id = %s AND reference_number LIKE 'B-%%'",
             [org_id],
         )
+        cur.execute("DELETE FROM billing_idempotency_keys WHERE organization_id = %s", [org_id])
     with owner_connection(), connection.cursor() as cur:
         cur.execute("VACUUM (ANALYZE) cases_case")
 
 
 def count_rows(org_id) -> dict:
-    """Rows written so far by metering (billing_events) and by the peer (its request log)."""
+    """Rows written so far by metering (billing_events), by the peer (its request log), as
+    stored Idempotency-Key answers, and cases POSTed by the benchmark (``B-...``)."""
     from django.db import connection
 
     with connection.cursor() as cur:
@@ -128,7 +137,17 @@ def count_rows(org_id) -> dict:
         billing = cur.fetchone()[0]
         cur.execute(f"SELECT count(*) FROM {TRACKING_TABLE} WHERE path LIKE '/api/v1/cases/%%'")
         tracking = cur.fetchone()[0]
-    return {"billing": billing, "tracking": tracking}
+        cur.execute(
+            "SELECT count(*) FROM billing_idempotency_keys WHERE organization_id = %s", [org_id]
+        )
+        keys = cur.fetchone()[0]
+        cur.execute(
+            "SELECT count(*) FROM cases_case WHERE organization_id = %s "
+            "AND reference_number LIKE 'B-%%'",
+            [org_id],
+        )
+        cases = cur.fetchone()[0]
+    return {"billing": billing, "tracking": tracking, "keys": keys, "cases": cases}
 
 
 # --- server ------------------------------------------------------------------------------
@@ -235,21 +254,39 @@ _WRK_LUA = """
 wrk.method = "{method}"
 wrk.headers["Authorization"] = "Bearer {token}"
 wrk.headers["Content-Type"] = "application/json"
+local mode = "{mode}"
 local n = 0
 local tid = 0
 function setup(thread)
   tid = tid + 1
   thread:set("tid", tid)
 end
+local function keyed(key)
+  local headers = {{}}
+  for name, value in pairs(wrk.headers) do headers[name] = value end
+  headers["Idempotency-Key"] = key
+  return headers
+end
 function request()
   if wrk.method == "GET" then return wrk.format() end
   n = n + 1
+  if mode == "replay" then
+    return wrk.format(nil, nil, keyed("{tag}-replay"),
+      '{{"client": "{client_id}", "title": "Bench matter", "reference_number": "B-{tag}-r"}}')
+  end
   local body = string.format(
     '{{"client": "{client_id}", "title": "Bench matter", "reference_number": "B-{tag}-%d-%d"}}',
     tid, n)
+  if mode == "key" then
+    return wrk.format(nil, nil, keyed(string.format("{tag}-%d-%d", tid, n)), body)
+  end
   return wrk.format(nil, nil, nil, body)
 end
 """
+
+#: POST modes: ``plain`` (no key), ``key`` (a new Idempotency-Key per request: first
+#: tries), ``replay`` (one key and body for every request: replays after the first).
+POST_MODES = ("plain", "key", "replay")
 
 
 def _wrk_ms(text: str) -> float:
@@ -260,11 +297,21 @@ def _wrk_ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def run_wrk(url: str, method: str, *, fx: dict, concurrency: int, duration: float) -> dict:
-    """Drive ``url`` with wrk (one thread, ``concurrency`` connections) and parse its report."""
-    tag = uuid.uuid4().hex[:8]
+def run_wrk(
+    url: str,
+    method: str,
+    *,
+    fx: dict,
+    concurrency: int,
+    duration: float,
+    mode: str = "plain",
+    tag: str | None = None,
+) -> dict:
+    """Drive ``url`` with wrk (one thread, ``concurrency`` connections) and parse its report;
+    ``mode``: see ``POST_MODES``; ``tag``: the keys' and references' prefix (default: new)."""
+    tag = tag or uuid.uuid4().hex[:8]
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(_WRK_LUA.format(method=method, tag=tag, **fx))
+        fh.write(_WRK_LUA.format(method=method, tag=tag, mode=mode, **fx))
     try:
         out = subprocess.run(
             [
@@ -301,30 +348,40 @@ def run_wrk(url: str, method: str, *, fx: dict, concurrency: int, duration: floa
     }
 
 
-async def _python_load(url: str, method: str, *, fx: dict, concurrency: int, duration: float):
+async def _python_load(
+    url: str,
+    method: str,
+    *,
+    fx: dict,
+    concurrency: int,
+    duration: float,
+    mode: str = "plain",
+    tag: str | None = None,
+):
     from urllib.parse import urlsplit
 
     parts = urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    tag = uuid.uuid4().hex[:8]
+    tag = tag or uuid.uuid4().hex[:8]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     deadline = time.perf_counter() + duration
 
     def build(worker: int, n: int) -> bytes:
-        body = b""
+        body, key = b"", ""
         if method == "POST":
+            reference = f"B-{tag}-r" if mode == "replay" else f"B-{tag}-{worker}-{n}"
             body = json.dumps(
-                {
-                    "client": fx["client_id"],
-                    "title": "Bench matter",
-                    "reference_number": f"B-{tag}-{worker}-{n}",
-                }
+                {"client": fx["client_id"], "title": "Bench matter", "reference_number": reference}
             ).encode()
+            if mode == "key":
+                key = f"Idempotency-Key: {tag}-{worker}-{n}\r\n"
+            elif mode == "replay":
+                key = f"Idempotency-Key: {tag}-replay\r\n"
         head = (
             f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
             f"Authorization: Bearer {fx['token']}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            f"{key}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         )
         return head.encode() + body
 
@@ -372,19 +429,47 @@ def run_python(url: str, method: str, **kw) -> dict:
     return json.loads(out.stdout)
 
 
+def prime_replay(url: str, fx: dict, tag: str) -> None:
+    """Send the first try of the ``replay`` mode's request (its key and body, as the load
+    generators build them) and check it created the case (201)."""
+    body = json.dumps(
+        {"client": fx["client_id"], "title": "Bench matter", "reference_number": f"B-{tag}-r"}
+    ).encode()
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "Authorization": f"Bearer {fx['token']}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": f"{tag}-replay",
+        },
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 201, response.status
+
+
 # --- the benchmark -----------------------------------------------------------------------
 def measure(server: Server, client: str, fx: dict, *, concurrency: int, duration: float) -> dict:
     """Warm up, then GET and POST for ``duration`` seconds each; returns figures and checks."""
     load = run_wrk if client == "wrk" else run_python
     base = f"http://{HOST}:{server.port}/api/v1/cases/"
-    endpoints = {"GET": base + "?page_size=20", "POST": base}
-    load(endpoints["GET"], "GET", fx=fx, concurrency=concurrency, duration=2)  # warm-up
+    runs = {"GET": ("GET", base + "?page_size=20", "plain"), "POST": ("POST", base, "plain")}
+    if server.variant == "b":  # Idempotency-Key beside plain POST, metering on
+        runs["POST key"] = ("POST", base, "key")
+        runs["POST replay"] = ("POST", base, "replay")
+    load(runs["GET"][1], "GET", fx=fx, concurrency=concurrency, duration=2)  # warm-up
     time.sleep(0.5)
     results = {}
-    for method, url in endpoints.items():
+    for name, (method, url, mode) in runs.items():
+        tag = uuid.uuid4().hex[:8]
+        if mode == "replay":  # the first try, untimed: every timed request is a replay
+            prime_replay(url, fx, tag)
         before_rows, before_log = count_rows(fx["org_id"]), len(server.log_lines())
         with server.sample():
-            figures = load(url, method, fx=fx, concurrency=concurrency, duration=duration)
+            figures = load(
+                url, method, fx=fx, concurrency=concurrency, duration=duration, mode=mode, tag=tag
+            )
         time.sleep(0.5)  # let requests in flight at the end finish and reach the access log
         after_rows = count_rows(fx["org_id"])
         lines = [line.split() for line in server.log_lines()[before_log:]]
@@ -393,7 +478,9 @@ def measure(server: Server, client: str, fx: dict, *, concurrency: int, duration
         figures["served_2xx"] = sum(1 for ln in served if ln[0].startswith("2"))
         figures["billing_rows"] = after_rows["billing"] - before_rows["billing"]
         figures["tracking_rows"] = after_rows["tracking"] - before_rows["tracking"]
-        results[method] = figures
+        figures["key_rows"] = after_rows["keys"] - before_rows["keys"]
+        figures["cases_created"] = after_rows["cases"]
+        results[name] = figures
         cleanup(fx["org_id"])
     return results
 
@@ -455,12 +542,14 @@ def main(argv=None) -> int:
         },
     )
     print(
-        f"request_overhead: {rounds} round(s) x 3 variants x GET/POST, {duration:.0f} s each, "
+        f"request_overhead: {rounds} round(s) x 3 variants x GET/POST (b: also POST with "
+        f"Idempotency-Key, first try and replay), {duration:.0f} s each, "
         f"c={args.concurrency}, {args.workers} sync workers, load by {client}; "
         f"billing_events holds ~{billing_rows:,} rows",
         file=sys.stderr,
     )
     per: dict = {v: {"GET": [], "POST": [], "rss": []} for v in VARIANTS}
+    per["b"].update({"POST key": [], "POST replay": []})
     order = list(VARIANTS)
     with tempfile.TemporaryDirectory(prefix="bench-gunicorn-") as logdir:
         for r in range(rounds):
@@ -474,7 +563,7 @@ def main(argv=None) -> int:
                 finally:
                     server.stop()
                 per[variant]["rss"].append(server.peak_rss)
-                for method in ("GET", "POST"):
+                for method in res:
                     f = res[method]
                     per[variant][method].append(f)
                     print(
@@ -548,6 +637,19 @@ def main(argv=None) -> int:
             target="metering > peer",
             met=b_rps > c_rps,
         )
+    post = "POST /api/v1/cases/"
+    plain_rps, plain_p50 = med("b", "POST", "rps"), med("b", "POST", "p50_ms")
+    for mode, label in (("POST key", "first try"), ("POST replay", "replay")):
+        what = f"{post} with Idempotency-Key, {label}, metering on"
+        section.add(f"{what} req/s", med("b", mode, "rps"), "req/s", "plain POST (b)", plain_rps)
+        section.add(f"{what} p50", med("b", mode, "p50_ms"), "ms", "plain POST (b)", plain_p50)
+        section.add(
+            f"{what} p99",
+            med("b", mode, "p99_ms"),
+            "ms",
+            "plain POST (b)",
+            med("b", "POST", "p99_ms"),
+        )
     mib = 1024 * 1024
     for variant in VARIANTS:
         peak = max(per[variant]["rss"]) / mib
@@ -564,7 +666,21 @@ def main(argv=None) -> int:
 
 def _checks(section: Section, variant: str, method: str, r: int, f: dict) -> None:
     name = f"round {r + 1} {variant} {method}"
-    if variant == "b":
+    if method == "POST replay":
+        section.check(
+            f"{name}: the replays created, billed and stored nothing (one case, its first try)",
+            (f["cases_created"], f["billing_rows"], f["key_rows"]) == (1, 0, 0),
+            f"{f['cases_created']} cases, {f['billing_rows']} events, {f['key_rows']} keys "
+            f"for {f['served_2xx']} 2xx of {f['served']} served",
+        )
+    elif method == "POST key":
+        section.check(
+            f"{name}: one case, one event and one stored key per first try",
+            f["cases_created"] == f["billing_rows"] == f["key_rows"] == f["served_2xx"],
+            f"{f['cases_created']} cases, {f['billing_rows']} events, {f['key_rows']} keys, "
+            f"{f['served_2xx']} 2xx of {f['served']} served",
+        )
+    elif variant == "b":
         section.check(
             f"{name}: billing_events rows == successful billable requests",
             f["billing_rows"] == f["served_2xx"],

@@ -18,6 +18,8 @@ IDs:
   aggregate resent 24 h or more after its first send could be counted twice; 0 or less
   would never resend anything, not even after a timeout (see
   ``billing.reporting.reconciliation``).
+* ``billing.E004``: ``IDEMPOTENCY_KEY_TTL_HOURS`` is not a whole number of hours of at
+  least 1: a key that expires at once would let every retry run again.
 """
 
 from django.conf import settings
@@ -63,5 +65,22 @@ def check_resend_window(app_configs=None, **kwargs) -> list[Error]:
             "period of at least 24 hours only "
             "(https://docs.stripe.com/api/billing/meter-event/create).",
             id="billing.E003",
+        )
+    ]
+
+
+@register(TAG)
+def check_idempotency_ttl(app_configs=None, **kwargs) -> list[Error]:
+    """``billing.E004`` when ``settings.IDEMPOTENCY_KEY_TTL_HOURS`` is not an ``int`` (not
+    ``bool``) of at least 1; ``[]`` otherwise."""
+    hours = getattr(settings, "IDEMPOTENCY_KEY_TTL_HOURS", None)
+    if isinstance(hours, int) and not isinstance(hours, bool) and hours >= 1:
+        return []
+    return [
+        Error(
+            f"IDEMPOTENCY_KEY_TTL_HOURS must be a whole number of hours of at least 1, "
+            f"not {hours!r}",
+            hint="Set IDEMPOTENCY_KEY_TTL_HOURS to a whole number of hours (default 24).",
+            id="billing.E004",
         )
     ]

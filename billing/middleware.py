@@ -12,8 +12,18 @@ and the failure is logged at ERROR (with the request id, through the log filter)
 and counted in ``write_failures()`` (per process; reported by
 ``GET /api/v1/billing/health/``). We chose "serve and alert" over "fail the
 request": the client's operation succeeded and retrying it would repeat it; the
-lost event is visible in the logs and the counter. A duplicate key (a retried
-``X-Request-ID``) is not a failure: ``INSERT ... ON CONFLICT DO NOTHING`` skips it.
+lost event is visible in the logs and the counter.
+
+The event's ``request_id`` is the server's id of the request (``request.request_id``, a
+UUIDv7 minted by ``RequestIdMiddleware`` for every physical request), so every request
+served is billed exactly once whatever the client sends; the client's ``X-Request-ID`` is
+only copied into ``dimensions.client_request_id``. A client retries without being billed
+twice through ``Idempotency-Key`` (``billing.idempotency``): a replayed answer is returned
+before this middleware runs.
+
+A request with an ``Idempotency-Key`` hands its built event to ``IdempotencyMiddleware``
+instead (``EVENT_SINK_ATTR``), which writes it together with the key's stored answer in one
+round trip (``insert_event_guarded(..., first=...)``), under the same failure policy.
 
 Round trips per metered request: 1 (``SAVEPOINT; INSERT ... ON CONFLICT DO NOTHING;
 RELEASE SAVEPOINT`` sent as one query by ``billing.services.insert_event_guarded``). A
@@ -21,6 +31,7 @@ request that writes nothing else (a GET) also pays a WAL flush at its COMMIT, si
 transaction now holds a write.
 """
 
+import functools
 import logging
 import re
 import threading
@@ -41,6 +52,11 @@ _REGEX_GROUP = re.compile(r"\(\?P<(\w+)>")
 _CONVERTER = re.compile(r"<(?:\w+:)?(\w+)>")
 
 
+#: Request attribute: a list set by ``IdempotencyMiddleware`` on a keyed request; the usage
+#: middleware then appends its built event there instead of inserting it.
+EVENT_SINK_ATTR = "billing_event_sink"
+
+
 def write_failures() -> int:
     """Number of ``api.request`` events this process failed to write since it started."""
     return _failures
@@ -50,6 +66,21 @@ def _count_failure() -> None:
     global _failures
     with _failures_lock:
         _failures += 1
+
+
+def event_not_written(request, response) -> None:
+    """The failure policy of the usage event of ``request``: count it
+    (``write_failures``) and log it at ERROR with the current exception's traceback, both
+    ids, the method, path and status. Call it from an ``except`` block; never raises."""
+    _count_failure()
+    logger.exception(
+        "billing event not written for request %s (client id %s; %s %s -> %s)",
+        getattr(request, "request_id", None),
+        getattr(request, "client_request_id", None) or "-",
+        request.method,
+        request.path,
+        response.status_code,
+    )
 
 
 def route_template(route: str | None) -> str | None:
@@ -101,6 +132,20 @@ def duration_ms(request) -> float:
     return max(round(elapsed_ms(request), 3), MIN_DURATION_MS)
 
 
+def not_billed(view):
+    """Mark ``view`` (a Django view function) as never billed: a request it answers is not
+    a served route (e.g. the JSON 404 catch-all for unknown ``/api/`` paths). Returns a
+    wrapper with ``billable = False``, which ``UsageMiddleware.is_billable`` reads from the
+    request's ``resolver_match.func``."""
+
+    @functools.wraps(view)
+    def wrapper(*args, **kwargs):
+        return view(*args, **kwargs)
+
+    wrapper.billable = False
+    return wrapper
+
+
 def _status_is_unbilled(status_code: int, rules: list[str]) -> bool:
     for rule in rules:
         rule = rule.strip().lower()
@@ -115,14 +160,18 @@ def _status_is_unbilled(status_code: int, rules: list[str]) -> bool:
 class UsageMiddleware:
     """Writes one ``api.request`` event for each billable request.
 
-    Billable: the request has an organization; the path starts with one of
+    Billable: the request has an organization; the request resolved to a real route (a
+    URL pattern whose view is not marked ``not_billed``: an unknown path answered by the
+    404 catch-all is not served, so not billed); the path starts with one of
     ``settings.BILLABLE_ROUTES``; it is not under ``BILLING_EXCLUDED_PATHS``,
     ``STATIC_URL`` or ``MEDIA_URL``; the status is not in ``BILLING_UNBILLED_STATUSES``
     (default 401, 403, 429, 5xx). The event: user, quantity 1 ``call`` priced by
-    ``billing.pricing``, ``request_id`` = the request's id (``X-Request-ID``, so a
-    retry is billed once), dimensions ``endpoint``, ``route``, ``method``,
-    ``status_code``, ``duration_ms`` (float, ms since ``RequestTimerMiddleware``'s
-    start, measured now, at least 0.001: see ``duration_ms``) and ``request_id``.
+    ``billing.pricing``, ``request_id`` = the server's id of the request
+    (``request.request_id``, unique per physical request), dimensions ``endpoint``,
+    ``route``, ``method``, ``status_code``, ``duration_ms`` (float, ms since
+    ``RequestTimerMiddleware``'s start, measured now, at least 0.001: see
+    ``duration_ms``) and, when the client sent a valid ``X-Request-ID``,
+    ``client_request_id`` (its correlation id, never a billing key).
 
     Raises ``MiddlewareNotUsed`` at start-up when ``BILLING_METERING_ENABLED`` is false.
     """
@@ -150,6 +199,9 @@ class UsageMiddleware:
         """Whether ``request`` (answered by ``response``) is metered; see the class doc."""
         if request_organization(request) is None:
             return False
+        match = getattr(request, "resolver_match", None)
+        if match is None or not getattr(match.func, "billable", True):
+            return False
         path = request.path
         if not any(path.startswith(prefix) for prefix in settings.BILLABLE_ROUTES):
             return False
@@ -159,10 +211,21 @@ class UsageMiddleware:
         return not _status_is_unbilled(response.status_code, rules)
 
     def record(self, request, response) -> None:
-        """Write the event in a savepoint; log and count a failure, never raise."""
+        """Write the event in a savepoint (or hand it to ``IdempotencyMiddleware`` through
+        ``EVENT_SINK_ATTR``); log and count a failure (``event_not_written``), never raise."""
         request_id = getattr(request, "request_id", None)
+        client_request_id = getattr(request, "client_request_id", None)
         try:
             match = getattr(request, "resolver_match", None)
+            dimensions = {
+                "endpoint": request.path,
+                "route": route_template(match.route if match else None),
+                "method": request.method,
+                "status_code": response.status_code,
+                "duration_ms": duration_ms(request),
+            }
+            if client_request_id:
+                dimensions["client_request_id"] = client_request_id
             event = build_event(
                 organization=request_organization(request),
                 event_name="api.request",
@@ -170,22 +233,12 @@ class UsageMiddleware:
                 user=request.user if getattr(request.user, "is_authenticated", False) else None,
                 request_id=request_id,
                 unit="call",
-                dimensions={
-                    "endpoint": request.path,
-                    "route": route_template(match.route if match else None),
-                    "method": request.method,
-                    "status_code": response.status_code,
-                    "duration_ms": duration_ms(request),
-                    "request_id": request_id,
-                },
+                dimensions=dimensions,
             )
-            insert_event_guarded(event)
+            sink = getattr(request, EVENT_SINK_ATTR, None)
+            if sink is not None:
+                sink.append(event)
+            else:
+                insert_event_guarded(event)
         except Exception:  # noqa: BLE001 - see the failure policy in the module doc
-            _count_failure()
-            logger.exception(
-                "billing event not written for request %s (%s %s -> %s)",
-                request_id,
-                request.method,
-                request.path,
-                response.status_code,
-            )
+            event_not_written(request, response)

@@ -1,6 +1,5 @@
-"""Billing events: the metered usage of each organization.
-
-See docs/architecture.md, "Billing events"."""
+"""Billing events: the metered usage of each organization, and stored Idempotency-Key
+answers (see docs/architecture.md, "Billing events")."""
 
 import uuid
 from decimal import Decimal
@@ -29,7 +28,10 @@ class BillingEvent(TenantModel):
     ``quantity`` is a decimal count of ``unit`` (``call``, ``document``, ``byte``,
     ``page``); ``unit_cost_cents`` is the integer price per unit in cents fixed
     at write time; ``created_at`` is UTC. Unique on (organization, event_name,
-    request_id) when ``request_id`` is set, so a retried request is billed once.
+    request_id) when ``request_id`` is set: one event per key. An ``api.request`` event's
+    ``request_id`` is the server's id of the request (never the client's ``X-Request-ID``,
+    kept as ``dimensions.client_request_id``), so each request served is billed once;
+    document events are keyed on the document (``doc.upload:<id>``, ``doc.processed:<id>``).
 
     ``id`` is a UUIDv7 (RFC 9562, section 5.7: a millisecond Unix timestamp first), so
     new rows land at the right edge of the primary-key index instead of on random
@@ -264,3 +266,57 @@ class UsageAggregate(TenantModel):
         if not self.key_revision:
             return self.identifier
         return f"{self.identifier}-r{self.key_revision}"
+
+
+class IdempotencyKey(TenantModel):
+    """The stored outcome of one ``Idempotency-Key`` of one organization (IETF
+    draft-ietf-httpapi-idempotency-key-header-07; https://docs.stripe.com/api/idempotent_requests).
+
+    Written, in the request's own transaction, when a ``POST``/``PUT``/``PATCH``/``DELETE``
+    that carried the key finished with a status below 500 (``billing.idempotency``): a
+    retry with the same key and the same ``fingerprint`` gets ``status_code``,
+    ``response_headers`` (``{name: value}``, only ``idempotency.keys.STORED_HEADERS``) and
+    ``response_body`` (bytes) back, marked ``Idempotent-Replayed: true``, without running
+    or billing anything again. ``fingerprint`` is the SHA-256 (hex) of the request
+    (organization, user, method, path, query string, content type, body; see
+    ``idempotency.keys.request_fingerprint``). ``request_id`` is the server id of the request
+    that ran. ``expires_at`` (UTC) is ``created_at`` + ``IDEMPOTENCY_KEY_TTL_HOURS``:
+    after it the key is free again and ``manage.py purge_idempotency_keys`` deletes it.
+
+    Primary key ``(organization_id, key)`` (Django's ``CompositePrimaryKey``): keys are
+    per organization, and the table is distributable by ``organization_id`` (Citus).
+    Django's admin cannot show models with a composite primary key, so there is no admin
+    screen for it.
+    """
+
+    pk = models.CompositePrimaryKey("organization", "key")
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="idempotency_keys", db_index=False
+    )
+    key = models.CharField(max_length=255)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+    )
+    fingerprint = models.CharField(max_length=64)
+    request_id = models.CharField(max_length=128, blank=True, default="")
+    method = models.CharField(max_length=10)
+    path = models.TextField()
+    status_code = models.PositiveSmallIntegerField()
+    response_headers = models.JSONField(default=dict, blank=True)
+    response_body = models.BinaryField(default=b"", blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "billing_idempotency_keys"
+        # The purge's batches (oldest expiry first). Not unique, so Citus needs no
+        # organization_id in it.
+        indexes = [models.Index(fields=["expires_at"], name="billing_idem_expires_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.organization_id})"

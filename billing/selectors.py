@@ -13,7 +13,6 @@ which EXPLAINs the exact SQL of ``usage_summary`` and of ``usage_report`` for ea
 ``group_by`` on 6,000 analysed rows and asserts that index, and no other, is used).
 """
 
-import uuid
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -104,20 +103,6 @@ def event_list(
     if end is not None:
         queryset = queryset.filter(created_at__lt=end)
     return queryset.order_by("-created_at", "-id")
-
-
-def event_resource_id(*, organization, event_name: str, request_id: str) -> uuid.UUID | None:
-    """The ``resource_id`` of ``organization``'s event ``event_name`` with ``request_id``
-    (e.g. the document a ``doc.upload`` created), or ``None`` if there is no such event or
-    it has no resource. At most one event matches: (organization, event_name, request_id)
-    is unique when ``request_id`` is set; one index lookup of that constraint."""
-    return (
-        BillingEvent.objects.filter(
-            organization_id=organization.pk, event_name=event_name, request_id=request_id
-        )
-        .values_list("resource_id", flat=True)
-        .first()
-    )
 
 
 def _period_events(organization, start: datetime, end: datetime) -> QuerySet[BillingEvent]:

@@ -7,9 +7,11 @@ savepoint in a single round trip. For ``record_event`` / ``record_events`` it is
 ``INSERT ... SELECT FROM unnest(...) ... RETURNING id`` on Django's connection, so the
 created rows come back in the same round trip (the ORM's ``ignore_conflicts`` cannot
 return them; a confirming SELECT cost a second query and the per-row parameters a
-third of a batch's time). A retried request (same organization, event name and
-request id, the partial unique constraint ``billing_event_org_name_request_unique``)
-is skipped by the database itself, without an exception, so the surrounding
+third of a batch's time). An event whose key already exists (same organization, event
+name and request id, the partial unique constraint
+``billing_event_org_name_request_unique``; on the request path the request id is the
+server's, unique per request, and ``doc.upload``/``doc.processed`` are keyed on the
+document) is skipped by the database itself, without an exception, so the surrounding
 transaction (the request's) is never aborted by a duplicate. Concurrent inserts of
 the same key wait for each other on the unique index; exactly one row survives.
 """
@@ -135,7 +137,13 @@ def build_event(
 _GUARD_SAVEPOINT = "gl_billing_event"
 
 
-def insert_event_guarded(event: BillingEvent) -> None:
+class RequiredWriteFailed(DatabaseError):
+    """The statement passed to ``insert_event_guarded`` as ``first`` (a write the request
+    cannot do without) failed or was never sent: the request must fail with it (its
+    transaction rolls back)."""
+
+
+def insert_event_guarded(event: BillingEvent, *, first: tuple[str, list] | None = None) -> None:
     """Insert one built event (``ON CONFLICT DO NOTHING``) so that no failure of it can
     abort the caller's transaction, in ONE round trip: the INSERT that Django's ORM
     compiles for ``bulk_create(..., ignore_conflicts=True)`` (``InsertQuery``; values
@@ -157,11 +165,21 @@ def insert_event_guarded(event: BillingEvent) -> None:
     savepoint cannot be rolled back to, the transaction is marked for rollback
     (``transaction.set_rollback(True)``) rather than committed half-applied.
 
+    ``first``: one more statement ``(sql, params)`` of the request's own writes (the stored
+    answer of its ``Idempotency-Key``, ``billing.idempotency``), sent in the same message
+    before the savepoint (``<first>; SAVEPOINT ...; INSERT ...; RELEASE ...``), so the two
+    writes cost one round trip. It is not guarded: if it fails (or nothing could be sent),
+    nothing after it runs and ``RequiredWriteFailed`` is raised; if only the
+    event's INSERT fails, the savepoint is rolled back, ``first`` stays applied, and the
+    event's error is raised as without ``first``.
+
     Note: foreign keys are ``DEFERRABLE INITIALLY DEFERRED`` (Django's default), so a
     violation of one (the organization or user deleted while the request ran) is
     reported at COMMIT, outside the savepoint.
 
     Raises:
+        RequiredWriteFailed: ``first`` failed or was not sent (the transaction must roll
+            back).
         django.db.DatabaseError: the INSERT failed (the savepoint was rolled back), or the
             transaction was already aborted (nothing was sent).
         django.db.TransactionManagementError: called outside a transaction.
@@ -174,30 +192,34 @@ def insert_event_guarded(event: BillingEvent) -> None:
     query = InsertQuery(BillingEvent, on_conflict=OnConflict.IGNORE)
     query.insert_values(BillingEvent._meta.concrete_fields, [event])
     [(sql, params)] = query.get_compiler(connection=connection).as_sql()
+    sql = f"SAVEPOINT {_GUARD_SAVEPOINT}; {sql}; RELEASE SAVEPOINT {_GUARD_SAVEPOINT}"
+    if first is not None:
+        sql, params = f"{first[0]}; {sql}", [*first[1], *params]
     with psycopg_cursor(psycopg.ClientCursor) as cursor:
         if transaction_aborted():
-            raise DatabaseError(
+            raise (RequiredWriteFailed if first is not None else DatabaseError)(
                 "the transaction was already aborted by an earlier statement; "
                 "the billing event was not sent"
             )
         try:
-            cursor.execute(
-                f"SAVEPOINT {_GUARD_SAVEPOINT}; {sql}; RELEASE SAVEPOINT {_GUARD_SAVEPOINT}",
-                params,
-            )
-        except DatabaseError:
+            cursor.execute(sql, params)
+        except DatabaseError as exc:
             # Aborted now: a statement of ours failed on the server. Not aborted: the error
             # came before anything ran (e.g. adapting a parameter); nothing to undo.
+            restored = False
             if transaction_aborted():
                 try:
                     cursor.execute(
                         f"ROLLBACK TO SAVEPOINT {_GUARD_SAVEPOINT}; "
                         f"RELEASE SAVEPOINT {_GUARD_SAVEPOINT}"
                     )
+                    restored = True  # only the event failed; ``first`` ran
                 except DatabaseError:
-                    # The savepoint never existed (the whole query was refused before
-                    # running): the transaction cannot be restored, so it must roll back.
+                    # The savepoint never existed (``first`` failed, or the whole query was
+                    # refused before running): the transaction cannot be restored.
                     transaction.set_rollback(True)
+            if first is not None and not restored:
+                raise RequiredWriteFailed(f"the request's own write failed: {exc}") from exc
             raise
 
 

@@ -92,21 +92,13 @@ class CaseViewSet(_ServiceViewSet):
         return selectors.case_list(organization=organization)
 
 
-class UploadConflict(exceptions.APIException):
-    """409: the upload's ``X-Request-ID`` was already used for a different upload."""
-
-    status_code = 409
-    default_detail = "This X-Request-ID was already used for another upload."
-    default_code = "request_id_conflict"
-
-
 class DocumentViewSet(_ServiceViewSet):
     """Documents of the active organization. Upload with multipart ``file`` and ``case``.
 
-    An upload is idempotent on its ``X-Request-ID`` (``services.document_create``): a
-    retry is answered ``201`` with the document the first upload created (no second
-    file, row or charge); reusing the id for a different upload is a ``409``
-    (``code: "request_id_conflict"``)."""
+    Each upload creates and bills one document. Retry an upload with the same
+    ``Idempotency-Key`` (``billing.idempotency``): the same bytes replay the first answer
+    (``201`` with the first document; no second file, row or charge), other bytes are a
+    ``422`` (``idempotency_key_reused``)."""
 
     model = Document
     parser_classes = [parsers.MultiPartParser, parsers.FormParser, parsers.JSONParser]
@@ -121,15 +113,11 @@ class DocumentViewSet(_ServiceViewSet):
     object_kwarg = "document"
 
     def create_kwargs(self) -> dict:
-        """The upload's idempotency key: the request's id (``request.request_id``, set by
-        ``RequestIdMiddleware``), passed explicitly to ``services.document_create``."""
+        """The upload request's server id (``request.request_id``, set by
+        ``RequestIdMiddleware``), passed explicitly to ``services.document_create``, which
+        keeps it in the ``doc.upload`` event's dimensions (the event itself is keyed on
+        the document)."""
         return {"request_id": self.request.request_id}
-
-    def perform_create(self, serializer):
-        try:
-            super().perform_create(serializer)
-        except services.UploadRequestIdConflict as exc:
-            raise UploadConflict(str(exc)) from None
 
     def get_serializer_class(self):
         if self.action in ("update", "partial_update"):

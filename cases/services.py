@@ -11,7 +11,6 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
-from billing.selectors import event_resource_id
 from billing.services import record_event
 from cases.models import Case, CaseStatus, Client, Document, DocumentProcessingStatus
 from cases.processing import DocumentProcessingError, count_pages
@@ -22,12 +21,6 @@ logger = logging.getLogger("cases.documents")
 
 class CrossTenantReferenceError(ValueError):
     """A related object belongs to another organization."""
-
-
-class UploadRequestIdConflict(ValueError):
-    """An upload reuses a request id whose first upload cannot be replayed: the document
-    it created no longer exists, or it was a different upload (another case, file name
-    or size). The message says which; the API answers 409."""
 
 
 def _check_same_tenant(organization, obj, label: str) -> None:
@@ -132,45 +125,32 @@ def document_create(
     file: UploadedFile,
     request_id: str | None,
 ) -> Document:
-    """Store ``file`` through the default storage and record it against ``case``;
-    idempotent on (organization, request id).
+    """Store ``file`` through the default storage, record it against ``case`` and bill it
+    once (``doc.upload``).
 
     Records the original filename, the client-declared content type and the size in
-    bytes. ``request_id`` is the idempotency key: the API passes the request's id
-    (``request.request_id``: the client's valid ``X-Request-ID``, or the one the server
-    generated); code outside a request passes ``None``, and then every call creates a
-    document.
+    bytes. Every call creates a new document: a retried upload is recognised by its
+    ``Idempotency-Key`` before the view runs (``billing.idempotency``: same key and same
+    bytes replay the first answer; other bytes are a 422), never here, and never by the
+    client's ``X-Request-ID``.
 
-    Order, all in the caller's transaction (the request's):
-
-    1. The ``doc.upload`` billing event (1 ``document``; dimensions ``content_type``,
-       ``size_bytes``, ``filename``; ``resource_id`` = the new document's id, chosen
-       now) is inserted FIRST, with ``INSERT ... ON CONFLICT DO NOTHING``
-       (``billing.services.record_event``). The unique constraint on (organization,
-       event_name, request_id) is the arbiter between retries: of two concurrent
-       uploads with the same request id, the second's INSERT waits on the unique
-       index until the first commits (PostgreSQL manual, INSERT, "ON CONFLICT
-       Clause") and then inserts nothing; if the first rolls back, the second's
-       INSERT creates the row instead.
-    2. Only when that INSERT created the row: the file is written to storage and the
-       document row saved (if the row cannot be saved, the stored file is deleted
-       again and the error propagates, rolling the event back with it); processing is
-       scheduled after commit (``transaction.on_commit``; the callback never raises, see
-       ``_process_after_commit`` and ``document_process``).
-    3. When it did not (a retry): no file is stored and no row is created; the
-       document the first upload created (the event's ``resource_id``) is returned as
-       it is now. The API answers it as the first upload was answered, ``201`` with
-       the document (a replay returns the original result, as Stripe's idempotent
-       requests do: https://docs.stripe.com/api/idempotent_requests).
+    Order, all in the caller's transaction (the request's): the file is written to
+    storage and the document row saved (if the row cannot be saved, the stored file is
+    deleted again and the error propagates); then the ``doc.upload`` billing event (1
+    ``document``; dimensions ``content_type``, ``size_bytes``, ``filename`` and
+    ``request_id``, the server id of the upload request; ``resource_id`` = the document)
+    is recorded with request id ``doc.upload:<document id>``: keyed on the document,
+    unique per organization and event name, so each document is billed exactly once for
+    its upload, whatever the request ids. The API passes the request's server id as
+    ``request_id`` (``request.request_id``); code outside a request passes ``None``.
+    Processing is scheduled after commit
+    (``transaction.on_commit``; the callback never raises, see ``_process_after_commit``
+    and ``document_process``).
 
     Returns:
-        the new ``Document``, or on a retry the one the first upload created.
+        the new ``Document``.
     Raises:
         CrossTenantReferenceError: ``case`` belongs to another organization.
-        UploadRequestIdConflict: a retry whose first upload's document was deleted
-            since, or whose case, file name or size differ from the first upload
-            (the request id was reused for another upload; Stripe also refuses
-            those).
     """
     _check_same_tenant(organization, case, "case")
     document = Document(
@@ -181,23 +161,6 @@ def document_create(
         size_bytes=file.size or 0,
         uploaded_by=acting_user,
     )
-    created = record_event(
-        organization=organization,
-        event_name="doc.upload",
-        event_type="document",
-        user=acting_user,
-        resource_id=document.pk,
-        request_id=request_id,
-        quantity=1,
-        unit="document",
-        dimensions={
-            "content_type": document.content_type,
-            "size_bytes": document.size_bytes,
-            "filename": document.original_filename,
-        },
-    )
-    if created is None:
-        return _replayed_upload(organization=organization, request_id=request_id, new=document)
     document.file.save(file.name, file, save=False)
     stored_name = document.file.name
     storage = document.file.storage
@@ -206,36 +169,26 @@ def document_create(
     except Exception:
         storage.delete(stored_name)
         raise
+    record_event(
+        organization=organization,
+        event_name="doc.upload",
+        event_type="document",
+        user=acting_user,
+        resource_id=document.pk,
+        request_id=f"doc.upload:{document.pk}",
+        quantity=1,
+        unit="document",
+        dimensions={
+            "content_type": document.content_type,
+            "size_bytes": document.size_bytes,
+            "filename": document.original_filename,
+            "request_id": request_id,
+        },
+    )
     document_id = document.pk
     transaction.on_commit(
         lambda: _process_after_commit(organization=organization, document_id=document_id)
     )
-    return document
-
-
-def _replayed_upload(*, organization, request_id: str, new: Document) -> Document:
-    """The document of the earlier upload with ``request_id`` (whose ``doc.upload``
-    event made this upload's INSERT a no-op), checked against the retried one ``new``."""
-    resource_id = event_resource_id(
-        organization=organization, event_name="doc.upload", request_id=request_id
-    )
-    document = (
-        Document.objects.filter(organization_id=organization.pk, pk=resource_id).first()
-        if resource_id is not None
-        else None
-    )
-    if document is None:
-        raise UploadRequestIdConflict(
-            f"request id {request_id!r} was already used by an upload whose document "
-            "no longer exists; send the upload with a new X-Request-ID"
-        )
-    first = (document.case_id, document.original_filename, document.size_bytes)
-    if first != (new.case_id, new.original_filename, new.size_bytes):
-        raise UploadRequestIdConflict(
-            f"request id {request_id!r} was already used for another upload "
-            f"(document {document.pk}); send a different upload with a new X-Request-ID"
-        )
-    logger.info("upload retry %s: returning document %s", request_id, document.pk)
     return document
 
 

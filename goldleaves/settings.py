@@ -48,9 +48,11 @@ INSTALLED_APPS = [
     "cases",
 ]
 
-# Order matters and is asserted by a test: request id -> timer -> session/auth -> tenant -> usage.
-# Request id and timer come first, so every response (SecurityMiddleware's redirects too)
-# carries X-Request-ID and Server-Timing.
+# Order matters and is asserted by a test: request id -> timer -> session/auth -> tenant ->
+# rate limit -> idempotency -> usage. Request id and timer come first, so every response
+# (SecurityMiddleware's redirects too) carries X-Request-ID and Server-Timing. The rate limit
+# counts every tenant request (replays and unrouted paths too); an Idempotency-Key replay is
+# answered before the usage middleware, so it is never billed again.
 MIDDLEWARE = [
     "core.middleware.RequestIdMiddleware",
     "core.middleware.RequestTimerMiddleware",
@@ -63,6 +65,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "tenancy.middleware.TenantMiddleware",
     "tenancy.middleware.AdminCrossTenantMiddleware",
+    "tenancy.ratelimit.RateLimitMiddleware",
+    "billing.idempotency.middleware.IdempotencyMiddleware",
     "billing.middleware.UsageMiddleware",
 ]
 
@@ -169,7 +173,9 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "core.openapi.TaggedAutoSchema",
     "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_CLASSES": ["tenancy.ratelimit.PlanRateThrottle"],
+    # Plan-tier rate limits are a middleware (tenancy.ratelimit.RateLimitMiddleware), so that
+    # they count every tenant request, also those that never reach a DRF view.
+    "DEFAULT_THROTTLE_CLASSES": [],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
@@ -203,6 +209,10 @@ SPECTACULAR_SETTINGS = {
         {"name": "Documents", "description": "Documents of a case: upload and processing."},
         {"name": "Billing", "description": "Metered usage: events, summaries, reports."},
     ],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "billing.schema.document_idempotency_key",
+    ],
 }
 
 # --- Tenancy ---------------------------------------------------------------
@@ -223,6 +233,11 @@ TIER_RATE_LIMITS = env.json(
 RATE_LIMIT_REDIS_TIMEOUT = env.float("RATE_LIMIT_REDIS_TIMEOUT", default=0.25)
 RATE_LIMIT_WARNING_INTERVAL = env.int("RATE_LIMIT_WARNING_INTERVAL", default=60)
 BILLABLE_ROUTES = env.list("BILLABLE_ROUTES", default=["/api/v1/"])
+# Path prefixes of the tenant API: rate limited (every request with an organization, routed
+# or not) and honouring Idempotency-Key on POST/PUT/PATCH/DELETE.
+API_ROUTES = env.list("API_ROUTES", default=["/api/v1/"])
+# Hours a stored Idempotency-Key response is replayed (then purge_idempotency_keys deletes it).
+IDEMPOTENCY_KEY_TTL_HOURS = env.int("IDEMPOTENCY_KEY_TTL_HOURS", default=24)
 USAGE_RATE_CENTS = env.int("USAGE_RATE_CENTS", default=1)
 # Metering (billing.middleware.UsageMiddleware, billing.pricing): see .env.example.
 BILLING_METERING_ENABLED = env.bool("BILLING_METERING_ENABLED", default=True)
@@ -250,15 +265,19 @@ STRIPE_RESEND_WINDOW_HOURS = env.int("STRIPE_RESEND_WINDOW_HOURS", default=23)
 # --- Logging: every line carries the request id -------------------------------
 # The request_id filter (core.middleware.RequestIdLogFilter) is put on EVERY handler
 # below by the loop after the dict, so a handler added later cannot miss it: each record
-# reaching any configured handler, from any logger, has request_id (the current request's,
-# or "-"); a record that got one from its log call's extra= keeps it.
+# reaching any configured handler, from any logger, has request_id (the current request's
+# server id, or "-") and client_request_id (its X-Request-ID, or "-"); a record that got one
+# from its log call's extra= keeps it.
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "filters": {"request_id": {"()": "core.middleware.RequestIdLogFilter"}},
     "formatters": {
-        "default": {"format": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"}
+        "default": {
+            "format": "%(asctime)s %(levelname)s [%(request_id)s %(client_request_id)s] "
+            "%(name)s: %(message)s"
+        }
     },
     "handlers": {
         "console": {

@@ -7,6 +7,7 @@ from drf_spectacular.views import (
 )
 
 from billing.dashboard import usage_dashboard
+from billing.middleware import not_billed
 from core.errors import handler404 as api_not_found
 from goldleaves.health import health
 
@@ -34,8 +35,9 @@ urlpatterns = [
     ),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/v1/", include(api_v1)),
-    # Unknown API paths: JSON 404 even with DEBUG on (no HTML page on an API path).
-    re_path(r"^api/", api_not_found),
+    # Unknown API paths: JSON 404 even with DEBUG on (no HTML page on an API path). Not a
+    # served route, so never billed; still rate limited (tenancy.ratelimit).
+    re_path(r"^api/", not_billed(api_not_found), name="api-not-found"),
 ]
 
 handler400 = "core.errors.handler400"

@@ -27,11 +27,9 @@ Headers follow the IETF draft "RateLimit header fields for HTTP"
 (draft-ietf-httpapi-ratelimit-headers): ``RateLimit-Limit`` (requests per window),
 ``RateLimit-Remaining`` (requests left now), ``RateLimit-Reset`` (seconds until the
 quota is whole again); a 429 also carries ``Retry-After`` (RFC 9110, 10.2.3), seconds.
-``TenantAPIMixin.finalize_response`` adds them to every response of a tenant API view
-whose request was counted, error responses included (400 validation, 404, a 403 raised
-by the view or by a permission class: ``TenantAPIMixin.check_permissions`` checks the
-throttles before the permissions, so a denied request is counted once, limited, and
-carries the headers too).
+``RateLimitMiddleware`` counts each request once, before the view, and adds them to every
+counted response, error responses included (400 validation, 403 from a permission, a 404
+of a missing object or of an unrouted path, an ``Idempotency-Key`` replay or refusal).
 
 Which responses carry NO RateLimit headers, on purpose:
 
@@ -54,7 +52,7 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
-from rest_framework.throttling import BaseThrottle
+from django.http import JsonResponse
 
 from tenancy.context import request_organization
 
@@ -152,7 +150,7 @@ class RedisLimiter:
     """GCRA in Redis: one ``EVALSHA`` of ``GCRA_LUA`` per request, atomic across processes.
 
     Raises:
-        redis.exceptions.RedisError: Redis did not answer (the throttle fails open).
+        redis.exceptions.RedisError: Redis did not answer (``count_request`` fails open).
     """
 
     backend = "redis"
@@ -238,44 +236,72 @@ def _warn_unavailable(exc: Exception) -> None:
         logger.warning("rate limits not enforced: Redis unavailable (%s); failing open", exc)
 
 
-class PlanRateThrottle(BaseThrottle):
-    """DRF throttle: the organization's plan-tier limit for scope ``api``.
+def count_request(request) -> RateLimitResult | None:
+    """Count ``request`` (a Django ``HttpRequest``) against its organization's plan-tier
+    limit; return the ``RateLimitResult``, or ``None`` when nothing was counted.
 
-    Requests without an organization (anonymous, token endpoint) are not limited
-    here. Stores the ``RateLimitResult`` on the Django request as ``rate_limit`` so
-    that ``TenantAPIMixin.finalize_response`` can add the RateLimit headers.
+    Counted: every request with an organization (set by ``TenantMiddleware``) whose path
+    starts with one of ``settings.API_ROUTES``, routed or not, whatever its method or
+    outcome. Not counted (``None``): no organization (anonymous, the token endpoints), a
+    path outside the API, an unlimited tier, and a limiter failure (Redis down: fail
+    open, warning logged at most once per ``RATE_LIMIT_WARNING_INTERVAL``).
+    """
+    organization = request_organization(request)
+    if organization is None:
+        return None
+    if not any(request.path.startswith(prefix) for prefix in settings.API_ROUTES):
+        return None
+    limit = tier_limit(organization)
+    if limit is None:
+        return None
+    try:
+        # The limit is part of the key: after a plan change the organization starts a
+        # fresh bucket at its new rate instead of inheriting the old rate's schedule.
+        return get_limiter().hit(f"ratelimit:{SCOPE}:{organization.pk}:{limit}", limit)
+    except Exception as exc:  # noqa: BLE001 - fail open on any Redis failure
+        _warn_unavailable(exc)
+        return None
+
+
+def throttled_response(result: RateLimitResult) -> JsonResponse:
+    """The ``429`` of a refused request: ``{"detail", "code": "throttled"}`` (the body DRF's
+    ``Throttled`` gave) with ``Retry-After`` in whole seconds, rounded up (RFC 9110,
+    10.2.3)."""
+    wait = max(math.ceil(result.retry_after_seconds), 1)
+    response = JsonResponse(
+        {
+            "detail": f"Request was throttled. Expected available in {wait} seconds.",
+            "code": "throttled",
+        },
+        status=429,
+    )
+    response["Retry-After"] = str(wait)
+    return response
+
+
+class RateLimitMiddleware:
+    """Plan-tier rate limit of every tenant API request (``count_request``), before
+    anything else runs for it: over the limit the answer is ``throttled_response`` (429,
+    not billed: the usage middleware never sees it) and neither the view nor an
+    ``Idempotency-Key`` replay runs. Placed right after ``TenantMiddleware`` (it needs
+    the request's organization), so unrouted paths, replays and the idempotency middleware's
+    own answers are counted like any other request. Every counted response (errors
+    included) carries the RateLimit header fields (``RateLimitResult.headers``); the
+    result is also left on the request as ``request.rate_limit``.
     """
 
-    def allow_request(self, request, view) -> bool:
-        """Count ``request`` against its organization's plan-tier limit (DRF calls this
-        from ``check_throttles``; ``False`` makes DRF answer 429 with ``wait()``).
+    def __init__(self, get_response):
+        self.get_response = get_response
 
-        Returns ``True`` without counting when the request has no organization or the
-        tier is unlimited, and when the limiter raises (Redis down: fail open, warning
-        logged at most once per interval). Otherwise stores the ``RateLimitResult`` on
-        the Django request (``rate_limit``, for the response headers) and returns
-        whether it was admitted.
-        """
-        django_request = getattr(request, "_request", request)
-        organization = request_organization(request)
-        if organization is None:
-            return True
-        limit = tier_limit(organization)
-        if limit is None:
-            return True
-        try:
-            # The limit is part of the key: after a plan change the organization
-            # starts a fresh bucket at its new rate instead of inheriting the old
-            # rate's schedule.
-            result = get_limiter().hit(f"ratelimit:{SCOPE}:{organization.pk}:{limit}", limit)
-        except Exception as exc:  # noqa: BLE001 - fail open on any Redis failure
-            _warn_unavailable(exc)
-            return True
-        setattr(django_request, RATE_LIMIT_ATTR, result)
-        self._wait = result.retry_after_seconds
-        return result.allowed
-
-    def wait(self) -> float | None:
-        """Seconds until the refused request would be admitted, rounded up to a whole
-        second (DRF's ``Retry-After``, RFC 9110 10.2.3); ``None`` if it was not refused."""
-        return math.ceil(getattr(self, "_wait", 0)) or None
+    def __call__(self, request):
+        result = count_request(request)
+        if result is None:
+            return self.get_response(request)
+        setattr(request, RATE_LIMIT_ATTR, result)
+        if result.allowed:
+            response = self.get_response(request)
+        else:
+            response = throttled_response(result)
+        for name, value in result.headers().items():
+            response[name] = value
+        return response

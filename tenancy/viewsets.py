@@ -26,8 +26,9 @@ def _organization_required() -> exceptions.PermissionDenied:
 
 class TenantAPIMixin:
     """Base of every tenant API view: an authenticated request with an organization (set by
-    ``TenantMiddleware``), throttled before its permissions are checked, with querysets
-    scoped to the organization and the organization in the serializer context.
+    ``TenantMiddleware``), with querysets scoped to the organization and the organization
+    in the serializer context. Plan-tier rate limits are counted before any view runs
+    (``tenancy.ratelimit.RateLimitMiddleware``), not here.
 
     Class attributes:
         model: the model ``get_queryset`` returns rows of; drf-spectacular's schema
@@ -39,9 +40,6 @@ class TenantAPIMixin:
     """
 
     model = None
-
-    #: set once the throttles ran for this view instance (DRF makes one per request)
-    _throttles_checked = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -74,39 +72,16 @@ class TenantAPIMixin:
         with it), or ``None`` when there is no organization."""
         return getattr(self.request, "membership", None)
 
-    def check_throttles(self, request):
-        """DRF's throttle check, run at most once per request: ``check_permissions`` runs it
-        first, and DRF's ``APIView.initial`` calling it again after the permissions is then
-        a no-op, so a request is counted once against the plan-tier limit
-        (``tenancy.ratelimit.PlanRateThrottle``).
-
-        Raises:
-            rest_framework.exceptions.Throttled: over the limit (429 with ``Retry-After``).
-        """
-        if self._throttles_checked:
-            return
-        self._throttles_checked = True
-        super().check_throttles(request)
-
     def check_permissions(self, request):
-        """The throttles, then DRF's permission classes, then the organization.
-
-        DRF's ``APIView.initial`` checks permissions before throttles, so a request refused
-        by a permission class would never count against the plan-tier rate limit; here it
-        is counted, its 403 carries the RateLimit headers, and over the limit it is a 429.
-        An object-level refusal later (``check_object_permissions`` in ``get_object``) does
-        not count the request again. Requests with no organization are not counted
-        (``PlanRateThrottle``); an unauthenticated one is still a 401 from the permission
-        classes, before the organization check.
+        """DRF's permission classes, then the organization: an unauthenticated request is
+        a 401 from the permission classes, before the organization check.
 
         Raises:
-            rest_framework.exceptions.Throttled: 429, over the plan-tier limit.
             rest_framework.exceptions.NotAuthenticated: 401, from ``IsAuthenticated``.
             rest_framework.exceptions.PermissionDenied: 403 from a permission class, or
                 ``code: "organization_required"`` for a request without an organization
                 (e.g. session-authenticated).
         """
-        self.check_throttles(request)
         super().check_permissions(request)
         if self.organization is None:
             raise _organization_required()
@@ -144,15 +119,6 @@ class TenantAPIMixin:
         context = super().get_serializer_context()
         context["organization"] = self.organization
         return context
-
-    def finalize_response(self, request, response, *args, **kwargs):
-        """Add the plan-tier RateLimit headers (``tenancy.ratelimit``) to every response."""
-        response = super().finalize_response(request, response, *args, **kwargs)
-        rate_limit = getattr(request._request, "rate_limit", None)
-        if rate_limit is not None:
-            for name, value in rate_limit.headers().items():
-                response[name] = value
-        return response
 
 
 class TenantModelViewSet(TenantAPIMixin, viewsets.ModelViewSet):

@@ -13,7 +13,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
-from billing.checks import check_pricing, check_resend_window
+from billing.checks import check_idempotency_ttl, check_pricing, check_resend_window
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,3 +132,18 @@ def test_the_resend_window_comes_from_the_environment_and_is_checked_at_start_up
     assert "not 24" in refused.stderr
     accepted = _check_with_env("7")
     assert accepted.returncode == 0, accepted.stderr
+
+
+@pytest.mark.parametrize("hours", [1, 24, 168])
+def test_an_idempotency_ttl_of_whole_hours_is_valid(hours):
+    with override_settings(IDEMPOTENCY_KEY_TTL_HOURS=hours):
+        assert check_idempotency_ttl() == []
+        assert billing_errors() == []
+
+
+@pytest.mark.parametrize("hours", [0, -1, 1.5, True, "24", None])
+def test_an_idempotency_ttl_below_one_whole_hour_is_billing_e004(hours):
+    with override_settings(IDEMPOTENCY_KEY_TTL_HOURS=hours):
+        errors = billing_errors()
+    assert [e.id for e in errors] == ["billing.E004"], errors
+    assert "IDEMPOTENCY_KEY_TTL_HOURS" in errors[0].msg

@@ -7,6 +7,7 @@ from django.db import connection
 from django.http import JsonResponse
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.urls import resolve
 from django.utils.module_loading import import_string
 
 from billing import middleware
@@ -22,7 +23,9 @@ pytestmark = pytest.mark.django_db
 def test_one_get_creates_exactly_one_event(api, org, owner):
     response = api.get("/api/v1/cases/")
     assert response.status_code == 200
-    request_id = response["X-Request-ID"]
+    request_id = response["X-Server-Request-ID"]
+    assert uuid.UUID(request_id).version == 7
+    assert response["X-Request-ID"] == request_id  # no client id: the server's is echoed
     event = BillingEvent.objects.get()
     assert event.organization_id == org.pk
     assert event.user_id == owner.pk
@@ -33,7 +36,7 @@ def test_one_get_creates_exactly_one_event(api, org, owner):
     assert dims["route"] == "/api/v1/cases/"
     assert dims["method"] == "GET"
     assert dims["status_code"] == 200
-    assert dims["request_id"] == request_id
+    assert "client_request_id" not in dims  # the client sent none
     assert isinstance(dims["duration_ms"], float) and dims["duration_ms"] > 0
 
 
@@ -45,6 +48,7 @@ def test_duration_is_positive_even_without_the_timer(org, owner, rf, monkeypatch
 
     def request_without_timer(request_id):
         request = rf.get("/api/v1/cases/")
+        request.resolver_match = resolve("/api/v1/cases/")
         assert not hasattr(request, "start_time")
         request.organization, request.user, request.request_id = org, owner, request_id
         return request
@@ -64,18 +68,62 @@ def test_route_is_the_url_pattern(api, org):
     assert event.dimensions["route"] == "/api/v1/cases/{pk}/"
 
 
-def test_client_request_id_is_used_and_echoed(api):
+def test_client_request_id_is_echoed_and_stored_but_is_not_the_billing_key(api):
     response = api.get("/api/v1/cases/", HTTP_X_REQUEST_ID="client-abc-1")
     assert response["X-Request-ID"] == "client-abc-1"
-    assert BillingEvent.objects.get().request_id == "client-abc-1"
+    event = BillingEvent.objects.get()
+    assert event.request_id == response["X-Server-Request-ID"] != "client-abc-1"
+    assert event.dimensions["client_request_id"] == "client-abc-1"
 
 
-def test_same_request_id_twice_is_billed_once(api):
-    for _ in range(2):
-        assert api.get("/api/v1/cases/", HTTP_X_REQUEST_ID="retry-1").status_code == 200
-    assert BillingEvent.objects.filter(request_id="retry-1").count() == 1
-    api.get("/api/v1/cases/", HTTP_X_REQUEST_ID="retry-2")
-    assert BillingEvent.objects.count() == 2
+def test_n_different_requests_sharing_one_x_request_id_are_n_events(api, org):
+    """A client that always sends the same X-Request-ID is billed for every request it is
+    served: POSTs with different bodies, GETs on different paths, PATCHes."""
+    client_id = Client.objects.create(organization=org, name="C").pk
+    responses = [
+        api.post(
+            "/api/v1/cases/",
+            {"client": str(client_id), "title": f"T{i}", "reference_number": f"EV-{i}"},
+            format="json",
+            HTTP_X_REQUEST_ID="evade-1",
+        )
+        for i in range(6)
+    ]
+    case_id = responses[0].json()["id"]
+    for path in ("/api/v1/cases/", "/api/v1/clients/", f"/api/v1/cases/{case_id}/"):
+        responses.append(api.get(path, HTTP_X_REQUEST_ID="evade-1"))
+    for i in range(2):
+        responses.append(
+            api.patch(
+                f"/api/v1/cases/{case_id}/",
+                {"title": f"P{i}"},
+                format="json",
+                HTTP_X_REQUEST_ID="evade-1",
+            )
+        )
+    assert all(200 <= r.status_code < 300 for r in responses), [r.status_code for r in responses]
+    assert all(r["X-Request-ID"] == "evade-1" for r in responses)
+    assert Case.objects.count() == 6
+    events = list(BillingEvent.objects.filter(event_name="api.request"))
+    assert len(events) == len(responses) == 11
+    assert {e.request_id for e in events} == {r["X-Server-Request-ID"] for r in responses}
+    assert {e.dimensions["client_request_id"] for e in events} == {"evade-1"}
+
+
+def test_unrouted_api_paths_are_not_billed(api, settings):
+    """The JSON 404 catch-all answers unknown /api/ paths (and /api/v1/cases without the
+    slash): nothing was served, so nothing is billed."""
+    for path in ("/api/v1/nonexistent/", "/api/v1/cases", "/api/v2/cases/"):
+        response = api.get(path)
+        assert response.status_code == 404, path
+        assert response.json()["code"] == "not_found"
+    assert api.post("/api/v1/nonexistent/", {}, format="json").status_code == 404
+    assert BillingEvent.objects.count() == 0
+    settings.BILLABLE_ROUTES = ["/"]  # even when every path is billable
+    assert api.get("/nowhere/").status_code == 404
+    assert BillingEvent.objects.count() == 0
+    assert api.get("/api/v1/cases/").status_code == 200  # control: a real route is billed
+    assert BillingEvent.objects.count() == 1
 
 
 def test_write_requests_are_billed_with_their_status(api, org):
@@ -182,7 +230,8 @@ def test_view_with_savepoint_rollback_and_4xx_is_billed_once(api, org):
     assert response.status_code == 400, response.content
     assert response.json()["sqlstate"] == "23505"  # unique_violation, from PostgreSQL
     event = BillingEvent.objects.get()
-    assert (event.request_id, event.organization_id) == ("sp-1", org.pk)
+    assert (event.request_id, event.organization_id) == (response["X-Server-Request-ID"], org.pk)
+    assert event.dimensions["client_request_id"] == "sp-1"
     assert event.dimensions["status_code"] == 400
     assert list(Client.objects.values_list("name", flat=True)) == ["kept"]
     assert list(Case.objects.values_list("reference_number", "title")) == [("SP-1", "first")]
@@ -220,7 +269,9 @@ def test_write_failure_keeps_response_and_data_logs_and_counts(api, org, setting
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1
     assert "fail-1" in errors[0].getMessage()
-    assert errors[0].request_id == "fail-1"
+    assert response["X-Server-Request-ID"] in errors[0].getMessage()
+    assert errors[0].client_request_id == "fail-1"
+    assert errors[0].request_id == response["X-Server-Request-ID"]
 
 
 def middleware_chain() -> list[type]:

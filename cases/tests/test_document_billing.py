@@ -13,7 +13,6 @@ from cases import processing, services
 from cases.models import Document
 from cases.processing import TEXT_LINES_PER_PAGE, count_text_pages
 from cases.tests.factories import CaseFactory
-from core.testing import race_second_behind_first
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.tests.factories import OrganizationFactory, member_of
 
@@ -61,12 +60,13 @@ def test_pdf_upload_records_upload_then_processed_pages(
     assert upload_event.organization_id == org.pk
     assert upload_event.user_id == owner.pk
     assert upload_event.resource_id == document.pk
-    assert upload_event.request_id == response["X-Request-ID"]
+    assert upload_event.request_id == f"doc.upload:{document.pk}"  # keyed on the document
     assert (upload_event.unit, upload_event.quantity) == ("document", 1)
     assert upload_event.dimensions == {
         "content_type": "application/pdf",
         "size_bytes": len(content),
         "filename": "brief.pdf",
+        "request_id": response["X-Server-Request-ID"],
     }
     processed = BillingEvent.objects.get(event_name="doc.processed")
     assert (processed.unit, processed.quantity) == ("page", 3)
@@ -108,14 +108,16 @@ def stored_files(root) -> list:
 def test_retried_upload_is_one_document_billed_once(
     api, org, settings, django_capture_on_commit_callbacks
 ):
+    """The same Idempotency-Key and the same bytes: the first answer replayed (201, the
+    same document), no second file, row, processing or charge."""
     case = CaseFactory(organization=org)
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         responses = [
-            upload(api, case, "a.txt", b"line\n", "text/plain", HTTP_X_REQUEST_ID="up-1")
+            upload(api, case, "a.txt", b"line\n", "text/plain", HTTP_IDEMPOTENCY_KEY="up-1")
             for _ in range(2)
         ]
-    # the retry is answered like the first upload: 201 with the same document
     assert [r.status_code for r in responses] == [201, 201], responses[1].content
+    assert responses[1]["Idempotent-Replayed"] == "true"
     assert responses[0].json()["id"] == responses[1].json()["id"]
     assert Document.objects.count() == 1
     assert len(stored_files(settings.MEDIA_ROOT)) == 1
@@ -129,58 +131,83 @@ def test_retried_upload_is_one_document_billed_once(
     assert BillingEvent.objects.filter(event_name="api.request").count() == 1
 
 
-def test_reused_request_id_for_another_upload_is_409(api, org):
-    case, other_case = CaseFactory(organization=org), CaseFactory(organization=org)
-    first = upload(api, case, "a.txt", b"line\n", "text/plain", HTTP_X_REQUEST_ID="up-2")
+def test_the_same_key_with_other_bytes_is_422_and_nothing_is_stored(api, org, settings):
+    """Same key, same file name and size, other bytes: not the same upload (the SHA-256 of
+    each file is in the fingerprint), so 422, not the first document."""
+    case = CaseFactory(organization=org)
+    first = upload(api, case, "a.txt", b"line-1\n", "text/plain", HTTP_IDEMPOTENCY_KEY="up-2")
     assert first.status_code == 201
-    for target, name, content in ((other_case, "a.txt", b"line\n"), (case, "b.txt", b"x\n")):
-        response = upload(api, target, name, content, "text/plain", HTTP_X_REQUEST_ID="up-2")
-        assert response.status_code == 409, response.content
-        assert response.json()["code"] == "request_id_conflict"
+    for target, name, content in (
+        (case, "a.txt", b"line-2\n"),  # same name and size, other bytes
+        (CaseFactory(organization=org), "a.txt", b"line-1\n"),  # another case
+        (case, "b.txt", b"line-1\n"),  # another name
+    ):
+        response = upload(api, target, name, content, "text/plain", HTTP_IDEMPOTENCY_KEY="up-2")
+        assert response.status_code == 422, response.content
+        assert response.json()["code"] == "idempotency_key_reused"
     assert list(Document.objects.values_list("pk", flat=True)) == [uuid.UUID(first.json()["id"])]
+    assert len(stored_files(settings.MEDIA_ROOT)) == 1
     assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
 
 
-def test_retry_after_the_document_was_deleted_is_409_not_a_new_document(api, org):
+def test_a_retry_after_the_document_was_deleted_replays_the_first_answer(api, org):
+    """A replay returns the stored answer as it was (Stripe's rule), even though the
+    document was deleted since; nothing is created or billed again."""
     case = CaseFactory(organization=org)
-    first = upload(api, case, "a.txt", b"line\n", "text/plain", HTTP_X_REQUEST_ID="up-3")
+    first = upload(api, case, "a.txt", b"line\n", "text/plain", HTTP_IDEMPOTENCY_KEY="up-3")
     assert api.delete(f"/api/v1/documents/{first.json()['id']}/").status_code == 204
-    retry = upload(api, case, "a.txt", b"line\n", "text/plain", HTTP_X_REQUEST_ID="up-3")
-    assert retry.status_code == 409
-    assert "no longer exists" in retry.json()["detail"]
+    retry = upload(api, case, "a.txt", b"line\n", "text/plain", HTTP_IDEMPOTENCY_KEY="up-3")
+    assert (retry.status_code, retry["Idempotent-Replayed"]) == (201, "true")
+    assert retry.json() == first.json()
     assert Document.objects.count() == 0
     assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
 
 
+def test_x_request_id_does_not_deduplicate_uploads(api, org, settings):
+    """Two uploads with one X-Request-ID (and the same name and size) are two documents,
+    each billed once: the client's correlation id is never a billing key."""
+    case = CaseFactory(organization=org)
+    responses = [
+        upload(api, case, "a.txt", content, "text/plain", HTTP_X_REQUEST_ID="up-4")
+        for content in (b"line-1\n", b"line-2\n")
+    ]
+    assert [r.status_code for r in responses] == [201, 201]
+    ids = {r.json()["id"] for r in responses}
+    assert len(ids) == 2
+    assert len(stored_files(settings.MEDIA_ROOT)) == 2
+    events = BillingEvent.objects.filter(event_name="doc.upload")
+    assert {str(e.resource_id) for e in events} == ids
+    assert {e.request_id for e in events} == {f"doc.upload:{i}" for i in ids}
+
+
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_retries_create_one_document(settings):
-    """Two uploads with the same request id in two transactions at once: the second's
-    INSERT of the doc.upload event waits on the unique index until the first commits
-    (asserted: ``pg_blocking_pids`` of its backend is the first's), then inserts
-    nothing, and the second returns the first's document without storing a file."""
+def test_each_document_is_billed_once_for_its_upload(settings):
+    """``doc.upload`` is keyed on the document: recording it again for the same document
+    (whatever the request ids) creates nothing."""
+    from billing.services import record_event
+
     with cross_tenant(reason="test set-up"):
         org = OrganizationFactory()
         user = member_of(org)
         case = CaseFactory(organization=org)
-
-    def upload_once():
-        with tenant_context(org):
-            return services.document_create(
-                organization=org,
-                acting_user=user,
-                case=case,
-                file=SimpleUploadedFile("race.txt", b"line\n", "text/plain"),
-                request_id="race-1",
-            ).pk
-
-    results = race_second_behind_first(upload_once, upload_once, what="the second upload")
-    assert not isinstance(results["first"], Exception), results["first"]
-    assert results["second"] == results["first"]
+    with tenant_context(org):
+        document = services.document_create(
+            organization=org,
+            acting_user=user,
+            case=case,
+            file=SimpleUploadedFile("once.txt", b"line\n", "text/plain"),
+            request_id="req-a",
+        )
+        again = record_event(
+            organization=org,
+            event_name="doc.upload",
+            resource_id=document.pk,
+            request_id=f"doc.upload:{document.pk}",
+        )
+        assert again is None
     with cross_tenant(reason="test assertions"):
-        assert list(Document.objects.values_list("pk", flat=True)) == [results["first"]]
         assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
         assert BillingEvent.objects.filter(event_name="doc.processed").count() == 1
-    assert len(stored_files(settings.MEDIA_ROOT)) == 1
 
 
 def test_text_pages(api, org, django_capture_on_commit_callbacks):
@@ -257,7 +284,7 @@ def test_permanent_database_error_while_billing_marks_the_document_failed(org, o
         acting_user=owner,
         case=case,
         file=SimpleUploadedFile("c.pdf", pdf_bytes(2), "application/pdf"),
-        request_id=None,  # outside a request: no idempotency key
+        request_id=None,  # outside a request: no request id
     )
     services.document_process(organization=org, document_id=document.pk)
     document.refresh_from_db()
@@ -317,14 +344,16 @@ def test_processing_twice_bills_once(org, owner, django_capture_on_commit_callba
             acting_user=owner,
             case=case,
             file=SimpleUploadedFile("b.pdf", pdf_bytes(2), "application/pdf"),
-            request_id=None,  # outside a request: no idempotency key
+            request_id=None,  # outside a request: no request id
         )
     assert len(callbacks) == 1
     services.document_process(organization=org, document_id=document.pk)
     services.document_process(organization=org, document_id=document.pk)
     assert BillingEvent.objects.filter(event_name="doc.processed").count() == 1
-    # outside a request there is no request id: the upload event has none
-    assert BillingEvent.objects.get(event_name="doc.upload").request_id is None
+    # outside a request there is no request id: the event is keyed on the document alone
+    upload_event = BillingEvent.objects.get(event_name="doc.upload")
+    assert upload_event.request_id == f"doc.upload:{document.pk}"
+    assert upload_event.dimensions["request_id"] is None
 
 
 def test_processing_runs_only_after_commit(api, org, django_capture_on_commit_callbacks):

@@ -6,7 +6,13 @@ import uuid
 import pytest
 from django.conf import settings
 
-from core.middleware import RequestIdLogFilter, clean_request_id, request_id_var
+from core.middleware import (
+    RequestIdLogFilter,
+    clean_request_id,
+    client_request_id_var,
+    request_id_var,
+    valid_client_request_id,
+)
 
 
 def test_middleware_order_is_request_id_timer_auth_tenant_usage():
@@ -22,6 +28,8 @@ def test_middleware_order_is_request_id_timer_auth_tenant_usage():
         "django.contrib.sessions.middleware.SessionMiddleware",
         "django.contrib.auth.middleware.AuthenticationMiddleware",
         "tenancy.middleware.TenantMiddleware",
+        "tenancy.ratelimit.RateLimitMiddleware",
+        "billing.idempotency.middleware.IdempotencyMiddleware",
         "billing.middleware.UsageMiddleware",
     ]
     positions = [middleware.index(name) for name in wanted]
@@ -44,6 +52,7 @@ def test_security_middleware_redirects_carry_the_request_id_and_timing(client, s
 @pytest.mark.parametrize("value", ["abc", "A" * 128, "req-1.2:3_x", "0"])
 def test_valid_request_id_is_kept(value):
     assert clean_request_id(value) == value
+    assert valid_client_request_id(value) == value
 
 
 @pytest.mark.parametrize("value", ["", "A" * 129, "has space", "semi;colon", "ünï", None, "a\nb"])
@@ -51,6 +60,7 @@ def test_invalid_request_id_is_replaced_by_a_uuid7(value):
     cleaned = clean_request_id(value)
     assert cleaned != value
     assert uuid.UUID(cleaned).version == 7
+    assert valid_client_request_id(value) is None
 
 
 def test_generated_request_ids_are_time_ordered():
@@ -59,6 +69,17 @@ def test_generated_request_ids_are_time_ordered():
     time.sleep(0.002)
     second = clean_request_id(None)
     assert first < second
+
+
+@pytest.mark.django_db
+def test_every_request_gets_its_own_server_id_whatever_the_client_sends(client, api):
+    responses = [api.get("/api/v1/cases/", HTTP_X_REQUEST_ID="same-1") for _ in range(3)]
+    responses.append(client.get("/health/"))
+    server_ids = [r["X-Server-Request-ID"] for r in responses]
+    assert len(set(server_ids)) == 4
+    assert all(uuid.UUID(value).version == 7 for value in server_ids)
+    assert [r["X-Request-ID"] for r in responses[:3]] == ["same-1"] * 3
+    assert responses[3]["X-Request-ID"] == responses[3]["X-Server-Request-ID"]
 
 
 @pytest.mark.django_db
@@ -104,16 +125,19 @@ def test_a_record_of_any_logger_reaching_a_configured_handler_has_the_request_id
     logger = logging.getLogger("some.library.nobody.configured")
     assert not logger.filters and not logger.handlers
     token = request_id_var.set("req-42")
+    client_token = client_request_id_var.set("client-7")
     try:
         logger.warning("inside a request")
     finally:
+        client_request_id_var.reset(client_token)
         request_id_var.reset(token)
     logger.warning("outside a request")
     records = [r for r in reaching_configured_handlers if r.name == logger.name]
     assert [r.request_id for r in records] == ["req-42", "-"]
+    assert [r.client_request_id for r in records] == ["client-7", "-"]
     formatter = _configured_root_handlers()[0].formatter
-    assert "[req-42] some.library.nobody.configured: inside a request" in formatter.format(
-        records[0]
+    assert "[req-42 client-7] some.library.nobody.configured: inside a request" in (
+        formatter.format(records[0])
     )
 
 
@@ -165,6 +189,7 @@ def test_request_id_reaches_log_lines_during_a_request(
         return original(self, request, *args, **kwargs)
 
     monkeypatch.setattr(apis.CaseViewSet, "list", logging_list)
-    api.get("/api/v1/cases/", HTTP_X_REQUEST_ID="trace-me")
+    response = api.get("/api/v1/cases/", HTTP_X_REQUEST_ID="trace-me")
     records = [r for r in reaching_configured_handlers if r.name == "cases.test"]
-    assert [r.request_id for r in records] == ["trace-me"]
+    assert [r.client_request_id for r in records] == ["trace-me"]
+    assert [r.request_id for r in records] == [response["X-Server-Request-ID"]]

@@ -198,7 +198,7 @@ def _alternate(base: str, tenants: dict) -> None:
             assert r.headers["X-Request-ID"] == request_id
             ids = [row["id"] for row in r.json()["results"]]
             assert ids == [str(t["case"].pk)], f"request {i} ({key}) saw {ids}"
-            return key, request_id
+            return key, r.headers["X-Server-Request-ID"]  # the event's request_id
         r = session.get(base + "/leak/whoami/", headers=auth, timeout=30)
         assert r.status_code == 200, r.text
         body = r.json()

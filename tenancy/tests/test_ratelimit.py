@@ -13,20 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-from rest_framework import generics
-from rest_framework.permissions import BasePermission, IsAuthenticated
-from rest_framework.response import Response
-from rest_framework.test import APIRequestFactory, force_authenticate
-from rest_framework.views import APIView
 
 from billing.models import BillingEvent
 from cases.tests.factories import CaseFactory
 from tenancy import ratelimit
 from tenancy.context import cross_tenant, request_organization
-from tenancy.models import Membership
 from tenancy.testing import bearer_client
 from tenancy.tests.factories import OrganizationFactory, member_of
-from tenancy.viewsets import TenantAPIMixin
 
 LIMITS = {"starter": {"api": 5}, "pro": {"api": 50}}
 
@@ -188,20 +181,20 @@ def test_exactly_n_of_n_plus_k_concurrent_http_requests_pass(
     token = bearer_client(user)._credentials["HTTP_AUTHORIZATION"]
     barrier = threading.Barrier(n + k, timeout=60)
     window = {"released": [], "answered": []}
-    real_allow_request = ratelimit.PlanRateThrottle.allow_request
+    real_count_request = ratelimit.count_request
 
-    def gated_allow_request(self, request, view):
+    def gated_count_request(request):
         organization = request_organization(request)
         if organization is None or organization.pk != org.pk:
-            return real_allow_request(self, request, view)
+            return real_count_request(request)
         barrier.wait()
         window["released"].append(time.monotonic())
         try:
-            return real_allow_request(self, request, view)
+            return real_count_request(request)
         finally:
             window["answered"].append(time.monotonic())
 
-    monkeypatch.setattr(ratelimit.PlanRateThrottle, "allow_request", gated_allow_request)
+    monkeypatch.setattr(ratelimit, "count_request", gated_count_request)
 
     def call(_):
         request = urllib.request.Request(
@@ -315,80 +308,54 @@ def test_error_responses_of_limited_views_carry_the_headers(local_limiter, db):
     assert all(0 < int(r["RateLimit-Reset"]) <= 60 for r in responses)
 
 
-class _DenyAll(BasePermission):
-    def has_permission(self, request, view):
-        return False
-
-
-class _DeniedApi(TenantAPIMixin, APIView):
-    permission_classes = [IsAuthenticated, _DenyAll]
-
-    def get(self, request):  # never reached
-        return Response({})
-
-
+@pytest.mark.urls("tenancy.tests.urls_ratelimit")
 def test_a_request_refused_by_a_permission_class_is_counted_and_carries_the_headers(
     local_limiter, db
 ):
-    """DRF checks permissions before throttles; ``TenantAPIMixin.check_permissions``
-    checks the throttles first, so the 403 has the headers and the limit still applies."""
+    """The rate limit is counted before any view runs (``RateLimitMiddleware``), so a
+    403 from a permission class has the headers and the limit still applies."""
     org = OrganizationFactory(plan_tier="starter")
-    user = member_of(org)
-    view = _DeniedApi.as_view()
-
-    def call():
-        request = APIRequestFactory().get("/denied/")
-        force_authenticate(request, user=user)
-        request.organization = org  # as TenantMiddleware sets it
-        return view(request)
-
-    refused = [call() for _ in range(5)]
+    client = bearer_client(member_of(org))
+    refused = [client.get("/api/v1/test-denied/") for _ in range(5)]
     assert [r.status_code for r in refused] == [403] * 5
     assert [r["RateLimit-Remaining"] for r in refused] == ["4", "3", "2", "1", "0"]
-    over = call()
+    over = client.get("/api/v1/test-denied/")
     assert over.status_code == 429
     assert over["RateLimit-Remaining"] == "0"
     assert int(over["Retry-After"]) >= 1
 
 
-class _DenyEveryObject(BasePermission):
-    def has_object_permission(self, request, view, obj):
-        return False
-
-
-class _ObjectDeniedApi(TenantAPIMixin, generics.RetrieveAPIView):
-    """Passes the view-level permissions; ``get_object`` refuses the object (DRF's
-    ``check_object_permissions`` -> ``permission_denied``)."""
-
-    permission_classes = [IsAuthenticated, _DenyEveryObject]
-    model = Membership
-
-    def tenant_queryset(self, organization):
-        return Membership.objects.for_organization(organization)
-
-    def retrieve(self, request, *args, **kwargs):  # get_object raises before the body
-        self.get_object()
-        return Response({})
-
-
+@pytest.mark.urls("tenancy.tests.urls_ratelimit")
 def test_a_request_refused_by_an_object_permission_is_counted_once(local_limiter, db):
-    """The throttles run once per request, before the view-level permissions; an
-    object-level refusal after them (inside ``get_object``) must not count the request a
-    second time."""
+    """Each request is counted once, before the view; an object-level refusal inside the
+    view (``get_object``) does not count it a second time."""
     org = OrganizationFactory(plan_tier="starter")
     user = member_of(org)
     membership = user.memberships.get()
-    view = _ObjectDeniedApi.as_view()
-
-    def call():
-        request = APIRequestFactory().get(f"/denied-object/{membership.pk}/")
-        force_authenticate(request, user=user)
-        request.organization = org  # as TenantMiddleware sets it
-        return view(request, pk=membership.pk)
-
-    refused = [call() for _ in range(3)]
+    client = bearer_client(user)
+    refused = [client.get(f"/api/v1/test-denied-object/{membership.pk}/") for _ in range(3)]
     assert [r.status_code for r in refused] == [403] * 3
     assert [r["RateLimit-Remaining"] for r in refused] == ["4", "3", "2"]
+
+
+def test_unrouted_api_paths_are_counted_and_refused_over_the_limit(local_limiter, db):
+    """An organization over its limit gets 429 everywhere under /api/v1/, unknown paths
+    included; the unrouted 404s count against the limit and are never billed."""
+    org, client = starter_client(db)
+    unrouted = [client.get(path) for path in ("/api/v1/nonexistent/", "/api/v1/cases")]
+    unrouted.append(client.post("/api/v1/nowhere/", {}, format="json"))
+    assert [r.status_code for r in unrouted] == [404, 404, 404]
+    assert [r["RateLimit-Remaining"] for r in unrouted] == ["4", "3", "2"]
+    assert [client.get("/api/v1/cases/").status_code for _ in range(2)] == [200, 200]
+    for path in ("/api/v1/nonexistent/", "/api/v1/cases", "/api/v1/cases/"):
+        over = client.get(path)
+        assert over.status_code == 429, path
+        assert over.json()["code"] == "throttled"
+        assert int(over["Retry-After"]) >= 1
+    assert client.get("/health/").status_code == 200  # outside the API: not limited
+    with cross_tenant(reason="test assertion"):
+        events = BillingEvent.objects.filter(organization=org, event_name="api.request")
+        assert events.count() == 2  # the two served GETs only
 
 
 def test_unlimited_tiers_get_no_headers_even_on_errors(local_limiter, db):

@@ -7,6 +7,7 @@ environment's ``RLS_ENABLED`` is.
 """
 
 import uuid
+from datetime import timedelta
 
 import pytest
 from django.apps import apps
@@ -14,7 +15,7 @@ from django.core.management import CommandError, call_command
 from django.db import DataError, IntegrityError, ProgrammingError, connection, transaction
 from django.utils import timezone
 
-from billing.models import BillingEvent, MeterReport, UsageAggregate
+from billing.models import BillingEvent, IdempotencyKey, MeterReport, UsageAggregate
 from cases.models import Case, Client, Document
 from cases.tests.factories import CaseFactory, ClientFactory
 from tenancy.context import cross_tenant, tenant_context
@@ -76,6 +77,16 @@ def _populate(organization, user):
             event_type="api",
             event_name="api.request",
             usage_aggregate=aggregate,
+        )
+        IdempotencyKey.objects.create(
+            organization=organization,
+            key="same-key-in-both",
+            user=user,
+            fingerprint="0" * 64,
+            method="POST",
+            path="/api/v1/cases/",
+            status_code=201,
+            expires_at=timezone.now() + timedelta(hours=1),
         )
     return case
 
