@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from tenancy import rls
+from tenancy.db_roles import RLS_DATABASE_DEFAULT
 
 _TABLES_WITH_ORG = """
 SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, pg_get_userbyid(c.relowner),
@@ -63,7 +64,7 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     superuser, has no BYPASSRLS (nor inherits either) and owns no tenant table; unique
     constraints of tenant tables include ``organization_id``; every foreign key between
     tenant tables has its composite same-organization twin; the database default of
-    ``app.rls_enabled`` matches ``RLS_ENABLED``.
+    ``app.rls_enabled`` is ``'on'`` (``tenancy.db_roles.RLS_DATABASE_DEFAULT``).
     """
     connection = connections[using]
     problems: list[str] = []
@@ -140,13 +141,13 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
                  AND d.setrole = 0 AND s.setting LIKE 'app.rls_enabled=%%'"""
         )
         row = cursor.fetchone()
-        expected = "on" if settings.RLS_ENABLED else "off"
         actual = row[0].split("=", 1)[1] if row else None
-        if actual != expected:
+        if actual != RLS_DATABASE_DEFAULT:
             problems.append(
-                f"database default app.rls_enabled is {actual!r}, "
-                f"but RLS_ENABLED={settings.RLS_ENABLED} "
-                f"expects {expected!r} (run manage.py migrate)"
+                f"database default app.rls_enabled is {actual!r}, expected "
+                f"{RLS_DATABASE_DEFAULT!r} whatever RLS_ENABLED is (a session or Citus "
+                "worker without the transaction's settings must enforce; run manage.py "
+                "migrate)"
             )
     return problems
 

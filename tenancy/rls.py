@@ -28,10 +28,10 @@ the applied migration state whose app has an applied RLS migration, and no DDL a
 all on a table that already matches), and ``check_isolation``, which reads the
 catalog.
 
-The predicate fails closed: only ``app.rls_enabled = 'off'`` (the database
-default written by ``migrate`` from ``RLS_ENABLED=false``, or the
-transaction-local value of ``tenant_context``) disables it. Unset, empty or
-``on`` restrict to ``app.current_org``; with no organization that is no row.
+The predicate fails closed: only ``app.rls_enabled = 'off'`` (the transaction-local
+value a tenant context sets under ``RLS_ENABLED=false``; the database default is always
+``'on'``) disables it. Unset, empty or ``on`` restrict to ``app.current_org``; with no
+organization that is no row, on the coordinator and on every Citus worker.
 ``app.cross_tenant = 'on'`` (transaction-local, only set by
 ``tenancy.context.cross_tenant``) is the one explicit cross-tenant path.
 """
