@@ -257,7 +257,11 @@ def build_aggregates(*, organization, until: datetime, report: MeterReport | Non
             .update(usage_aggregate=aggregate)
         )
         if linked != group["n"]:  # rows changed under us: recompute from what was linked
-            totals = aggregate.events.aggregate(v=Sum("quantity"), n=Count("id"))
+            totals = (
+                BillingEvent.objects.for_organization(organization)
+                .filter(usage_aggregate=aggregate)
+                .aggregate(v=Sum("quantity"), n=Count("id"))
+            )
             aggregate.value, aggregate.event_count = totals["v"] or 0, totals["n"]
             aggregate.save(update_fields=["value", "event_count"])
         created += 1
@@ -296,9 +300,10 @@ def split_oversized_aggregates(*, organization, report: MeterReport | None) -> i
         runs: list[tuple[list, Decimal]] = []
         ids: list = []
         total = Decimal(0)
-        for event_id, quantity in aggregate.events.order_by("created_at", "id").values_list(
-            "id", "quantity"
-        ):
+        events = BillingEvent.objects.for_organization(organization).filter(
+            usage_aggregate=aggregate
+        )
+        for event_id, quantity in events.order_by("created_at", "id").values_list("id", "quantity"):
             if ids and not value_fits(total + quantity):
                 runs.append((ids, total))
                 ids, total = [], Decimal(0)
@@ -325,9 +330,9 @@ def split_oversized_aggregates(*, organization, report: MeterReport | None) -> i
                 event_count=len(ids),
                 identifier=aggregate_identifier(organization.pk, meter, hour, sequence),
             )
-            BillingEvent.objects.filter(pk__in=ids, usage_aggregate=aggregate).update(
-                usage_aggregate=part
-            )
+            BillingEvent.objects.for_organization(organization).filter(
+                pk__in=ids, usage_aggregate=aggregate
+            ).update(usage_aggregate=part)
             created += 1
         logger.info(
             "aggregate %s: value over 15 significant digits, split into %s aggregates",
@@ -358,21 +363,27 @@ def _acknowledge(
     if last_error is not None:
         changes["last_error"] = last_error
     with transaction.atomic():
-        moved = UsageAggregate.objects.filter(
-            pk=aggregate.pk, status__in=list(from_statuses), first_sent_at__isnull=False
-        ).update(**changes)
+        moved = (
+            UsageAggregate.objects.for_organization(aggregate.organization_id)
+            .filter(pk=aggregate.pk, status__in=list(from_statuses), first_sent_at__isnull=False)
+            .update(**changes)
+        )
         if not moved:
             return None
-        return BillingEvent.objects.filter(
-            usage_aggregate=aggregate, status=BillingEventStatus.PENDING
-        ).update(status=BillingEventStatus.POSTED)
+        return (
+            BillingEvent.objects.for_organization(aggregate.organization_id)
+            .filter(usage_aggregate=aggregate, status=BillingEventStatus.PENDING)
+            .update(status=BillingEventStatus.POSTED)
+        )
 
 
 def _record_failure(organization, aggregate: UsageAggregate, error: str, *, final: bool) -> None:
     backoff = settings.STRIPE_RETRY_BACKOFF_SECONDS * (2 ** max(aggregate.attempts - 1, 0))
     aggregate.last_error = error[:2000]
     with tenant_context(organization):
-        UsageAggregate.objects.filter(pk=aggregate.pk, status=UsageAggregateStatus.PENDING).update(
+        UsageAggregate.objects.for_organization(organization).filter(
+            pk=aggregate.pk, status=UsageAggregateStatus.PENDING
+        ).update(
             attempts=aggregate.attempts,
             key_revision=aggregate.key_revision,
             last_error=aggregate.last_error,
@@ -386,14 +397,9 @@ def _mark_first_sent(organization, aggregate: UsageAggregate) -> None:
     crash right after sending cannot hide that Stripe may have the event."""
     now = timezone.now()
     with tenant_context(organization):
-        UsageAggregate.objects.filter(pk=aggregate.pk, first_sent_at__isnull=True).update(
-            first_sent_at=now
-        )
-        aggregate.first_sent_at = (
-            UsageAggregate.objects.filter(pk=aggregate.pk)
-            .values_list("first_sent_at", flat=True)
-            .get()
-        )
+        row = UsageAggregate.objects.for_organization(organization).filter(pk=aggregate.pk)
+        row.filter(first_sent_at__isnull=True).update(first_sent_at=now)
+        aggregate.first_sent_at = row.values_list("first_sent_at", flat=True).get()
 
 
 def _past_resend_window(aggregate: UsageAggregate, now: datetime | None = None) -> bool:
@@ -419,9 +425,9 @@ def reconciliation_message(aggregate: UsageAggregate) -> str:
 def _flag_for_reconciliation(organization, aggregate: UsageAggregate) -> None:
     aggregate.last_error = reconciliation_message(aggregate)
     with tenant_context(organization):
-        UsageAggregate.objects.filter(pk=aggregate.pk, status=UsageAggregateStatus.PENDING).update(
-            status=UsageAggregateStatus.NEEDS_RECONCILIATION, last_error=aggregate.last_error
-        )
+        UsageAggregate.objects.for_organization(organization).filter(
+            pk=aggregate.pk, status=UsageAggregateStatus.PENDING
+        ).update(status=UsageAggregateStatus.NEEDS_RECONCILIATION, last_error=aggregate.last_error)
     logger.error("Stripe meter event %s needs reconciliation: %s", aggregate, aggregate.last_error)
 
 
@@ -667,9 +673,11 @@ def report_usage(
     try:
         with _organization_lock(organization):
             with tenant_context(organization):
-                still_running = MeterReport.objects.filter(
-                    pk=report.pk, status=MeterReportStatus.RUNNING
-                ).exists()
+                still_running = (
+                    MeterReport.objects.for_organization(organization)
+                    .filter(pk=report.pk, status=MeterReportStatus.RUNNING)
+                    .exists()
+                )
             if not still_running:
                 with tenant_context(organization):
                     report.refresh_from_db()
@@ -713,8 +721,10 @@ def _start(report: MeterReport, *, until: datetime, dry_run: bool) -> bool:
     claimed it (``report`` updated in memory), ``False`` when it was not ``queued``
     (``report`` refreshed from the database). Runs in the caller's tenant context."""
     now = timezone.now()
-    claimed = MeterReport.objects.filter(pk=report.pk, status=MeterReportStatus.QUEUED).update(
-        status=MeterReportStatus.RUNNING, started_at=now, until=until, dry_run=dry_run
+    claimed = (
+        MeterReport.objects.for_organization(report.organization_id)
+        .filter(pk=report.pk, status=MeterReportStatus.QUEUED)
+        .update(status=MeterReportStatus.RUNNING, started_at=now, until=until, dry_run=dry_run)
     )
     if not claimed:
         report.refresh_from_db()
@@ -876,9 +886,9 @@ def resolve_reconciliation(*, aggregate: UsageAggregate, stripe_has_it: bool, by
         )
         return posted is not None
     return bool(
-        UsageAggregate.objects.filter(
-            pk=aggregate.pk, status__in=resolvable, first_sent_at__isnull=False
-        ).update(
+        UsageAggregate.objects.for_organization(aggregate.organization_id)
+        .filter(pk=aggregate.pk, status__in=resolvable, first_sent_at__isnull=False)
+        .update(
             status=UsageAggregateStatus.PENDING,
             attempts=0,
             next_attempt_at=None,
@@ -952,7 +962,7 @@ def _run_queued_report(report_id, organization, requested_by) -> None:
     """The worker thread's job for one queued report (see ``queue_report``). Never raises."""
     try:
         with tenant_context(organization):
-            report = MeterReport.objects.get(pk=report_id)
+            report = MeterReport.objects.for_organization(organization).get(pk=report_id)
             organization = type(organization).objects.get(pk=organization.pk)  # fresh copy
         # report_usage claims it (queued -> running) or, if it is no longer queued, does nothing
         report_usage(organization=organization, report=report, requested_by=requested_by)
@@ -975,7 +985,7 @@ def _fail_report(organization, report_id, detail: str) -> None:
         if not connection.in_atomic_block:
             connection.close_if_unusable_or_obsolete()
         with tenant_context(organization):
-            MeterReport.objects.filter(
+            MeterReport.objects.for_organization(organization).filter(
                 pk=report_id, status__in=[MeterReportStatus.QUEUED, MeterReportStatus.RUNNING]
             ).update(
                 status=MeterReportStatus.FAILED, detail=detail[:2000], finished_at=timezone.now()
@@ -1029,7 +1039,10 @@ def _finish(report: MeterReport, status: str, detail: str) -> bool:
         "aggregates_failed": report.aggregates_failed,
         "events_posted": report.events_posted,
     }
-    if MeterReport.objects.filter(pk=report.pk, status=MeterReportStatus.RUNNING).update(**changes):
+    running = MeterReport.objects.for_organization(report.organization_id).filter(
+        pk=report.pk, status=MeterReportStatus.RUNNING
+    )
+    if running.update(**changes):
         for name, value in changes.items():
             setattr(report, name, value)
         return True

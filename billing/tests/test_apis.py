@@ -442,7 +442,7 @@ def test_health_counts_the_outbox_statuses_in_one_query(org, outsider_org):
     outbox = [q["sql"] for q in ctx.captured_queries if "billing_usageaggregate" in q["sql"]]
     assert len(outbox) == 1, outbox  # filtered COUNTs, not one COUNT per status
     assert len(ctx.captured_queries) == 4  # events x2, last report, outbox
-    with cross_tenant(reason="staff view in the test"):
+    with cross_tenant(reason="test: the staff view"):
         everyone = selectors.pipeline_health(organization=None)
     assert [everyone[f"{k}_aggregates"] for k in ("failed", "unsent", "reconciliation")] == [
         3,

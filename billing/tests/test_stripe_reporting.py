@@ -543,7 +543,9 @@ def test_an_oversized_pending_aggregate_is_split_before_its_first_send(fake_stri
             event_count=1001,
             identifier=ident(customer_org, "api_requests", 0),
         )
-        BillingEvent.objects.filter(pk__in=[e.pk for e in events]).update(usage_aggregate=aggregate)
+        BillingEvent.objects.for_organization(customer_org).filter(
+            pk__in=[e.pk for e in events]
+        ).update(usage_aggregate=aggregate)
     reporting.report_usage(organization=customer_org)
     assert [r["value"] for r in fake_stripe.requests] == ["99999999999.9", "99999999.9999"]
     assert not BillingEvent.objects.filter(status=BillingEventStatus.PENDING).exists()
@@ -843,7 +845,7 @@ def test_a_report_abandoned_while_it_waited_for_the_lock_is_not_run(
 
     def lock_after_being_abandoned(organization):
         # between the claim (running) and the lock: another run marks it abandoned
-        MeterReport.objects.filter(pk=report.pk).update(
+        MeterReport.objects.for_organization(customer_org).filter(pk=report.pk).update(
             status=MeterReportStatus.FAILED, detail=reporting.ABANDONED_DETAIL
         )
         return real_lock(organization)
@@ -873,7 +875,7 @@ def test_a_report_abandoned_during_its_run_is_not_turned_back(
     report = make_report(customer_org, status=MeterReportStatus.QUEUED)
 
     def abandon():
-        MeterReport.objects.filter(pk=report.pk).update(
+        MeterReport.objects.for_organization(customer_org).filter(pk=report.pk).update(
             status=MeterReportStatus.FAILED, detail=reporting.ABANDONED_DETAIL
         )
 
