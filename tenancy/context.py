@@ -42,6 +42,12 @@ current_organization_var: contextvars.ContextVar = contextvars.ContextVar(
     "current_organization", default=None
 )
 
+#: The ``reason`` of the innermost active ``cross_tenant`` block (``None`` elsewhere, also
+#: inside a tenant context opened within one). Set and reset only in this module.
+_cross_tenant_reason_var: contextvars.ContextVar = contextvars.ContextVar(
+    "cross_tenant_reason", default=None
+)
+
 _SETTINGS = ("app.current_org", "app.rls_enabled", "app.current_user", "app.cross_tenant")
 
 
@@ -52,6 +58,14 @@ class NoTenantError(RuntimeError):
 def get_current_organization():
     """The ``Organization`` of the active tenant context, or ``None``."""
     return current_organization_var.get()
+
+
+def cross_tenant_reason() -> str | None:
+    """The ``reason`` given to the innermost active ``cross_tenant`` block, or ``None`` when
+    the code runs in a tenant context (even one opened inside such a block) or in none.
+    Mirrors the connection's ``app.cross_tenant``; for logs and the test suite's audit of
+    the statements sent across organizations."""
+    return _cross_tenant_reason_var.get()
 
 
 def require_current_organization():
@@ -134,6 +148,7 @@ def set_connection_tenant(organization_id, *, user_id=None, using: str = DEFAULT
     """
     connection = connections[using]
     _require_atomic(connection, "set_connection_tenant()")
+    _cross_tenant_reason_var.set(None)  # app.cross_tenant is cleared below
     _set_local(
         connection,
         {
@@ -156,6 +171,7 @@ def connection_settings_restored(*, using: str = DEFAULT_DB_ALIAS):
     """
     connection = connections[using]
     previous = None
+    reason = _cross_tenant_reason_var.get()
     if connection.in_atomic_block:
         with connection.cursor() as cursor:
             cursor.execute(
@@ -166,6 +182,7 @@ def connection_settings_restored(*, using: str = DEFAULT_DB_ALIAS):
     try:
         yield
     finally:
+        _cross_tenant_reason_var.set(reason)
         if previous is not None and connection.in_atomic_block and not connection.needs_rollback:
             _set_local(connection, {k: _restorable(k, v) for k, v in previous.items()})
 
@@ -203,6 +220,7 @@ def cross_tenant(*, reason: str = "", using: str = DEFAULT_DB_ALIAS):
     connection = connections[using]
     with connection_settings_restored(using=using), transaction.atomic(using=using):
         _set_local(connection, {"app.cross_tenant": "on"})
+        _cross_tenant_reason_var.set(reason or "unspecified")
         yield
 
 
