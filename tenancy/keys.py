@@ -235,7 +235,7 @@ class TenantPrimaryKeys(migrations.operations.base.Operation):
     """
 
     reversible = True
-    reduces_to_sql = False
+    reduces_to_sql = True  # sqlmigrate prints every statement (the catalog is not read then)
 
     def __init__(self, models: list[str]):
         self.models = list(models)
@@ -272,13 +272,18 @@ class TenantPrimaryKeys(migrations.operations.base.Operation):
         connection = schema_editor.connection
         collecting = schema_editor.collect_sql
         for group in groups:
-            if group.atomic and not connection.in_atomic_block and not collecting:
+            own_transaction = group.atomic and not schema_editor.atomic_migration
+            if own_transaction and not collecting:
                 with transaction.atomic(using=connection.alias):
                     for statement in group.statements:
                         schema_editor.execute(statement, params=None)
-            else:
-                for statement in group.statements:
-                    schema_editor.execute(statement, params=None)
+                continue
+            # sqlmigrate prints the transaction the swap runs in
+            statements = (
+                ["BEGIN", *group.statements, "COMMIT"] if own_transaction else group.statements
+            )
+            for statement in statements:
+                schema_editor.execute(statement, params=None)
 
     def _convert(self, app_label, schema_editor, state, *, target, backwards):
         connection = schema_editor.connection
