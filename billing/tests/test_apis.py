@@ -221,8 +221,8 @@ def test_summary_and_report_run_a_bounded_number_of_queries(api, ny_org, owner):
         )
     large = [_queries(api, url) for url in urls]
     assert small == large
-    # user, savepoint, set_config, membership (request) + organization, savepoint,
-    # set_config, membership, ONE aggregate, set_config, release (view) + metering (3)
+    # user, savepoint, SET LOCAL, membership (request) + organization, savepoint,
+    # SET LOCAL, membership, ONE aggregate, SET LOCAL, release (view) + metering (3)
     # + release of the request savepoint used by the test transaction.
     print(f"usage-summary, usage-report queries: {large}")
     # (+2 in tests only: inside the test transaction the tenant context saves and

@@ -1,5 +1,5 @@
 """The tenant context never outlives its block or its request: not in Python (the
-contextvar) and not on the database connection (transaction-local set_config).
+contextvar) and not on the database connection (transaction-local SET LOCAL).
 
 These tests use ``transaction=True`` so that no test-wide transaction hides a leak:
 the connection below is the same persistent connection the requests used
