@@ -20,7 +20,10 @@ LOCAL`` (not a function call) to the workers of the transaction when
 that is set first, in the same statement. Every setting goes in ONE round trip: the
 ``SET LOCAL`` statements are sent as one multi-statement string without parameters
 (the simple query protocol), so each value is validated here (a UUID, an integer,
-``on``/``off`` or empty) and quoted as a literal.
+``on``/``off`` or empty) and quoted as a literal. (Citus forwards the text of the query
+it received for each ``SET LOCAL`` in it, that is this whole string once per setting;
+each copy ends with the same values, so the workers see exactly what the coordinator
+does, in a few hundred bytes more per worker connection.)
 
 ``app.rls_enabled`` is always set explicitly (``on`` or ``off`` from ``RLS_ENABLED``);
 the database default is ``on`` (``tenancy.db_roles``) and the policies treat a missing
