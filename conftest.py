@@ -1,6 +1,9 @@
-"""Shared fixtures: two organizations (ours and an outsider), their users, API clients."""
+"""Shared fixtures and pytest hooks: two organizations (ours and an outsider), their users,
+API clients. Helpers that test modules import live in ``core.testing`` (two-connection
+races) and ``tenancy.testing`` (access tokens, bearer clients)."""
 
 import os
+import shutil
 
 import pytest
 
@@ -9,15 +12,22 @@ pytest_plugins = ["tenancy.tests.sql_capture"]
 
 
 def pytest_collection_modifyitems(config, items):
-    """Redis tests need a real Redis: without REDIS_URL they are skipped with that reason."""
-    if os.environ.get("REDIS_URL"):
-        return
-    skip = pytest.mark.skip(
-        reason="needs a real Redis: set REDIS_URL (e.g. redis://127.0.0.1:6379/0)"
-    )
+    """Redis tests need a real Redis: without REDIS_URL they are skipped with that reason.
+    Browser tests need Chromium and chromedriver on PATH (``sh scripts/ci_browser.sh``);
+    without them they are skipped with that reason (CI installs them and allows no skip)."""
+    skips = {}
+    if not os.environ.get("REDIS_URL"):
+        skips["redis"] = pytest.mark.skip(
+            reason="needs a real Redis: set REDIS_URL (e.g. redis://127.0.0.1:6379/0)"
+        )
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        skips["browser"] = pytest.mark.skip(
+            reason="needs chromium and chromedriver: sh scripts/ci_browser.sh"
+        )
     for item in items:
-        if "redis" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
@@ -98,31 +108,19 @@ def outsider(outsider_org):
     return member_of(outsider_org, email="owner@other.test")
 
 
-def bearer_client(user, organization=None):
-    """An APIClient authenticated with a real access token for ``user``."""
-    from rest_framework.test import APIClient
-    from rest_framework_simplejwt.tokens import AccessToken
-
-    from tenancy.serializers import OrganizationTokenObtainPairSerializer
-
-    token = OrganizationTokenObtainPairSerializer.get_token(user).access_token
-    if organization is not None:
-        token["org"] = str(organization.pk)
-    assert isinstance(token, AccessToken)
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
-
-
 @pytest.fixture
 def api(owner):
     """API client of ``owner`` in ``org``."""
+    from tenancy.testing import bearer_client
+
     return bearer_client(owner)
 
 
 @pytest.fixture
 def outsider_api(outsider):
     """API client of a user of another organization."""
+    from tenancy.testing import bearer_client
+
     return bearer_client(outsider)
 
 
@@ -131,83 +129,3 @@ def anon_api():
     from rest_framework.test import APIClient
 
     return APIClient()
-
-
-def wait_for_blockers(pids: dict, results: dict, *, waiter="second", timeout=20.0) -> list:
-    """Poll ``pg_blocking_pids`` of the backend ``pids[waiter]`` (PostgreSQL manual, 9.26
-    "System Information Functions") until it is blocked by another backend or has
-    finished (``waiter in results``), for at most ``timeout`` seconds. Returns the
-    blocking backends' pids: ``[]`` means it never waited. For tests that prove a
-    second connection really queues behind a first one."""
-    import time
-
-    from django.db import connection
-
-    blockers: list = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and waiter not in results:
-        if waiter in pids:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_blocking_pids(%s)", [pids[waiter]])
-                blockers = cursor.fetchone()[0]
-            if blockers:
-                break
-        time.sleep(0.02)
-    return blockers
-
-
-def race_second_behind_first(first, second, *, what="the second", timeout=20.0) -> dict:
-    """Prove that PostgreSQL makes ``second`` wait for ``first``, then let both finish.
-
-    ``first()`` runs in a thread on its own connection inside ``transaction.atomic()``,
-    which is held open after it returns; then ``second()`` runs in another thread on its
-    own connection. Asserts that the second backend was blocked by the first
-    (``wait_for_blockers``), releases the first transaction (it commits) and joins both.
-    Returns ``{"first": result, "second": result}``, an exception raised by either in
-    place of its result. Needs ``transaction=True`` tests (real commits).
-    """
-    import threading
-
-    from django.db import connection, transaction
-
-    held, release = threading.Event(), threading.Event()
-    pids: dict = {}
-    results: dict = {}
-
-    def run_first() -> None:
-        try:
-            with transaction.atomic():
-                pids["first"] = connection.connection.info.backend_pid
-                results["first"] = first()
-                held.set()
-                assert release.wait(timeout)
-        except Exception as exc:  # noqa: BLE001 - reported by the caller's assertions
-            results["first"] = exc
-        finally:
-            held.set()
-            connection.close()
-
-    def run_second() -> None:
-        try:
-            connection.ensure_connection()
-            pids["second"] = connection.connection.info.backend_pid
-            results["second"] = second()
-        except Exception as exc:  # noqa: BLE001 - reported by the caller's assertions
-            results["second"] = exc
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run_first), threading.Thread(target=run_second)]
-    threads[0].start()
-    assert held.wait(timeout) and not isinstance(results.get("first"), Exception), results.get(
-        "first"
-    )
-    threads[1].start()
-    try:
-        blockers = wait_for_blockers(pids, results, timeout=timeout)
-        assert blockers == [pids["first"]], f"{what} never waited on the first"
-    finally:
-        release.set()
-        for thread in threads:
-            thread.join(timeout + 10)
-    return results

@@ -1,9 +1,25 @@
-"""Admin for billing events: read-only (money), filterable, searchable by request id."""
+"""Admin for billing events: read-only (money), filterable, searchable by request id, money
+and quantities in readable form (``billing.formatting``); and the organization admin,
+extended with this month's usage (a list column, the change page's lines and chart)."""
+
+import json
+from datetime import timedelta
 
 from django.contrib import admin, messages
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
 
-from billing import reporting
+from billing.charts import daily_bar_chart
+from billing.formatting import format_cents, format_quantity
 from billing.models import BillingEvent, MeterReport, UsageAggregate
+from billing.pricing import line_cost_cents
+from billing.reporting import reconciliation
+from billing.selectors import month_period, usage_by_day, usage_by_organization, usage_summary
+from tenancy.admin import OrganizationAdmin
+from tenancy.context import tenant_context
+from tenancy.models import Organization
 
 
 class _ReadOnlyAdmin(admin.ModelAdmin):
@@ -21,28 +37,68 @@ class _ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(BillingEvent)
 class BillingEventAdmin(_ReadOnlyAdmin):
-    """Staff can read and filter events; nobody adds, edits or deletes them here."""
+    """Staff can read and filter events; nobody adds, edits or deletes them here.
+
+    The list keeps six short columns (readable at 1366 px): time, organization, event,
+    quantity with its unit (``"3 pages"``), price per unit in currency, status; the request
+    id stays searchable and is on the event's page, which shows ``dimensions`` as a
+    key/value table."""
 
     list_display = [
         "created_at",
         "organization",
         "event_name",
-        "quantity",
-        "unit",
-        "unit_cost_cents",
+        "quantity_with_unit",
+        "unit_price",
         "status",
-        "user",
-        "request_id",
     ]
     list_filter = ["organization", "event_name", "status", "created_at"]
     date_hierarchy = "created_at"
     search_fields = ["request_id"]
-    list_select_related = ["organization", "user"]
+    list_select_related = ["organization"]
     ordering = ["-created_at"]
     show_full_result_count = False  # no COUNT(*) over the whole table on each page
 
     def get_readonly_fields(self, request, obj=None):
-        return [field.name for field in self.model._meta.fields]
+        names = [field.name for field in self.model._meta.fields]
+        names[names.index("quantity") + 1 : names.index("quantity") + 1] = ["amount"]
+        names[names.index("dimensions")] = "dimensions_table"
+        return names
+
+    def get_fields(self, request, obj=None):
+        return self.get_readonly_fields(request, obj)
+
+    @admin.display(description="Quantity", ordering="quantity")
+    def quantity_with_unit(self, obj) -> str:
+        """``"3 pages"``, ``"1 call"``, ``"0.5 byte"`` (no trailing zeros)."""
+        return f"{format_quantity(obj.quantity)} {obj.unit}" + ("" if obj.quantity == 1 else "s")
+
+    @admin.display(description="Price", ordering="unit_cost_cents")
+    def unit_price(self, obj) -> str:
+        """The price per unit in currency (``"$0.01"``), ``"-"`` if the event is free."""
+        return format_cents(obj.unit_cost_cents)
+
+    @admin.display(description="Amount")
+    def amount(self, obj) -> str:
+        """``quantity * unit_cost_cents``, rounded once half-up, in currency."""
+        if obj.unit_cost_cents is None:
+            return "-"
+        return format_cents(line_cost_cents(obj.quantity * obj.unit_cost_cents))
+
+    @admin.display(description="Dimensions")
+    def dimensions_table(self, obj):
+        """``dimensions`` as an HTML key/value table (keys sorted); nested values as JSON."""
+        if not obj.dimensions:
+            return "-"
+        rows = format_html_join(
+            "",
+            "<tr><th scope='row'>{}</th><td>{}</td></tr>",
+            (
+                (key, value if isinstance(value, str) else json.dumps(value))
+                for key, value in sorted(obj.dimensions.items())
+            ),
+        )
+        return format_html("<table class='dimensions'><tbody>{}</tbody></table>", rows)
 
 
 @admin.register(UsageAggregate)
@@ -54,7 +110,8 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
       replays an idempotency key for about 24 hours only); older ones are refused.
     * ``reconciled_stripe_has_it`` / ``reconciled_stripe_lacks_it``: close a
       reconciliation (status ``needs_reconciliation``, or ``failed`` past the window)
-      after checking Stripe's meter event summaries (``reporting.resolve_reconciliation``).
+      after checking Stripe's meter event summaries
+      (``reconciliation.resolve_reconciliation``).
     """
 
     list_display = [
@@ -81,19 +138,20 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
         permissions=["change"],
     )
     def retry_failed(self, request, queryset):
-        """Queue the selected ``failed`` aggregates again (``reporting.requeue_failed``:
-        ``pending``, attempts 0, same identifier) for the next ``report_usage`` run; those
-        first sent before ``reporting.resend_cutoff()`` are refused (Stripe deduplicates
-        an identifier for about 24 hours only: reconcile them against Stripe's meter
-        event summaries instead). The messages say what was queued and what refused."""
-        count, refused = reporting.requeue_failed(aggregates=queryset)
+        """Queue the selected ``failed`` aggregates again
+        (``reconciliation.requeue_failed``: ``pending``, attempts 0, same identifier) for
+        the next ``report_usage`` run; those first sent before
+        ``reconciliation.resend_cutoff()`` are refused (Stripe deduplicates an identifier
+        for about 24 hours only: reconcile them against Stripe's meter event summaries
+        instead). The messages say what was queued and what refused."""
+        count, refused = reconciliation.requeue_failed(aggregates=queryset)
         self.message_user(
             request,
             f"{count} aggregate(s) queued for the next report_usage run (same identifier: "
             "Stripe deduplicates it for about 24 hours after the first send).",
         )
         if refused:
-            hours = reporting.resend_window().total_seconds() / 3600
+            hours = reconciliation.resend_window().total_seconds() / 3600
             self.message_user(
                 request,
                 f"{len(refused)} aggregate(s) refused, first sent more than {hours:g} h ago: "
@@ -123,7 +181,7 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
     def _reconcile(self, request, queryset, *, stripe_has_it: bool) -> None:
         by = getattr(request.user, "email", "") or str(request.user.pk)
         done = sum(
-            reporting.resolve_reconciliation(
+            reconciliation.resolve_reconciliation(
                 aggregate=aggregate, stripe_has_it=stripe_has_it, by=by
             )
             for aggregate in queryset
@@ -167,3 +225,73 @@ class MeterReportAdmin(_ReadOnlyAdmin):
     search_fields = ["id", "organization__slug", "detail"]
     date_hierarchy = "created_at"
     list_select_related = ["organization"]
+
+
+# Billing extends tenancy's organization admin (tenancy does not import billing): the
+# registered OrganizationAdmin is replaced by a subclass with the usage field.
+admin.site.unregister(Organization)
+
+
+@admin.register(Organization)
+class BillingOrganizationAdmin(OrganizationAdmin):
+    """``tenancy.admin.OrganizationAdmin`` plus usage: a "Usage this period" column on the
+    list (each organization's current month in its billing time zone, in currency; at
+    most two GROUP BY queries per page, see ``get_changelist_instance``) and, on the
+    change page, this month's lines and daily chart (read-only)."""
+
+    list_display = [*OrganizationAdmin.list_display, "usage_this_period"]
+    readonly_fields = [*OrganizationAdmin.readonly_fields, "current_period_usage"]
+
+    def get_changelist_instance(self, request):
+        """The changelist, its page's organizations carrying ``_usage_cents``: their usage
+        this period in cents, read by one ``usage_by_organization`` per distinct current
+        month among them (two at most: at a month's turn time zones disagree)."""
+        changelist = super().get_changelist_instance(request)
+        page = list(changelist.result_list)  # evaluated once; the template reuses it
+        by_month: dict = {}
+        for organization in page:
+            by_month.setdefault(month_period(organization)[0].date(), []).append(organization)
+        for month, organizations in by_month.items():
+            totals = {
+                row["organization_id"]: row["cost_cents"]
+                for row in usage_by_organization(month=month, organizations=organizations)
+            }
+            for organization in organizations:
+                organization._usage_cents = totals.get(organization.pk, 0)
+        return changelist
+
+    @admin.display(description="Usage this period")
+    def usage_this_period(self, obj) -> str:
+        """This month's amount (billing time zone) in currency, e.g. ``"$1,234.56"``."""
+        cents = getattr(obj, "_usage_cents", None)
+        if cents is None:  # not from the changelist: read it alone
+            month = month_period(obj)[0].date()
+            rows = usage_by_organization(month=month, organizations=[obj])
+            cents = rows[0]["cost_cents"] if rows else 0
+        return format_cents(cents)
+
+    @admin.display(description="Current period usage")
+    def current_period_usage(self, obj):
+        """This calendar month (billing time zone): per event name its events, quantity and
+        amount, the total, and the daily chart, as HTML; ``"-"`` on the add page."""
+        if obj is None or obj.pk is None:
+            return "-"
+        start, end = month_period(obj)
+        with tenant_context(obj):  # staff's one explicit cross-tenant read (RLS applies)
+            lines = usage_summary(organization=obj, start=start, end=end)
+        days = usage_by_day(month=start.date(), organization=obj)
+        chart = daily_bar_chart(days, month=start.date(), label=f"{obj.name}, {start:%B %Y}")
+        return render_to_string(
+            "admin/billing/organization_usage.html",
+            {
+                "start": start,
+                "last_day": end - timedelta(days=1),
+                "zone": str(start.tzinfo),
+                "lines": lines,
+                "total_cents": sum(line["cost_cents"] for line in lines),
+                "chart": chart,
+                "dashboard_url": reverse("admin-usage")
+                + "?"
+                + urlencode({"month": f"{start:%Y-%m}", "organization": obj.pk}),
+            },
+        )

@@ -2,20 +2,23 @@
 
 Thin views over ``billing.selectors``. The summary and report take an organization
 id in the path: the caller must be a member of it (staff: any organization), else
-404 (never 403: no enumeration). They run inside ``tenant_context`` of THAT
-organization, so row-level security, when enabled, applies to the target rows.
+404 (never 403: no enumeration), by ``tenancy.permissions.IsMemberOfTargetOrganization``.
+They run inside ``tenant_context`` of THAT organization, so row-level security, when
+enabled, applies to the target rows.
 """
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import exceptions, generics
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import reporting, selectors
+from billing import selectors
 from billing.filters import BillingEventFilter
 from billing.middleware import write_failures
-from billing.models import MeterReport
+from billing.models import BillingEvent, MeterReport
+from billing.reporting.queue import queue_report
 from billing.serializers import (
     REPORT_ROW_SERIALIZERS,
     BillingEventSerializer,
@@ -27,8 +30,7 @@ from billing.serializers import (
     UsageSummarySerializer,
 )
 from tenancy.context import cross_tenant, tenant_context
-from tenancy.models import Organization
-from tenancy.selectors import membership_for
+from tenancy.permissions import IsMemberOfTargetOrganization
 from tenancy.viewsets import TenantAPIMixin
 
 _PERIOD_PARAMS = [
@@ -41,50 +43,31 @@ class BillingEventListApi(TenantAPIMixin, generics.ListAPIView):
     """``GET events/``: the active organization's billing events, newest first, paginated.
     Filters: ``event_name``, ``status`` (0 pending, 1 posted), ``start``/``end``."""
 
+    model = BillingEvent
     serializer_class = BillingEventSerializer
     filterset_class = BillingEventFilter
     search_fields: list = []
     ordering_fields = ["created_at"]
 
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return selectors.BillingEvent.objects.none()
-        return selectors.event_list(organization=self.organization)
+    def tenant_queryset(self, organization):
+        return selectors.event_list(organization=organization)
 
 
 class _UsageApi(TenantAPIMixin, APIView):
+    """A period view of the organization named in the URL (``organization_id``), which
+    ``IsMemberOfTargetOrganization`` resolves into ``self.target_organization``."""
+
+    permission_classes = [IsAuthenticated, IsMemberOfTargetOrganization]
     query_serializer_class = PeriodQuerySerializer
 
-    def target(self, organization_id) -> Organization:
-        """The ``Organization`` whose id (a UUID, from the URL path) is ``organization_id``.
-
-        Looked up by id alone: organizations are the tenants, not tenant rows, so no
-        row-level security applies to them. Whether the caller may read it is checked
-        afterwards by ``period_response``, which also answers 404, so a caller cannot
-        tell another firm's organization from a missing one.
-
-        Raises:
-            rest_framework.exceptions.NotFound: no organization has that id (404).
-        """
-        organization = Organization.objects.filter(pk=organization_id).first()
-        if organization is None:
-            raise exceptions.NotFound
-        return organization
-
-    def period_response(self, request, organization_id, build):
-        """Resolve the organization, check access and the query, and run ``build`` in its
-        tenant context: ``build(organization, start, end, params) -> dict``."""
-        organization = self.target(organization_id)
+    def period_response(self, request, build):
+        """Check the query and run ``build`` in the target organization's tenant context:
+        ``build(organization, start, end, params) -> dict``."""
+        organization = self.target_organization
         query = self.query_serializer_class(
             data=request.query_params, context={"organization": organization}
         )
         with tenant_context(organization):
-            user = request.user
-            if (
-                not user.is_staff
-                and membership_for(user=user, organization_id=organization.pk) is None
-            ):
-                raise exceptions.NotFound
             query.is_valid(raise_exception=True)
             params = query.validated_data
             if "start" in params:
@@ -113,7 +96,7 @@ class UsageSummaryApi(_UsageApi):
             lines = selectors.usage_summary(organization=organization, start=start, end=end)
             return {"lines": lines, "total_cost_cents": sum(line["cost_cents"] for line in lines)}
 
-        body = self.period_response(request, organization_id, build)
+        body = self.period_response(request, build)
         return Response(UsageSummarySerializer(body).data)
 
 
@@ -139,7 +122,7 @@ class UsageReportApi(_UsageApi):
             serializer = REPORT_ROW_SERIALIZERS[group_by](rows, many=True)
             return {"group_by": group_by, "rows": serializer.data}
 
-        body = self.period_response(request, organization_id, build)
+        body = self.period_response(request, build)
         return Response(UsageReportSerializer(body).data)
 
 
@@ -168,8 +151,8 @@ class ReportUsageApi(TenantAPIMixin, APIView):
     Staff or the organization's owner only (403 otherwise). Returns 202 with the report
     at once; the run is enqueued after the request's transaction commits and runs on
     this process's reporting worker thread, never in the request
-    (``billing.reporting.queue_report``). While a report of the organization is queued
-    or running, the POST returns that report instead of queuing another.
+    (``billing.reporting.queue.queue_report``). While a report of the organization is
+    queued or running, the POST returns that report instead of queuing another.
     ``GET report-usage/<id>/`` shows its status.
     """
 
@@ -189,22 +172,21 @@ class ReportUsageApi(TenantAPIMixin, APIView):
             PermissionDenied: 403 ``not_owner`` for a member who is neither staff nor
                 the organization's owner.
         """
-        if not (request.user.is_staff or request.membership.role == "owner"):
+        if not (request.user.is_staff or self.membership.role == "owner"):
             raise exceptions.PermissionDenied(
                 "Only the organization's owner or staff may report usage.", code="not_owner"
             )
-        report = reporting.queue_report(organization=self.organization, requested_by=request.user)
+        report = queue_report(organization=self.organization, requested_by=request.user)
         return Response(MeterReportSerializer(report).data, status=202)
 
 
 class ReportUsageDetailApi(TenantAPIMixin, generics.RetrieveAPIView):
     """``GET report-usage/<id>/``: a usage-reporting run of the active organization."""
 
+    model = MeterReport
     serializer_class = MeterReportSerializer
 
-    def get_queryset(self):
-        """The active organization's ``MeterReport``s only, so a report of another
-        organization is a 404, never a 403 (no enumeration); ``none()`` for the schema."""
-        if getattr(self, "swagger_fake_view", False):
-            return MeterReport.objects.none()
-        return MeterReport.objects.for_organization(self.organization)
+    def tenant_queryset(self, organization):
+        """The organization's ``MeterReport``s only, so a report of another organization
+        is a 404, never a 403 (no enumeration)."""
+        return MeterReport.objects.for_organization(organization)

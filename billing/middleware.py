@@ -5,7 +5,7 @@ It therefore runs, after the view, INSIDE the request's transaction and tenant
 context: the event commits together with the request's own writes (and is rolled
 back with them on a 5xx), and row-level security applies to it.
 
-Failure policy (issue 3): a failure to write the event never turns a response into
+Failure policy: a failure to write the event never turns a response into
 a 500. The write runs in a savepoint; if it raises a database error, the savepoint
 (only) is rolled back, so the request's own writes stay intact and still commit,
 and the failure is logged at ERROR (with the request id, through the log filter)
@@ -29,7 +29,8 @@ from django.conf import settings
 from django.core.exceptions import MiddlewareNotUsed
 
 from billing.services import build_event, insert_event_guarded
-from goldleaves.middleware import elapsed_ms
+from core.middleware import elapsed_ms
+from tenancy.context import request_organization
 
 logger = logging.getLogger("billing.metering")
 
@@ -93,10 +94,10 @@ MIN_DURATION_MS = 0.001
 def duration_ms(request) -> float:
     """Milliseconds since ``RequestTimerMiddleware`` started timing ``request``, rounded
     to 3 decimals (microseconds), and positive by construction: at least
-    ``MIN_DURATION_MS``. ``goldleaves.middleware.elapsed_ms`` is 0.0 for a request the
+    ``MIN_DURATION_MS``. ``core.middleware.elapsed_ms`` is 0.0 for a request the
     timer never saw (a request built outside the middleware stack), and a very fast
-    request could round to 0.0; a recorded duration of 0 would read as "not measured"
-    (issue 3: "never 0 by construction"), so both become 0.001."""
+    request could round to 0.0; a recorded duration of 0 would read as "not measured",
+    so both become 0.001: a measured duration is never 0."""
     return max(round(elapsed_ms(request), 3), MIN_DURATION_MS)
 
 
@@ -114,7 +115,7 @@ def _status_is_unbilled(status_code: int, rules: list[str]) -> bool:
 class UsageMiddleware:
     """Writes one ``api.request`` event for each billable request.
 
-    Billable: ``request.organization`` is set; the path starts with one of
+    Billable: the request has an organization; the path starts with one of
     ``settings.BILLABLE_ROUTES``; it is not under ``BILLING_EXCLUDED_PATHS``,
     ``STATIC_URL`` or ``MEDIA_URL``; the status is not in ``BILLING_UNBILLED_STATUSES``
     (default 401, 403, 429, 5xx). The event: user, quantity 1 ``call`` priced by
@@ -147,7 +148,7 @@ class UsageMiddleware:
 
     def is_billable(self, request, response) -> bool:
         """Whether ``request`` (answered by ``response``) is metered; see the class doc."""
-        if getattr(request, "organization", None) is None:
+        if request_organization(request) is None:
             return False
         path = request.path
         if not any(path.startswith(prefix) for prefix in settings.BILLABLE_ROUTES):
@@ -163,7 +164,7 @@ class UsageMiddleware:
         try:
             match = getattr(request, "resolver_match", None)
             event = build_event(
-                organization=request.organization,
+                organization=request_organization(request),
                 event_name="api.request",
                 event_type="api",
                 user=request.user if getattr(request.user, "is_authenticated", False) else None,

@@ -17,9 +17,25 @@ import uuid
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from django.db.models import Count, DecimalField, ExpressionWrapper, F, Min, Q, QuerySet, Sum
+from django.db.models import (
+    Case,
+    CharField,
+    Count,
+    DateField,
+    DateTimeField,
+    DecimalField,
+    ExpressionWrapper,
+    F,
+    Func,
+    Min,
+    Q,
+    QuerySet,
+    Sum,
+    Value,
+    When,
+)
 from django.db.models.fields.json import KT
-from django.db.models.functions import TruncDate
+from django.db.models.functions import Cast, TruncDate
 from django.utils import timezone
 
 from billing.models import (
@@ -30,6 +46,7 @@ from billing.models import (
     UsageAggregateStatus,
 )
 from billing.pricing import line_cost_cents
+from tenancy.models import Organization
 
 GROUP_BY_CHOICES = ("day", "route", "user")
 
@@ -184,7 +201,8 @@ def pipeline_health(*, organization=None, now: datetime | None = None) -> dict:
         ``failed_aggregates`` (outbox rows whose retries are exhausted),
         ``unsent_aggregates`` (outbox rows still to send) and
         ``reconciliation_aggregates`` (outbox rows first sent too long ago to resend
-        safely: to reconcile with Stripe by hand, see ``billing.reporting``).
+        safely: to reconcile with Stripe by hand, see
+        ``billing.reporting.reconciliation``).
     """
     now = now or timezone.now()
     events = BillingEvent.objects.all()
@@ -228,3 +246,176 @@ def pipeline_health(*, organization=None, now: datetime | None = None) -> dict:
         "unsent_aggregates": outbox["unsent"],
         "reconciliation_aggregates": outbox["reconciliation"],
     }
+
+
+# --- Staff usage across organizations (the admin's usage dashboard) ---------------------
+# A "month" is a calendar month taken in EACH organization's billing time zone: an event
+# belongs to month M of its organization when its local date (created_at at the
+# organization's zone) falls in M. One GROUP BY per read; the UTC window one day wider
+# than the month on each side (time zones span UTC-12 to UTC+14) keeps the scan to the
+# month's rows. Callers outside a tenant context must be on the cross-tenant path
+# (``tenancy.context.cross_tenant``; the admin is): under row-level security these read
+# nothing otherwise.
+
+
+def month_start(value: date) -> date:
+    """The first day of ``value``'s month."""
+    return value.replace(day=1)
+
+
+def next_month(month: date) -> date:
+    """The first day of the month after ``month`` (a first day)."""
+    return (month + timedelta(days=32)).replace(day=1)
+
+
+def _valid_zones() -> list[str]:
+    """The organizations' billing time zone names that ``zoneinfo`` knows (one query)."""
+    names = Organization.objects.order_by().values_list("billing_timezone", flat=True).distinct()
+    valid = []
+    for name in names:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            continue
+        valid.append(name)
+    return valid
+
+
+def _month_events(month: date, organizations) -> QuerySet[BillingEvent]:
+    """Events whose local date (organization's billing zone; UTC for an unknown zone, as
+    ``billing_zone``) is in ``month``, annotated with that ``local_day`` (a ``date``).
+    ``organizations``: ``None`` (all) or an iterable of organizations or ids."""
+    zone = Case(
+        When(
+            organization__billing_timezone__in=_valid_zones(),
+            then=F("organization__billing_timezone"),
+        ),
+        default=Value("UTC"),
+        output_field=CharField(),
+    )
+    local_day = Cast(
+        Func(zone, F("created_at"), function="timezone", output_field=DateTimeField()),
+        DateField(),
+    )
+    start = datetime.combine(month, time.min, tzinfo=ZoneInfo("UTC")) - timedelta(days=1)
+    end = datetime.combine(next_month(month), time.min, tzinfo=ZoneInfo("UTC")) + timedelta(days=1)
+    events = BillingEvent.objects.filter(created_at__gte=start, created_at__lt=end)
+    if organizations is not None:
+        events = events.filter(organization_id__in=[getattr(o, "pk", o) for o in organizations])
+    return events.annotate(local_day=local_day).filter(
+        local_day__gte=month, local_day__lt=next_month(month)
+    )
+
+
+_TOTALS = {"count": Count("id"), "total_quantity": Sum("quantity"), "exact_cost": Sum(_LINE_COST)}
+
+
+def usage_by_organization(*, month: date, organizations=None) -> list[dict]:
+    """Usage of ``month`` (its first day, a ``date``) per organization, ONE query.
+
+    ``organizations``: ``None`` for every organization with usage, or an iterable of
+    organizations (or ids) to restrict to. An organization's ``cost_cents`` is the sum of
+    its per-event-name lines, each rounded once half-up (as ``usage_summary``).
+
+    Returns:
+        ``[{"organization_id": UUID, "name": str, "slug": str, "plan_tier": str,
+        "count": int, "quantity": Decimal, "cost_cents": int}]`` ordered by name;
+        organizations without usage in the month are not in it.
+    """
+    rows = (
+        _month_events(month, organizations)
+        .values(
+            "organization_id",
+            "event_name",
+            name=F("organization__name"),
+            slug=F("organization__slug"),
+            plan_tier=F("organization__plan_tier"),
+        )
+        .annotate(**_TOTALS)
+        .order_by()
+    )
+    result: dict = {}
+    for row in rows:
+        line = _line(row)
+        total = result.setdefault(
+            line["organization_id"],
+            {
+                "organization_id": line["organization_id"],
+                "name": line["name"],
+                "slug": line["slug"],
+                "plan_tier": line["plan_tier"],
+                "count": 0,
+                "quantity": 0,
+                "cost_cents": 0,
+            },
+        )
+        for key in ("count", "quantity", "cost_cents"):
+            total[key] += line[key]
+    return sorted(result.values(), key=lambda row: (row["name"], str(row["organization_id"])))
+
+
+def usage_by_day(*, month: date, organization=None) -> list[dict]:
+    """Daily usage of ``month`` (its first day) of ``organization`` or, when ``None``, of
+    every organization (each day is the organizations' local day), ONE query.
+
+    Returns:
+        ``[{"day": date, "count": int, "quantity": Decimal, "cost_cents": int}]`` for the
+        days with usage, in day order; a day's cost is rounded once, half-up.
+    """
+    organizations = None if organization is None else [organization]
+    rows = (
+        _month_events(month, organizations)
+        .values(day=F("local_day"))
+        .annotate(**_TOTALS)
+        .order_by("day")
+    )
+    return [_line(row) for row in rows]
+
+
+def top_routes(*, month: date, organization=None, limit: int = 10) -> list[dict]:
+    """The ``limit`` routes (``dimensions.route`` URL patterns) with the most events in
+    ``month`` (its first day), of ``organization`` or of all, ONE query.
+
+    Returns:
+        ``[{"route": str, "count": int, "quantity": Decimal, "cost_cents": int}]``,
+        most events first (ties by route).
+    """
+    organizations = None if organization is None else [organization]
+    rows = (
+        _month_events(month, organizations)
+        .annotate(route=KT("dimensions__route"))
+        .filter(route__isnull=False)
+        .values("route")
+        .annotate(**_TOTALS)
+        .order_by("-count", "route")[:limit]
+    )
+    return [_line(row) for row in rows]
+
+
+def outbox_attention() -> dict:
+    """Outbox rows of every organization that need staff: ONE query.
+
+    Returns:
+        ``{"failed": int, "needs_reconciliation": int}`` (``UsageAggregate`` counts by
+        status; see ``UsageAggregateStatus``).
+    """
+    return UsageAggregate.objects.filter(
+        status__in=[UsageAggregateStatus.FAILED, UsageAggregateStatus.NEEDS_RECONCILIATION]
+    ).aggregate(
+        failed=Count("pk", filter=Q(status=UsageAggregateStatus.FAILED)),
+        needs_reconciliation=Count(
+            "pk", filter=Q(status=UsageAggregateStatus.NEEDS_RECONCILIATION)
+        ),
+    )
+
+
+def failed_job_count() -> int | None:
+    """Failed background jobs (procrastinate's ``procrastinate_jobs`` with status
+    ``failed``), ONE query; ``None`` when procrastinate's Django app is not installed."""
+    from django.apps import apps
+
+    if not apps.is_installed("procrastinate.contrib.django"):
+        return None
+    from procrastinate.contrib.django.models import ProcrastinateJob
+
+    return ProcrastinateJob.objects.filter(status="failed").count()

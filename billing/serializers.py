@@ -1,5 +1,6 @@
 """Serializers of the billing API (output shapes, and the period query parameters)."""
 
+from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
 from billing.models import BillingEvent, MeterReport
@@ -121,6 +122,35 @@ class UsagePeriodSerializer(serializers.Serializer):
     end = serializers.DateTimeField()
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "A month of usage",
+            value={
+                "organization": "0b5d1f2e-8c3a-4f7e-9a41-6d2c8e7b9f10",
+                "timezone": "America/New_York",
+                "start": "2026-11-01T04:00:00Z",
+                "end": "2026-12-01T05:00:00Z",
+                "lines": [
+                    {
+                        "event_name": "api.request",
+                        "count": 1234,
+                        "quantity": "1234.0000",
+                        "cost_cents": 1234,
+                    },
+                    {
+                        "event_name": "doc.upload",
+                        "count": 12,
+                        "quantity": "12.0000",
+                        "cost_cents": 600,
+                    },
+                ],
+                "total_cost_cents": 1834,
+            },
+            response_only=True,
+        )
+    ]
+)
 class UsageSummarySerializer(UsagePeriodSerializer):
     """``[start, end)`` (UTC), the billing time zone, one line per event name, the total."""
 

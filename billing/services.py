@@ -21,7 +21,6 @@ from decimal import Decimal, InvalidOperation
 import psycopg
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, connection, transaction
-from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
 from django.db.transaction import TransactionManagementError
@@ -30,7 +29,7 @@ from uuid6 import uuid7
 
 from billing.models import BillingEvent, BillingEventStatus
 from billing.pricing import unit_cost_cents as price_of
-from tenancy.context import transaction_aborted
+from core.db import psycopg_cursor, transaction_aborted
 
 #: Events per INSERT statement of ``record_events``: it binds 13 arrays whatever the
 #: size, so this only bounds one statement's memory. 1,000 events = 1 INSERT.
@@ -150,7 +149,7 @@ def insert_event_guarded(event: BillingEvent) -> None:
     the INSERT fails, a second round trip (``ROLLBACK TO SAVEPOINT; RELEASE``) restores
     the transaction, with every earlier write of the request intact, and the error is
     raised. The statements go through a client-side-binding psycopg cursor
-    (``_psycopg_cursor``: multi-statement queries need the simple query protocol,
+    (``core.db.psycopg_cursor``: multi-statement queries need the simple query protocol,
     whatever ``server_side_binding`` says).
 
     A transaction that an earlier statement already aborted is refused before anything is
@@ -175,7 +174,7 @@ def insert_event_guarded(event: BillingEvent) -> None:
     query = InsertQuery(BillingEvent, on_conflict=OnConflict.IGNORE)
     query.insert_values(BillingEvent._meta.concrete_fields, [event])
     [(sql, params)] = query.get_compiler(connection=connection).as_sql()
-    with _psycopg_cursor(psycopg.ClientCursor) as cursor:
+    with psycopg_cursor(psycopg.ClientCursor) as cursor:
         if transaction_aborted():
             raise DatabaseError(
                 "the transaction was already aborted by an earlier statement; "
@@ -248,20 +247,6 @@ def _row(event: BillingEvent) -> tuple:
     )
 
 
-def _psycopg_cursor(cursor_class):
-    """A ``cursor_class`` (``psycopg.Cursor``: server-side binding; ``psycopg.ClientCursor``:
-    client-side) on Django's connection, in its current transaction, wrapped like Django's
-    own cursors: logged, counted by ``CaptureQueriesContext``, seen by execute wrappers.
-
-    ``record_events`` binds on the server, so its 13 arrays travel in psycopg's binary
-    format instead of being quoted into the SQL text (a third of a batch's time at 1,000
-    events); ``insert_event_guarded`` binds on the client, because a multi-statement
-    query needs the simple query protocol."""
-    connection.ensure_connection()
-    wrapper = CursorDebugWrapper if connection.queries_logged else CursorWrapper
-    return wrapper(cursor_class(connection.connection), connection)
-
-
 def _insert_returning_created(events: list[BillingEvent]) -> list[BillingEvent]:
     """Insert ``events`` and return those really created, in one statement per
     ``INSERT_BATCH_SIZE`` events: ``INSERT ... SELECT FROM unnest(<one array per column>)
@@ -270,11 +255,13 @@ def _insert_returning_created(events: list[BillingEvent]) -> list[BillingEvent]:
 
     The one raw-SQL write of billing events, for batches: 13 array parameters instead
     of 13 per row, and the ids of the created rows come back with the INSERT (no
-    confirming SELECT). It runs through Django's connection, in the caller's
+    confirming SELECT). The arrays are bound on the server (``psycopg.Cursor``), so they
+    travel in psycopg's binary format instead of being quoted into the SQL text (a third
+    of a batch's time at 1,000 events). It runs through Django's connection, in the caller's
     transaction, so row-level security and the tenant context apply as to the ORM.
     """
     created_ids: set = set()
-    with _psycopg_cursor(psycopg.Cursor) as cursor:
+    with psycopg_cursor(psycopg.Cursor) as cursor:
         for lo in range(0, len(events), INSERT_BATCH_SIZE):
             chunk = events[lo : lo + INSERT_BATCH_SIZE]
             columns = [list(column) for column in zip(*map(_row, chunk), strict=True)]

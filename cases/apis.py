@@ -24,8 +24,15 @@ class _ServiceViewSet(TenantModelViewSet):
     def _ctx(self) -> dict:
         return {"organization": self.organization, "acting_user": self.request.user}
 
+    def create_kwargs(self) -> dict:
+        """Keyword arguments for ``create_service`` beyond the context and the validated
+        data (none by default)."""
+        return {}
+
     def perform_create(self, serializer):
-        serializer.instance = self.create_service(**self._ctx(), **serializer.validated_data)
+        serializer.instance = self.create_service(
+            **self._ctx(), **self.create_kwargs(), **serializer.validated_data
+        )
 
     def perform_update(self, serializer):
         serializer.instance = self.update_service(
@@ -112,6 +119,11 @@ class DocumentViewSet(_ServiceViewSet):
         staticmethod(services.document_delete),
     )
     object_kwarg = "document"
+
+    def create_kwargs(self) -> dict:
+        """The upload's idempotency key: the request's id (``request.request_id``, set by
+        ``RequestIdMiddleware``), passed explicitly to ``services.document_create``."""
+        return {"request_id": self.request.request_id}
 
     def perform_create(self, serializer):
         try:

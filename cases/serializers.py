@@ -1,7 +1,9 @@
 """Serializers for clients, cases and documents. Related ids resolve within the
-request's organization only (``TenantPrimaryKeyRelatedField``): another
-organization's id is a 400 "does not exist"."""
+organization of the serializer context (``context["organization"]``, the request's,
+through ``TenantPrimaryKeyRelatedField``): another organization's id is a 400 "does
+not exist"."""
 
+from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
 from cases.models import Case, Client, Document
@@ -10,6 +12,27 @@ from tenancy.viewsets import TenantPrimaryKeyRelatedField
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "New client",
+            value={"name": "Jane Roe", "email": "jane@roe.test", "phone": "+1 555 0100"},
+            request_only=True,
+        ),
+        OpenApiExample(
+            "Client",
+            value={
+                "id": "5f0c7a52-3e0b-4d57-9a0e-2b7d61c4e8a1",
+                "name": "Jane Roe",
+                "email": "jane@roe.test",
+                "phone": "+1 555 0100",
+                "notes": "",
+                "created_at": "2026-11-02T09:15:00Z",
+            },
+            response_only=True,
+        ),
+    ]
+)
 class ClientSerializer(serializers.ModelSerializer):
     """A client as JSON: ``{"id": uuid, "name": str, "email": str, "phone": str,
     "notes": str, "created_at": ISO 8601 UTC}``; ``id`` and ``created_at`` are read-only.
@@ -22,13 +45,34 @@ class ClientSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "created_at"]
 
 
+_NEW_CASE = {
+    "client": "5f0c7a52-3e0b-4d57-9a0e-2b7d61c4e8a1",
+    "title": "Roe v. Acme Corp",
+    "reference_number": "2026-0042",
+    "status": "open",
+    "description": "Contract dispute.",
+    "opened_at": "2026-11-02T09:30:00Z",
+}
+
+
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample("New case", value=_NEW_CASE, request_only=True),
+        OpenApiExample(
+            "Case",
+            value={"id": "9c1e4b7a-2d3f-4a5b-8c6d-7e8f9a0b1c2d", **_NEW_CASE, "closed_at": None},
+            response_only=True,
+        ),
+    ]
+)
 class CaseSerializer(serializers.ModelSerializer):
     """A case as JSON: ``{"id": uuid, "client": client uuid, "title": str,
     "reference_number": str, "status": "open"|"pending"|"closed", "description": str,
     "opened_at": ISO 8601 UTC, "closed_at": ISO 8601 UTC or null}``.
 
     ``id`` and ``closed_at`` are read-only (``closed_at`` follows ``status``, set by
-    ``cases.services``). Needs ``context["request"]`` of a ``TenantMiddleware`` request.
+    ``cases.services``). Needs ``context["organization"]`` (an ``Organization``; the
+    tenant views' ``get_serializer_context`` puts the request's there).
     Raises ``ValidationError`` (400) for a ``client`` of another organization ("does not
     exist") or a ``reference_number`` already used in this organization.
     """
@@ -56,7 +100,7 @@ class CaseSerializer(serializers.ModelSerializer):
         """Reject a ``reference_number`` another case of the request's organization has
         (``ValidationError`` on that field); other organizations' numbers do not count."""
         reference = attrs.get("reference_number")
-        organization = self.context["request"]._request.organization
+        organization = self.context["organization"]
         if reference is not None:
             clash = Case.objects.for_organization(organization).filter(reference_number=reference)
             if self.instance is not None:
@@ -68,6 +112,28 @@ class CaseSerializer(serializers.ModelSerializer):
         return attrs
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Uploaded document",
+            value={
+                "id": "3a2b1c0d-4e5f-4a6b-9c7d-8e9f0a1b2c3d",
+                "case": "9c1e4b7a-2d3f-4a5b-8c6d-7e8f9a0b1c2d",
+                "download_url": "/media/documents/0b5d1f2e/3a2b1c0d/engagement-letter.pdf",
+                "original_filename": "engagement-letter.pdf",
+                "content_type": "application/pdf",
+                "size_bytes": 48213,
+                "uploaded_by": 7,
+                "uploaded_at": "2026-11-02T09:45:00Z",
+                "processing_status": "pending",
+                "processing_failure_reason": "",
+                "page_count": None,
+                "processed_at": None,
+            },
+            response_only=True,
+        )
+    ]
+)
 class DocumentSerializer(serializers.ModelSerializer):
     """A document as JSON; created by a multipart upload of ``case`` (uuid) and ``file``.
 

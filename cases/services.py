@@ -15,7 +15,6 @@ from billing.selectors import event_resource_id
 from billing.services import record_event
 from cases.models import Case, CaseStatus, Client, Document, DocumentProcessingStatus
 from cases.processing import DocumentProcessingError, count_pages
-from goldleaves.middleware import request_id_var
 from tenancy.context import tenant_context
 
 logger = logging.getLogger("cases.documents")
@@ -124,11 +123,6 @@ def case_delete(*, organization, acting_user, case: Case) -> None:
     case.delete()
 
 
-def _current_request_id() -> str | None:
-    value = request_id_var.get()
-    return None if value in ("", "-") else value
-
-
 @transaction.atomic
 def document_create(
     *,
@@ -136,14 +130,15 @@ def document_create(
     acting_user,
     case: Case,
     file: UploadedFile,
-    request_id: str | None = None,
+    request_id: str | None,
 ) -> Document:
     """Store ``file`` through the default storage and record it against ``case``;
     idempotent on (organization, request id).
 
     Records the original filename, the client-declared content type and the size in
-    bytes. ``request_id`` defaults to the current request's id (``X-Request-ID``, or
-    the generated one); outside a request there is none and every call creates a
+    bytes. ``request_id`` is the idempotency key: the API passes the request's id
+    (``request.request_id``: the client's valid ``X-Request-ID``, or the one the server
+    generated); code outside a request passes ``None``, and then every call creates a
     document.
 
     Order, all in the caller's transaction (the request's):
@@ -178,7 +173,6 @@ def document_create(
             those).
     """
     _check_same_tenant(organization, case, "case")
-    request_id = request_id or _current_request_id()
     document = Document(
         organization=organization,
         case=case,

@@ -3,7 +3,7 @@
 from django.db import DatabaseError, connection
 from django.http import JsonResponse
 
-from billing.ratelimit import redis_state
+from tenancy.ratelimit import redis_state
 
 
 def health(request):

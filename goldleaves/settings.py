@@ -11,7 +11,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from goldleaves.db_pool import reset_pooled_connection
+from core.db_pool import reset_pooled_connection
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc as local static files (no CDN)
     "tenancy",
     "billing",
     "cases",
@@ -51,8 +52,8 @@ INSTALLED_APPS = [
 # Request id and timer come first, so every response (SecurityMiddleware's redirects too)
 # carries X-Request-ID and Server-Timing.
 MIDDLEWARE = [
-    "goldleaves.middleware.RequestIdMiddleware",
-    "goldleaves.middleware.RequestTimerMiddleware",
+    "core.middleware.RequestIdMiddleware",
+    "core.middleware.RequestTimerMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -71,7 +72,8 @@ WSGI_APPLICATION = "goldleaves.wsgi.application"
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [],
+        # Project-level overrides (the admin index, drf-spectacular's Redoc page).
+        "DIRS": [BASE_DIR / "goldleaves" / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -158,16 +160,16 @@ else:
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenancy.authentication.TenantJWTAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "goldleaves.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.SearchFilter",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "goldleaves.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_CLASSES": ["billing.ratelimit.PlanRateThrottle"],
+    "DEFAULT_SCHEMA_CLASS": "core.openapi.TaggedAutoSchema",
+    "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["tenancy.ratelimit.PlanRateThrottle"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 
@@ -186,6 +188,21 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI and Redoc from drf-spectacular-sidecar's static files: the docs need no
+    # network beyond this server.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # One tag per resource; an operation's tag is the first path segment after /api/v1/
+    # (core.openapi.TaggedAutoSchema), e.g. /api/v1/cases/ -> "Cases".
+    "TAGS": [
+        {"name": "Auth", "description": "JWT access and refresh tokens."},
+        {"name": "Organizations", "description": "The caller's organizations and the active one."},
+        {"name": "Clients", "description": "Clients of the active organization."},
+        {"name": "Cases", "description": "Cases (matters) of the active organization."},
+        {"name": "Documents", "description": "Documents of a case: upload and processing."},
+        {"name": "Billing", "description": "Metered usage: events, summaries, reports."},
+    ],
 }
 
 # --- Tenancy ---------------------------------------------------------------
@@ -231,7 +248,7 @@ STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30.0)
 STRIPE_RESEND_WINDOW_HOURS = env.int("STRIPE_RESEND_WINDOW_HOURS", default=23)
 
 # --- Logging: every line carries the request id -------------------------------
-# The request_id filter (goldleaves.middleware.RequestIdLogFilter) is put on EVERY handler
+# The request_id filter (core.middleware.RequestIdLogFilter) is put on EVERY handler
 # below by the loop after the dict, so a handler added later cannot miss it: each record
 # reaching any configured handler, from any logger, has request_id (the current request's,
 # or "-"); a record that got one from its log call's extra= keeps it.
@@ -239,7 +256,7 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "goldleaves.middleware.RequestIdLogFilter"}},
+    "filters": {"request_id": {"()": "core.middleware.RequestIdLogFilter"}},
     "formatters": {
         "default": {"format": "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"}
     },

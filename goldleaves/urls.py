@@ -1,9 +1,18 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerView,
+)
 
-from goldleaves.errors import handler404 as api_not_found
+from billing.dashboard import usage_dashboard
+from core.errors import handler404 as api_not_found
 from goldleaves.health import health
+
+admin.site.site_header = "Goldleaves administration"
+admin.site.site_title = "Goldleaves"  # the <title> suffix: "<page> | Goldleaves"
+admin.site.index_title = "Goldleaves administration"
 
 api_v1 = [
     path("", include("tenancy.urls")),
@@ -13,6 +22,9 @@ api_v1 = [
 
 urlpatterns = [
     path("health/", health, name="health"),
+    # Staff usage dashboard (billing.dashboard); under /admin/, so on the admin's
+    # cross-tenant path (AdminCrossTenantMiddleware) and behind its login.
+    path("admin/usage/", admin.site.admin_view(usage_dashboard), name="admin-usage"),
     path("admin/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path(
@@ -20,12 +32,13 @@ urlpatterns = [
         SpectacularSwaggerView.as_view(url_name="schema"),
         name="swagger-ui",
     ),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/v1/", include(api_v1)),
     # Unknown API paths: JSON 404 even with DEBUG on (no HTML page on an API path).
     re_path(r"^api/", api_not_found),
 ]
 
-handler400 = "goldleaves.errors.handler400"
-handler403 = "goldleaves.errors.handler403"
-handler404 = "goldleaves.errors.handler404"
-handler500 = "goldleaves.errors.handler500"
+handler400 = "core.errors.handler400"
+handler403 = "core.errors.handler403"
+handler404 = "core.errors.handler404"
+handler500 = "core.errors.handler500"

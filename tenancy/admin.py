@@ -3,7 +3,6 @@
 
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
-from django.utils.html import format_html_join
 
 from tenancy.models import Membership, Organization, User
 
@@ -21,7 +20,8 @@ class MembershipInline(admin.TabularInline):
 @admin.register(Organization)
 class OrganizationAdmin(admin.ModelAdmin):
     """Organizations: filter by plan tier and creation date, search name/slug/Stripe
-    customer id; the change page shows memberships inline and this month's usage."""
+    customer id; the change page shows memberships inline. The billing app registers a
+    subclass in its place that adds this month's usage (``billing.admin``)."""
 
     list_display = [
         "name",
@@ -34,37 +34,8 @@ class OrganizationAdmin(admin.ModelAdmin):
     list_filter = ["plan_tier", "created_at"]
     search_fields = ["name", "slug", "stripe_customer_id"]
     prepopulated_fields = {"slug": ["name"]}
-    readonly_fields = ["id", "created_at", "current_period_usage"]
+    readonly_fields = ["id", "created_at"]
     inlines = [MembershipInline]
-
-    @admin.display(description="Current period usage")
-    def current_period_usage(self, obj):
-        """This calendar month (billing time zone): count, quantity and cents per event name,
-        as HTML; ``"-"`` on the add page."""
-        if obj is None or obj.pk is None:
-            return "-"
-        from billing.selectors import month_period, usage_summary
-        from tenancy.context import tenant_context
-
-        start, end = month_period(obj)
-        with tenant_context(obj):  # staff's one explicit cross-tenant read (RLS applies)
-            lines = usage_summary(organization=obj, start=start, end=end)
-        if not lines:
-            return f"No usage from {start:%Y-%m-%d} to {end:%Y-%m-%d} ({start.tzinfo})."
-        total = sum(line["cost_cents"] for line in lines)
-        rows = format_html_join(
-            "",
-            "<li>{}: {} events, quantity {}, {} cents</li>",
-            (
-                (line["event_name"], line["count"], line["quantity"], line["cost_cents"])
-                for line in lines
-            ),
-        )
-        return format_html_join(
-            "",
-            "<p>{} to {} ({}), total {} cents</p><ul>{}</ul>",
-            [(f"{start:%Y-%m-%d}", f"{end:%Y-%m-%d}", str(start.tzinfo), total, rows)],
-        )
 
 
 class UserMembershipInline(admin.TabularInline):

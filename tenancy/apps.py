@@ -3,7 +3,7 @@ from django.apps import AppConfig
 
 class TenancyConfig(AppConfig):
     """The tenancy app: on ready, registers the OpenAPI JWT scheme and the signals that
-    switch new database connections to the app role (``tenancy.db_roles``) and detect
+    switch new database connections to the app role (``tenancy.rls.roles``) and detect
     Citus on them (``tenancy.citus``)."""
 
     name = "tenancy"
@@ -13,9 +13,9 @@ class TenancyConfig(AppConfig):
     def ready(self):
         from django.db.backends.signals import connection_created
 
-        from goldleaves import schema  # noqa: F401  (registers the OpenAPI JWT scheme)
+        from tenancy import schema  # noqa: F401  (registers the OpenAPI JWT scheme)
         from tenancy.citus import detect_on_connect
-        from tenancy.db_roles import connect_signals
+        from tenancy.rls.roles import connect_signals
 
         connect_signals()
         connection_created.connect(detect_on_connect, dispatch_uid="goldleaves_citus_detect")

@@ -116,7 +116,7 @@ def _literal_regclass(table: str) -> str:
 def distribution_plan(connection, *, shard_count: int | None = None) -> Plan:
     """What ``manage.py citus_distribute`` runs, read from the catalog.
 
-    * Distributed by ``organization_id``: every tenant table (``tenancy.rls``), parents
+    * Distributed by ``organization_id``: every tenant table (``tenancy.rls.policies``), parents
       first, all colocated with the first (``colocate_with``), which starts the group
       (``colocate_with => 'none'`` with ``shard_count`` when given, else Citus's default
       group and ``citus.shard_count``). Colocated tables keep an organization's rows of
@@ -130,15 +130,15 @@ def distribution_plan(connection, *, shard_count: int | None = None) -> Plan:
     * Skipped: a table already so in ``pg_dist_partition`` (on Citus). A table there in
       another way (distributed by another column, not colocated, a reference table that
       should be distributed) is a problem: the plan refuses rather than guess.
-    * ``problems`` also lists what ``tenancy.isolation.distribution_problems`` finds
+    * ``problems`` also lists what ``tenancy.rls.isolation.distribution_problems`` finds
       (keys without ``organization_id``).
     """
     from django.apps import apps
 
-    from tenancy import rls
-    from tenancy.isolation import distribution_problems
+    from tenancy.rls import policies
+    from tenancy.rls.isolation import distribution_problems
 
-    entries = rls.tenant_tables(apps.get_models())
+    entries = policies.tenant_tables(apps.get_models())
     tenant = {e.table for e in entries if not e.through_parent}
     order = {cfg.label: i for i, cfg in enumerate(apps.get_app_configs())}
     app_of = {e.table: e.app_label for e in entries}

@@ -1,18 +1,23 @@
 """The tenant context: which organization the current code acts for.
 
-Two places hold it, and ``tenant_context`` sets both:
+There is no ambient Python-side organization (no context variable, no thread-local).
+Code names its organization explicitly:
 
-1. ``current_organization_var``, a ``contextvars.ContextVar`` read by Python code
-   (querysets, services, metering). It is reset in ``finally``, so it never
-   outlives the block, whatever the block raised. No ``threading.local``.
-2. The PostgreSQL setting ``app.current_org`` (and ``app.rls_enabled``,
-   ``app.current_user``, ``app.cross_tenant``), read by row-level-security policies.
-   It is set with ``SET LOCAL``: per the PostgreSQL manual (SET, "LOCAL: Specifies
-   that the command takes effect for only the current transaction"). So the block
-   runs in a transaction, the setting is made at its start (before any savepoint, so
-   a savepoint rollback inside cannot undo it), and it dies with the transaction on
-   commit, rollback or error: it cannot survive on a persistent connection, in a
-   pool, or behind PgBouncer in transaction mode.
+* In a request, ``TenantMiddleware`` resolves the organization and attaches it to the
+  request; ``request_organization(request)`` is the one way to read it (views use
+  ``TenantAPIMixin.organization``, serializers ``context["organization"]``, services
+  take ``organization=`` as a keyword argument).
+* Outside a request (commands, jobs), code opens ``tenant_context(organization)`` and
+  passes the same organization on to the services it calls.
+
+The database holds the one ambient copy, for row-level security: the PostgreSQL setting
+``app.current_org`` (and ``app.rls_enabled``, ``app.current_user``, ``app.cross_tenant``),
+read by the policies. It is set with ``SET LOCAL``: per the PostgreSQL manual (SET,
+"LOCAL: Specifies that the command takes effect for only the current transaction"). So
+the block runs in a transaction, the setting is made at its start (before any savepoint,
+so a savepoint rollback inside cannot undo it), and it dies with the transaction on
+commit, rollback or error: it cannot survive on a persistent connection, in a pool, or
+behind PgBouncer in transaction mode.
 
 ``SET LOCAL`` rather than ``set_config(..., true)`` because Citus forwards ``SET
 LOCAL`` (not a function call) to the workers of the transaction when
@@ -26,7 +31,7 @@ each copy ends with the same values, so the workers see exactly what the coordin
 does, in a few hundred bytes more per worker connection.)
 
 ``app.rls_enabled`` is always set explicitly (``on`` or ``off`` from ``RLS_ENABLED``);
-the database default is ``on`` (``tenancy.db_roles``) and the policies treat a missing
+the database default is ``on`` (``tenancy.rls.roles``) and the policies treat a missing
 or empty value as ``on``, so a session or a Citus worker that did not get the
 transaction's settings enforces row-level security: fail closed on every node.
 """
@@ -37,13 +42,8 @@ import uuid
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
-from psycopg.pq import TransactionStatus
 
 from tenancy.citus import uses_citus
-
-current_organization_var: contextvars.ContextVar = contextvars.ContextVar(
-    "current_organization", default=None
-)
 
 #: The ``reason`` of the innermost active ``cross_tenant`` block (``None`` elsewhere, also
 #: inside a tenant context opened within one). Set and reset only in this module.
@@ -54,15 +54,6 @@ _cross_tenant_reason_var: contextvars.ContextVar = contextvars.ContextVar(
 _SETTINGS = ("app.current_org", "app.rls_enabled", "app.current_user", "app.cross_tenant")
 
 
-class NoTenantError(RuntimeError):
-    """Raised when tenant-scoped code runs with no organization in context."""
-
-
-def get_current_organization():
-    """The ``Organization`` of the active tenant context, or ``None``."""
-    return current_organization_var.get()
-
-
 def cross_tenant_reason() -> str | None:
     """The ``reason`` given to the innermost active ``cross_tenant`` block, or ``None`` when
     the code runs in a tenant context (even one opened inside such a block) or in none.
@@ -71,12 +62,17 @@ def cross_tenant_reason() -> str | None:
     return _cross_tenant_reason_var.get()
 
 
-def require_current_organization():
-    """The active ``Organization``; raises ``NoTenantError`` if there is none."""
-    organization = current_organization_var.get()
-    if organization is None:
-        raise NoTenantError("No organization in the tenant context.")
-    return organization
+def request_organization(request):
+    """The ``Organization`` that ``TenantMiddleware`` resolved for ``request``, or ``None``.
+
+    The one way to read a request's organization. ``request`` is a Django ``HttpRequest``
+    or a DRF ``Request`` (read through to the ``HttpRequest`` it wraps). ``None`` when the
+    request has no organization: no bearer token (health, docs, token endpoints), a
+    request the middleware did not see (``APIRequestFactory``), or drf-spectacular's
+    schema introspection.
+    """
+    django_request = getattr(request, "_request", request)
+    return getattr(django_request, "organization", None)
 
 
 def _require_atomic(connection, what: str) -> None:
@@ -228,45 +224,21 @@ def cross_tenant(*, reason: str = "", using: str = DEFAULT_DB_ALIAS):
 
 
 @contextlib.contextmanager
-def bind_organization(organization):
-    """Set the context variable to ``organization`` for the block only (no database I/O).
-
-    For callers that have already set the connection's tenant in their own
-    transaction (``TenantMiddleware``); everyone else uses ``tenant_context``.
-    """
-    token = current_organization_var.set(organization)
-    try:
-        yield organization
-    finally:
-        current_organization_var.reset(token)
-
-
-@contextlib.contextmanager
 def tenant_context(organization, *, using: str = DEFAULT_DB_ALIAS):
     """Run the block as ``organization`` (an ``Organization``), in a transaction.
 
-    Opens ``transaction.atomic(using=using)``, sets the context variable and the
-    transaction-local ``app.current_org``, and on exit resets both. When called
-    inside an outer transaction (the atomic block is then a savepoint, whose
-    release would keep the setting) the previous organization's setting is
-    restored on exit.
+    Opens ``transaction.atomic(using=using)`` and sets the transaction-local
+    ``app.current_org``, which dies with the transaction. When called inside an outer
+    transaction (the atomic block is then a savepoint, whose release would keep the
+    setting) the previous organization's setting is restored on exit. The block passes
+    ``organization`` on explicitly (services take it as a keyword argument); nothing in
+    Python reads it back from an ambient variable.
 
     Yields:
         the organization.
     Raises:
         whatever the block raises; the transaction (or savepoint) is rolled back.
     """
-    with connection_settings_restored(using=using), bind_organization(organization):
-        with transaction.atomic(using=using):
-            set_connection_tenant(organization.pk, using=using)
-            yield organization
-
-
-def transaction_aborted() -> bool:
-    """Whether the current transaction on Django's default connection is aborted: a
-    statement failed and PostgreSQL ignores every command until ROLLBACK (or ROLLBACK TO
-    SAVEPOINT), and a COMMIT would silently roll back (libpq ``PQTRANS_INERROR``,
-    PostgreSQL manual, 34.2 "Connection Status Functions", ``PQtransactionStatus``).
-    False when there is no open connection."""
-    pg = connections[DEFAULT_DB_ALIAS].connection
-    return pg is not None and pg.info.transaction_status == TransactionStatus.INERROR
+    with connection_settings_restored(using=using), transaction.atomic(using=using):
+        set_connection_tenant(organization.pk, using=using)
+        yield organization

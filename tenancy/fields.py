@@ -9,7 +9,7 @@ Management / Foreign keys", and ``create_distributed_table``). Django knows only
 single-column foreign keys, so this field
 
 * creates no database constraint (``db_constraint=False``): the composite one is made
-  by the migrations (``tenancy.rls.same_org_fk_sql``, ``tenancy.keys``);
+  by the migrations (``tenancy.rls.policies.same_org_fk_sql``, ``tenancy.keys``);
 * adds ``source.organization_id = target.organization_id`` to every JOIN over it
   (``get_extra_restriction``), so ``select_related``, ``filter(client__name=...)`` and
   ``order_by("case__title")`` join inside one organization and Citus can run the join on

@@ -36,7 +36,7 @@ migration state before the operation has them with ``db_constraint``).
 
 A tenant table created later gets the operation in its first migration, after the
 ``CreateModel`` (the migration can stay atomic: the table is new and empty).
-``tenancy.isolation`` fails on a tenant table whose primary key lacks ``organization_id``.
+``tenancy.rls.isolation`` fails on a tenant table whose primary key lacks ``organization_id``.
 """
 
 from __future__ import annotations
@@ -45,18 +45,18 @@ from dataclasses import dataclass, field
 
 from django.db import migrations, transaction
 
-from tenancy import rls
+from tenancy.rls import policies
 
 #: How long the key swap waits for its ACCESS EXCLUSIVE locks before it gives up (and
 #: the migration fails, to be run again): while it waits, every request on the table
 #: queues behind it (PostgreSQL manual, 20.11 "lock_timeout").
-LOCK_TIMEOUT = rls.LOCK_TIMEOUT
+LOCK_TIMEOUT = policies.LOCK_TIMEOUT
 
 PK_ORG_ID = ("organization_id", "id")
 
-_q = rls._q
-_literal = rls._literal
-_short = rls._short
+_q = policies._q
+_literal = policies._literal
+_short = policies._short
 
 #: The columns of a table's primary key, in key order (``[]`` without one).
 PK_COLUMNS_SQL = """
@@ -121,9 +121,9 @@ def _drop_single_column_fks_sql(child: Child, target: str) -> str:
 
 
 def _composite_fk_sql(child: Child, target: str) -> str:
-    """The composite same-organization foreign key of ``child`` (``tenancy.rls``'s name and
+    """The composite same-organization foreign key of ``child`` (``tenancy.rls.policies``'s name and
     shape), ``NOT VALID``: validated afterwards without blocking writes."""
-    name = rls.same_org_fk_name(child.table, child.column)
+    name = policies.same_org_fk_name(child.table, child.column)
     return (
         f"ALTER TABLE {_q(child.table)} ADD CONSTRAINT {_q(name)} "
         f"FOREIGN KEY (organization_id, {_q(child.column)}) "
@@ -161,18 +161,18 @@ def forwards_groups(table: str, children: list[Child], *, concurrently: bool) ->
     swap = _locks(table, children, not concurrently)
     for child in children:
         swap.append(_drop_single_column_fks_sql(child, table))
-        name = rls.same_org_fk_name(child.table, child.column)
+        name = policies.same_org_fk_name(child.table, child.column)
         swap.append(f"ALTER TABLE {_q(child.table)} DROP CONSTRAINT IF EXISTS {_q(name)}")
     swap += [
         _drop_pk_sql(table),
         f"ALTER TABLE {_q(table)} ADD CONSTRAINT {_q(_short(table + '_pkey'))} "
         f"PRIMARY KEY USING INDEX {_q(index)}",
-        f"ALTER TABLE {_q(table)} DROP CONSTRAINT IF EXISTS {_q(rls.org_unique_name(table))}",
+        f"ALTER TABLE {_q(table)} DROP CONSTRAINT IF EXISTS {_q(policies.org_unique_name(table))}",
     ]
     swap += [_composite_fk_sql(child, table) for child in children]
     validate = [
         f"ALTER TABLE {_q(c.table)} VALIDATE CONSTRAINT "
-        f"{_q(rls.same_org_fk_name(c.table, c.column))}"
+        f"{_q(policies.same_org_fk_name(c.table, c.column))}"
         for c in children
     ]
     return [
@@ -189,13 +189,13 @@ def backwards_groups(
     for the composite foreign keys of ``children`` (re-added), and each child's Django
     single-column foreign key where ``Child.django_fk`` names one."""
     index = _short(f"{table}_pkey_id")
-    unique = rls.org_unique_name(table)
+    unique = policies.org_unique_name(table)
     build = _index_sql(index, table, ("id",), concurrently)
     if children:
         build += _index_sql(unique, table, PK_ORG_ID, concurrently)
     swap = _locks(table, children, not concurrently)
     for child in children:
-        name = rls.same_org_fk_name(child.table, child.column)
+        name = policies.same_org_fk_name(child.table, child.column)
         swap.append(f"ALTER TABLE {_q(child.table)} DROP CONSTRAINT IF EXISTS {_q(name)}")
     swap += [
         _drop_pk_sql(table),
@@ -211,7 +211,7 @@ def backwards_groups(
         swap.append(_composite_fk_sql(child, table))
         validate.append(
             f"ALTER TABLE {_q(child.table)} VALIDATE CONSTRAINT "
-            f"{_q(rls.same_org_fk_name(child.table, child.column))}"
+            f"{_q(policies.same_org_fk_name(child.table, child.column))}"
         )
         if child.django_fk is not None:
             model, fk = child.django_fk
@@ -252,11 +252,11 @@ class TenantPrimaryKeys(migrations.operations.base.Operation):
     @staticmethod
     def _children(state, table: str, *, with_django_fks: bool) -> list[Child]:
         """The tenant tables with a foreign key to ``table`` (any app), as ``state`` has
-        them: ``rls.tenant_tables`` references, so the same list RLS twins with composite
+        them: ``policies.tenant_tables`` references, so the same list RLS twins with composite
         keys."""
         models_by_table = {m._meta.db_table: m for m in state.apps.get_models()}
         children = []
-        for entry in rls.tenant_tables(state.apps.get_models()):
+        for entry in policies.tenant_tables(state.apps.get_models()):
             for column, target in entry.references:
                 if target != table:
                     continue

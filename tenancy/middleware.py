@@ -8,13 +8,12 @@ from django.http import JsonResponse
 from rest_framework import exceptions
 from rest_framework_simplejwt.authentication import JWTAuthentication
 
+from core.db import transaction_aborted
 from tenancy.authentication import JWT_RESULT_ATTR
 from tenancy.context import (
-    bind_organization,
     connection_settings_restored,
     cross_tenant,
     set_connection_tenant,
-    transaction_aborted,
 )
 from tenancy.selectors import membership_for
 
@@ -114,10 +113,10 @@ class TenantMiddleware:
                 )
             setattr(request, JWT_RESULT_ATTR, (user, token))
             request.user = user
+            # Read back only through tenancy.context.request_organization().
             request.organization = membership.organization
             request.membership = membership
-            with bind_organization(membership.organization):
-                response = self.get_response(request)
+            response = self.get_response(request)
             if response.status_code < 500 and transaction_aborted():
                 # A statement failed without a savepoint and the view answered anyway:
                 # PostgreSQL would turn the COMMIT into a ROLLBACK, so the client must not

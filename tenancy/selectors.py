@@ -32,3 +32,9 @@ def organization_by_slug(*, slug: str) -> Organization | None:
     """The organization whose ``slug`` is exactly ``slug`` (case-sensitive), or ``None``.
     Organizations are not tenant rows, so this reads without a tenant context."""
     return Organization.objects.filter(slug=slug).first()
+
+
+def organization_by_id(*, organization_id: uuid.UUID) -> Organization | None:
+    """The organization with primary key ``organization_id``, or ``None``. Organizations
+    are not tenant rows, so this reads without a tenant context."""
+    return Organization.objects.filter(pk=organization_id).first()

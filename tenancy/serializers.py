@@ -1,5 +1,6 @@
 """Serializers for tokens, organizations and memberships."""
 
+from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
 
@@ -7,6 +8,20 @@ from tenancy.context import user_context
 from tenancy.models import Membership, Organization
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Log in",
+            value={"email": "owner@demo-law.test", "password": "a-long-passphrase"},
+            request_only=True,
+        ),
+        OpenApiExample(
+            "Token pair",
+            value={"access": "eyJhbGciOiJIUzI1NiIs...", "refresh": "eyJhbGciOiJIUzI1NiIs..."},
+            response_only=True,
+        ),
+    ]
+)
 class OrganizationTokenObtainPairSerializer(TokenObtainPairSerializer):
     """simplejwt's email/password pair serializer; the access and refresh tokens carry
     ``org``: the user's default organization id (or one of their memberships' if unset)."""
@@ -38,6 +53,23 @@ class OrganizationSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Active organization",
+            value={
+                "id": "0b5d1f2e-8c3a-4f7e-9a41-6d2c8e7b9f10",
+                "name": "Demo Law LLP",
+                "slug": "demo-law",
+                "plan_tier": "pro",
+                "billing_timezone": "America/New_York",
+                "created_at": "2026-01-05T14:30:00Z",
+                "role": "owner",
+            },
+            response_only=True,
+        )
+    ]
+)
 class CurrentOrganizationSerializer(OrganizationSerializer):
     """The active organization plus the caller's ``role`` in it."""
 

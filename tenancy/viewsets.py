@@ -1,53 +1,152 @@
 """The API base classes: the only way views get tenant-owned querysets.
 
-Every tenant-owned endpoint subclasses ``TenantModelViewSet`` (or uses
-``TenantAPIMixin``): the queryset is filtered by ``request.organization``, so an
-object of another organization is a 404 for every method, never a 403.
+Every tenant endpoint subclasses ``TenantAPIMixin`` (with ``APIView`` or a DRF generic
+view) or ``TenantModelViewSet``. A view that lists or retrieves rows implements
+``tenant_queryset(organization)``; the mixin's ``get_queryset`` calls it with the
+request's organization and filters the result by that organization again, so an object
+of another organization is a 404 for every method, never a 403. A subclass that defines
+``get_queryset`` (or a ``queryset`` attribute) itself is refused when the class is created
+(``TypeError``). Views that are cross-organization on purpose (the caller's own
+memberships, in every organization) implement ``dangerously_get_queryset()`` instead:
+grep that name to audit them.
 """
 
 from rest_framework import exceptions, serializers, viewsets
 
+from tenancy.context import request_organization
 from tenancy.models import TenantQuerySet
 
 
+def _organization_required() -> exceptions.PermissionDenied:
+    return exceptions.PermissionDenied(
+        "Authenticate with a bearer token (JWT) for an organization.",
+        code="organization_required",
+    )
+
+
 class TenantAPIMixin:
-    """Requires an authenticated request with an active organization (set by
-    ``TenantMiddleware``); session-authenticated requests without one get 403."""
+    """Base of every tenant API view: an authenticated request with an organization (set by
+    ``TenantMiddleware``), throttled before its permissions are checked, with querysets
+    scoped to the organization and the organization in the serializer context.
 
-    def initial(self, request, *args, **kwargs):
-        """DRF's ``APIView.initial`` (format suffix, content negotiation, versioning,
-        authentication) with the throttles checked BEFORE the permissions, then the
-        organization check.
+    Class attributes:
+        model: the model ``get_queryset`` returns rows of; drf-spectacular's schema
+            introspection (no request organization then) gets ``model.objects.none()``.
+    Raises (at class creation):
+        TypeError: a subclass defines ``get_queryset`` or a ``queryset`` attribute (both
+            unscoped), or implements both ``tenant_queryset`` and
+            ``dangerously_get_queryset``.
+    """
 
-        DRF checks permissions first, so a request refused by a permission class would
-        never be counted against the plan-tier rate limit (``billing.ratelimit``); here
-        it is counted once, its 403 carries the RateLimit headers, and over the limit it
-        is a 429. Once only: an object-level refusal later (``check_object_permissions``
-        in ``get_object``) does not count the request again. Requests with no
-        organization are not counted (``PlanRateThrottle``); an unauthenticated one is
-        still a 401 from the permission check, before the organization check (403).
-        Keep in step with ``rest_framework.views.APIView.initial`` when upgrading DRF.
-        """
-        self.format_kwarg = self.get_format_suffix(**kwargs)
-        neg = self.perform_content_negotiation(request)
-        request.accepted_renderer, request.accepted_media_type = neg
-        version, scheme = self.determine_version(request, *args, **kwargs)
-        request.version, request.versioning_scheme = version, scheme
-        self.perform_authentication(request)
-        self.check_throttles(request)
-        self.check_permissions(request)
-        if getattr(request._request, "organization", None) is None:
-            raise exceptions.PermissionDenied(
-                "Authenticate with a bearer token (JWT) for an organization.",
-                code="organization_required",
+    model = None
+
+    #: set once the throttles ran for this view instance (DRF makes one per request)
+    _throttles_checked = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("get_queryset", "queryset"):
+            if name in cls.__dict__:
+                raise TypeError(
+                    f"{cls.__qualname__} defines {name}: a tenant view implements "
+                    "tenant_queryset(organization), or, when it is cross-organization on "
+                    "purpose, dangerously_get_queryset()."
+                )
+        if (
+            cls.tenant_queryset is not TenantAPIMixin.tenant_queryset
+            and cls.dangerously_get_queryset is not TenantAPIMixin.dangerously_get_queryset
+        ):
+            raise TypeError(
+                f"{cls.__qualname__} implements both tenant_queryset() and "
+                "dangerously_get_queryset(); a view is scoped or cross-organization, not both."
             )
 
     @property
     def organization(self):
-        return self.request._request.organization
+        """The request's ``Organization`` (``tenancy.context.request_organization``);
+        ``None`` only before ``check_permissions`` has refused a request without one, and
+        during schema introspection."""
+        return request_organization(self.request)
+
+    @property
+    def membership(self):
+        """The caller's ``Membership`` of ``organization`` (set by ``TenantMiddleware``
+        with it), or ``None`` when there is no organization."""
+        return getattr(self.request, "membership", None)
+
+    def check_throttles(self, request):
+        """DRF's throttle check, run at most once per request: ``check_permissions`` runs it
+        first, and DRF's ``APIView.initial`` calling it again after the permissions is then
+        a no-op, so a request is counted once against the plan-tier limit
+        (``tenancy.ratelimit.PlanRateThrottle``).
+
+        Raises:
+            rest_framework.exceptions.Throttled: over the limit (429 with ``Retry-After``).
+        """
+        if self._throttles_checked:
+            return
+        self._throttles_checked = True
+        super().check_throttles(request)
+
+    def check_permissions(self, request):
+        """The throttles, then DRF's permission classes, then the organization.
+
+        DRF's ``APIView.initial`` checks permissions before throttles, so a request refused
+        by a permission class would never count against the plan-tier rate limit; here it
+        is counted, its 403 carries the RateLimit headers, and over the limit it is a 429.
+        An object-level refusal later (``check_object_permissions`` in ``get_object``) does
+        not count the request again. Requests with no organization are not counted
+        (``PlanRateThrottle``); an unauthenticated one is still a 401 from the permission
+        classes, before the organization check.
+
+        Raises:
+            rest_framework.exceptions.Throttled: 429, over the plan-tier limit.
+            rest_framework.exceptions.NotAuthenticated: 401, from ``IsAuthenticated``.
+            rest_framework.exceptions.PermissionDenied: 403 from a permission class, or
+                ``code: "organization_required"`` for a request without an organization
+                (e.g. session-authenticated).
+        """
+        self.check_throttles(request)
+        super().check_permissions(request)
+        if self.organization is None:
+            raise _organization_required()
+
+    def tenant_queryset(self, organization) -> TenantQuerySet:
+        """The rows of ``organization`` (an ``Organization``) this view lists and retrieves,
+        usually a selector's queryset. Implemented by subclasses that use ``get_queryset``.
+        """
+        raise NotImplementedError(f"{type(self).__qualname__} must implement tenant_queryset()")
+
+    def dangerously_get_queryset(self):
+        """The escape hatch: a queryset NOT scoped to the request's organization, for a view
+        that is cross-organization on purpose (e.g. the caller's memberships in every
+        organization). Implemented instead of ``tenant_queryset``; nothing filters its
+        result, so it must scope the rows itself (e.g. to ``request.user``)."""
+        raise NotImplementedError
+
+    def get_queryset(self):
+        """``tenant_queryset(organization)`` filtered again by ``organization_id`` (whatever
+        the selector did, only this organization's rows), or ``dangerously_get_queryset()``
+        when the subclass implements that; ``model.objects.none()`` for drf-spectacular."""
+        if getattr(self, "swagger_fake_view", False):  # drf-spectacular introspection
+            return self.model.objects.none()
+        if type(self).dangerously_get_queryset is not TenantAPIMixin.dangerously_get_queryset:
+            return self.dangerously_get_queryset()
+        organization = self.organization
+        if organization is None:  # check_permissions refuses such requests first
+            raise _organization_required()
+        return self.tenant_queryset(organization).filter(organization_id=organization.pk)
+
+    def get_serializer_context(self) -> dict:
+        """DRF's serializer context (``request``, ``view``, ``format``) plus
+        ``organization``: the request's ``Organization`` (``None`` during schema
+        introspection). Serializers and their fields read the organization from here."""
+        context = super().get_serializer_context()
+        context["organization"] = self.organization
+        return context
 
     def finalize_response(self, request, response, *args, **kwargs):
-        """Add the plan-tier RateLimit headers (``billing.ratelimit``) to every response."""
+        """Add the plan-tier RateLimit headers (``tenancy.ratelimit``) to every response."""
         response = super().finalize_response(request, response, *args, **kwargs)
         rate_limit = getattr(request._request, "rate_limit", None)
         if rate_limit is not None:
@@ -59,36 +158,24 @@ class TenantAPIMixin:
 class TenantModelViewSet(TenantAPIMixin, viewsets.ModelViewSet):
     """A ``ModelViewSet`` over ``tenant_queryset()``, always scoped to the organization.
 
-    Subclasses implement ``tenant_queryset(organization) -> TenantQuerySet``
-    (usually a selector) and route writes to services in ``perform_create`` /
-    ``perform_update`` / ``perform_destroy``.
+    Subclasses set ``model``, implement ``tenant_queryset(organization) ->
+    TenantQuerySet`` (usually a selector) and route writes to services in
+    ``perform_create`` / ``perform_update`` / ``perform_destroy``.
     """
-
-    #: the tenant model, for schema generation (no organization then)
-    model = None
-
-    def tenant_queryset(self, organization) -> TenantQuerySet:
-        raise NotImplementedError
-
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):  # drf-spectacular introspection
-            return self.model.objects.none()
-        queryset = self.tenant_queryset(self.organization)
-        # Belt and braces: whatever the selector did, only this organization's rows.
-        return queryset.filter(organization_id=self.organization.pk)
 
 
 class TenantPrimaryKeyRelatedField(serializers.PrimaryKeyRelatedField):
-    """A related-object field that only accepts ids from the request's organization.
+    """A related-object field that only accepts ids from the serializer context's
+    ``organization`` (``TenantAPIMixin.get_serializer_context`` puts the request's there).
 
     An id of another organization's object is "does not exist" (400), never a
-    cross-tenant link and never a hint that the object exists.
+    cross-tenant link and never a hint that the object exists; without an organization
+    in the context no id is accepted.
     """
 
     def get_queryset(self):
         queryset = super().get_queryset()
-        request = self.context.get("request")
-        organization = getattr(getattr(request, "_request", request), "organization", None)
+        organization = self.context.get("organization")
         if organization is None:
             return queryset.none()
         return queryset.filter(organization_id=organization.pk)

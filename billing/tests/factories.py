@@ -1,7 +1,7 @@
 import factory
 from django.utils import timezone
 
-from billing.models import BillingEvent
+from billing.models import BillingEvent, UsageAggregate
 from tenancy.tests.factories import OrganizationFactory
 
 
@@ -19,3 +19,23 @@ class BillingEventFactory(factory.django.DjangoModelFactory):
     unit = "call"
     unit_cost_cents = 1
     created_at = factory.LazyFunction(timezone.now)
+
+
+class UsageAggregateFactory(factory.django.DjangoModelFactory):
+    """A pending Stripe outbox row (``api.request`` -> ``api_requests``, value 1) for the
+    current UTC hour; give ``sequence`` (or ``period_start``) to make several."""
+
+    class Meta:
+        model = UsageAggregate
+
+    organization = factory.SubFactory(OrganizationFactory)
+    event_name = "api.request"
+    meter_event_name = "api_requests"
+    period_start = factory.LazyFunction(
+        lambda: timezone.now().replace(minute=0, second=0, microsecond=0)
+    )
+    sequence = factory.Sequence(lambda n: n + 1)
+    value = 1
+    identifier = factory.LazyAttribute(
+        lambda o: f"gl-{o.organization.pk}-{o.meter_event_name}-{o.sequence}"
+    )

@@ -9,8 +9,8 @@ from django.test.utils import CaptureQueriesContext
 from billing import selectors
 from billing.models import BillingEvent, UsageAggregate
 from billing.tests.factories import BillingEventFactory
-from conftest import bearer_client
 from tenancy.context import cross_tenant, tenant_context
+from tenancy.testing import bearer_client
 from tenancy.tests.factories import (
     MembershipFactory,
     OrganizationFactory,

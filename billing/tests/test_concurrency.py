@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from billing.models import BillingEvent
-from billing.ratelimit import tier_limit
 from tenancy.context import cross_tenant
 from tenancy.models import PlanTier
+from tenancy.ratelimit import tier_limit
 from tenancy.serializers import OrganizationTokenObtainPairSerializer
 from tenancy.tests.factories import OrganizationFactory, member_of
 

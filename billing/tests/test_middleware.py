@@ -13,7 +13,7 @@ from billing import middleware
 from billing.models import BillingEvent
 from cases.models import Case, Client
 from cases.tests.factories import CaseFactory
-from conftest import bearer_client
+from tenancy.testing import bearer_client
 from tenancy.tests.factories import PASSWORD
 
 pytestmark = pytest.mark.django_db

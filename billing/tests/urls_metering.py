@@ -6,6 +6,7 @@ from django.http import JsonResponse
 from django.urls import include, path
 
 from cases.models import Case, Client
+from tenancy.context import request_organization
 
 
 def status_view(request, code: int):
@@ -18,14 +19,15 @@ def savepoint_error_view(request):
     (``cases_case_org_reference_unique``, SQLSTATE 23505), which puts the transaction in
     the failed state until the savepoint is rolled back; answers 400 with the SQLSTATE,
     so the test can tell a real database error from a Python-raised one."""
-    client = Client.objects.create(organization=request.organization, name="kept")
+    organization = request_organization(request)
+    client = Client.objects.create(organization=organization, name="kept")
     Case.objects.create(
-        organization=request.organization, client=client, title="first", reference_number="SP-1"
+        organization=organization, client=client, title="first", reference_number="SP-1"
     )
     try:
         with transaction.atomic():
             Case.objects.create(
-                organization=request.organization,
+                organization=organization,
                 client=client,
                 title="duplicate",
                 reference_number="SP-1",
@@ -42,7 +44,7 @@ def savepoint_error_view(request):
 def aborted_transaction_view(request):
     """Writes a client, then swallows a real database error raised WITHOUT a savepoint
     (the bug this view stands for) and answers 200 on the aborted transaction."""
-    Client.objects.create(organization=request.organization, name="lost")
+    Client.objects.create(organization=request_organization(request), name="lost")
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1 / 0")

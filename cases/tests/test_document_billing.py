@@ -13,7 +13,7 @@ from cases import processing, services
 from cases.models import Document
 from cases.processing import TEXT_LINES_PER_PAGE, count_text_pages
 from cases.tests.factories import CaseFactory
-from conftest import race_second_behind_first
+from core.testing import race_second_behind_first
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.tests.factories import OrganizationFactory, member_of
 
@@ -257,6 +257,7 @@ def test_permanent_database_error_while_billing_marks_the_document_failed(org, o
         acting_user=owner,
         case=case,
         file=SimpleUploadedFile("c.pdf", pdf_bytes(2), "application/pdf"),
+        request_id=None,  # outside a request: no idempotency key
     )
     services.document_process(organization=org, document_id=document.pk)
     document.refresh_from_db()
@@ -316,6 +317,7 @@ def test_processing_twice_bills_once(org, owner, django_capture_on_commit_callba
             acting_user=owner,
             case=case,
             file=SimpleUploadedFile("b.pdf", pdf_bytes(2), "application/pdf"),
+            request_id=None,  # outside a request: no idempotency key
         )
     assert len(callbacks) == 1
     services.document_process(organization=org, document_id=document.pk)

@@ -30,6 +30,7 @@ def pending_document(organization, user, *, minutes_ago=11, text="one\fpage two\
         acting_user=user,
         case=CaseFactory(organization=organization),
         file=SimpleUploadedFile("notes.txt", text.encode(), "text/plain"),
+        request_id=None,  # outside a request: no idempotency key
     )
     uploaded_at = timezone.now() - timedelta(minutes=minutes_ago)
     Document.objects.filter(pk=document.pk).update(uploaded_at=uploaded_at)

@@ -19,7 +19,8 @@ from django.http import JsonResponse
 from django.urls import include, path
 
 from cases.models import Case
-from tenancy.db_roles import rls_database_default
+from tenancy.context import request_organization
+from tenancy.rls.roles import rls_database_default
 
 
 def _pid_and_org():
@@ -57,7 +58,7 @@ def whoami(request):
     pid, setting = _pid_and_org()
     return JsonResponse(
         {
-            "organization": str(request.organization.pk),
+            "organization": str(request_organization(request).pk),
             "setting": setting,
             "pid": pid,
             # deliberately unfiltered: only row-level security keeps other firms out

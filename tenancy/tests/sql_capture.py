@@ -38,7 +38,6 @@ class Situation:
     tables: frozenset[str]
     test: str
     reason: str | None
-    organization: object
     rls_raw: bool
     migrating: bool
     origin: str
@@ -144,14 +143,14 @@ class Capture:
         if self._tenant_tables is None:
             from django.apps import apps
 
-            from tenancy import rls
+            from tenancy.rls import policies
 
-            entries = rls.tenant_tables(apps.get_models())
+            entries = policies.tenant_tables(apps.get_models())
             self._tenant_tables = frozenset(e.table for e in entries if not e.through_parent)
         return self._tenant_tables
 
     def situation(self, sql: str, tables: frozenset[str]) -> Situation:
-        from tenancy.context import cross_tenant_reason, get_current_organization
+        from tenancy.context import cross_tenant_reason
 
         origin = "<unknown>"
         frame = sys._getframe(2)
@@ -166,7 +165,6 @@ class Capture:
             tables=tables,
             test=self.test,
             reason=cross_tenant_reason(),
-            organization=get_current_organization(),
             rls_raw=self.rls_raw,
             migrating=self.migrating,
             origin=origin,

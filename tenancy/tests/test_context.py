@@ -1,5 +1,6 @@
-"""The tenant context never outlives its block or its request: not in Python (the
-contextvar) and not on the database connection (transaction-local SET LOCAL).
+"""The tenant context never outlives its block or its request on the database
+connection (transaction-local SET LOCAL); Python holds no ambient copy of it (the
+organization is passed explicitly, see ``tenancy.context``).
 
 These tests use ``transaction=True`` so that no test-wide transaction hides a leak:
 the connection below is the same persistent connection the requests used
@@ -10,15 +11,8 @@ import pytest
 from django.db import connection, transaction
 
 from cases.tests.factories import CaseFactory
-from conftest import bearer_client
-from tenancy.context import (
-    NoTenantError,
-    cross_tenant,
-    get_current_organization,
-    require_current_organization,
-    set_connection_tenant,
-    tenant_context,
-)
+from tenancy.context import cross_tenant, set_connection_tenant, tenant_context
+from tenancy.testing import bearer_client
 from tenancy.tests.factories import OrganizationFactory, member_of
 
 
@@ -30,13 +24,12 @@ def db_org_setting() -> str | None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_context_sets_both_layers_and_resets_them():
+def test_context_sets_the_connection_setting_and_resets_it():
     org = OrganizationFactory()
-    assert get_current_organization() is None
-    with tenant_context(org):
-        assert require_current_organization() == org
+    assert db_org_setting()[0] is None
+    with tenant_context(org) as bound:
+        assert bound == org
         assert db_org_setting()[0] == str(org.pk)
-    assert get_current_organization() is None
     assert db_org_setting()[0] is None
 
 
@@ -45,10 +38,7 @@ def test_context_is_reset_after_an_exception():
     org = OrganizationFactory()
     with pytest.raises(RuntimeError), tenant_context(org):
         raise RuntimeError("boom")
-    assert get_current_organization() is None
     assert db_org_setting()[0] is None
-    with pytest.raises(NoTenantError):
-        require_current_organization()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -57,9 +47,7 @@ def test_nested_contexts_restore_the_outer_organization():
     with tenant_context(a):
         with tenant_context(b):
             assert db_org_setting()[0] == str(b.pk)
-            assert get_current_organization() == b
         assert db_org_setting()[0] == str(a.pk)
-        assert get_current_organization() == a
     assert db_org_setting()[0] is None
 
 
@@ -98,7 +86,6 @@ def test_requests_for_a_then_b_on_one_persistent_connection_never_see_the_previo
     setting, pid_after = db_org_setting()
     assert setting is None
     assert pid_after == pid  # the same backend served both requests
-    assert get_current_organization() is None
 
 
 @pytest.mark.django_db(transaction=True)
@@ -118,7 +105,6 @@ def test_a_request_that_raised_leaves_no_organization_behind(monkeypatch):
     assert client.get("/api/v1/cases/").status_code == 500
     # ... and gone afterwards, on the same connection
     assert db_org_setting()[0] is None
-    assert get_current_organization() is None
 
 
 @pytest.mark.django_db(transaction=True)

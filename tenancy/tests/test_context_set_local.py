@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from cases.tests.factories import ClientFactory
 from tenancy import citus, context
 from tenancy.context import set_local_sql, tenant_context
-from tenancy.db_roles import rls_database_default
+from tenancy.rls.roles import rls_database_default
 from tenancy.tests.factories import OrganizationFactory
 
 pytestmark = pytest.mark.rls_raw

@@ -16,7 +16,7 @@ from cases.models import Case, Client, Document
 from cases.tests.factories import CaseFactory, ClientFactory
 from tenancy import keys, rls
 from tenancy.fields import TenantForeignKey
-from tenancy.isolation import isolation_problems
+from tenancy.rls.isolation import isolation_problems
 from tenancy.tests import sql_capture
 
 ENTRIES = rls.tenant_tables(apps.get_models())

@@ -145,9 +145,8 @@ def tenants(django_db_setup, django_db_blocker):
     """Two organizations with a case each and an owner each, COMMITTED (the server is
     another process); removed again at the end."""
     from cases.tests.factories import CaseFactory
-    from conftest import bearer_client  # noqa: F401  (same token recipe)
     from tenancy.models import Organization
-    from tenancy.serializers import OrganizationTokenObtainPairSerializer
+    from tenancy.testing import access_token
     from tenancy.tests.factories import OrganizationFactory, member_of
 
     with django_db_blocker.unblock():
@@ -159,7 +158,7 @@ def tenants(django_db_setup, django_db_blocker):
             )
             user = member_of(org, email=f"leak-{key}-{uuid.uuid4().hex[:6]}@leak.test")
             case = CaseFactory(organization=org)
-            token = OrganizationTokenObtainPairSerializer.get_token(user).access_token
+            token = access_token(user)  # the token endpoint's recipe, as bearer_client
             result[key] = {"org": org, "user": user, "token": str(token), "case": case}
         result["staff_session"] = _staff_session()
         yield result

@@ -3,7 +3,7 @@ from io import StringIO
 import pytest
 from django.core.management import CommandError, call_command
 
-from conftest import race_second_behind_first
+from core.testing import race_second_behind_first
 from tenancy.models import Membership, Organization, User
 
 pytestmark = pytest.mark.django_db

@@ -7,7 +7,7 @@ import pytest
 from django.test import override_settings
 from rest_framework.test import APIClient
 
-from conftest import bearer_client
+from tenancy.testing import bearer_client
 
 pytestmark = pytest.mark.django_db
 

@@ -4,9 +4,11 @@ without the admin: one view that answers with the request's organization."""
 from django.http import JsonResponse
 from django.urls import path
 
+from tenancy.context import request_organization
+
 
 def organization_view(request):
-    organization = getattr(request, "organization", None)
+    organization = request_organization(request)
     return JsonResponse({"organization": str(organization.pk) if organization else None})
 
 

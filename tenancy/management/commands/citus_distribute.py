@@ -5,7 +5,7 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from tenancy import db_roles
+from tenancy.rls import roles
 from tenancy.citus import distribution_plan, uses_citus
 
 
@@ -48,7 +48,7 @@ class Command(BaseCommand):
                 "nothing was run. On a Citus coordinator run CREATE EXTENSION citus first "
                 "(DEPLOY.md, 'Scaling out with Citus'), or use --dry-run to see the plan."
             )
-        with db_roles.owner_connection(opts["database"]) as owner:
+        with roles.owner_connection(opts["database"]) as owner:
             return self._run(owner, opts, citus=True)
 
     def _run(self, connection, opts, *, citus: bool):

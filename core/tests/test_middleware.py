@@ -6,18 +6,18 @@ import uuid
 import pytest
 from django.conf import settings
 
-from goldleaves.middleware import RequestIdLogFilter, clean_request_id, request_id_var
+from core.middleware import RequestIdLogFilter, clean_request_id, request_id_var
 
 
 def test_middleware_order_is_request_id_timer_auth_tenant_usage():
     middleware = settings.MIDDLEWARE
     assert middleware[0:2] == [
-        "goldleaves.middleware.RequestIdMiddleware",
-        "goldleaves.middleware.RequestTimerMiddleware",
+        "core.middleware.RequestIdMiddleware",
+        "core.middleware.RequestTimerMiddleware",
     ]
     wanted = [
-        "goldleaves.middleware.RequestIdMiddleware",
-        "goldleaves.middleware.RequestTimerMiddleware",
+        "core.middleware.RequestIdMiddleware",
+        "core.middleware.RequestTimerMiddleware",
         "django.middleware.security.SecurityMiddleware",
         "django.contrib.sessions.middleware.SessionMiddleware",
         "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -134,7 +134,7 @@ def test_extra_request_id_in_a_log_call_does_not_raise_and_is_kept(
 
 def test_every_configured_handler_has_the_request_id_filter():
     config = settings.LOGGING
-    assert config["filters"]["request_id"]["()"] == "goldleaves.middleware.RequestIdLogFilter"
+    assert config["filters"]["request_id"]["()"] == "core.middleware.RequestIdLogFilter"
     for name, handler in config["handlers"].items():
         assert "request_id" in handler.get("filters", []), name
     for handler in _configured_root_handlers():

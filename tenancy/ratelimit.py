@@ -29,9 +29,9 @@ Headers follow the IETF draft "RateLimit header fields for HTTP"
 quota is whole again); a 429 also carries ``Retry-After`` (RFC 9110, 10.2.3), seconds.
 ``TenantAPIMixin.finalize_response`` adds them to every response of a tenant API view
 whose request was counted, error responses included (400 validation, 404, a 403 raised
-by the view or by a permission class: ``TenantAPIMixin.initial`` checks the throttles
-before the permissions, so a denied request is counted once, limited, and carries the
-headers too).
+by the view or by a permission class: ``TenantAPIMixin.check_permissions`` checks the
+throttles before the permissions, so a denied request is counted once, limited, and
+carries the headers too).
 
 Which responses carry NO RateLimit headers, on purpose:
 
@@ -56,7 +56,9 @@ from dataclasses import dataclass
 from django.conf import settings
 from rest_framework.throttling import BaseThrottle
 
-logger = logging.getLogger("billing.ratelimit")
+from tenancy.context import request_organization
+
+logger = logging.getLogger("tenancy.ratelimit")
 
 PERIOD_SECONDS = 60
 SCOPE = "api"
@@ -255,7 +257,7 @@ class PlanRateThrottle(BaseThrottle):
         whether it was admitted.
         """
         django_request = getattr(request, "_request", request)
-        organization = getattr(django_request, "organization", None)
+        organization = request_organization(request)
         if organization is None:
             return True
         limit = tier_limit(organization)

@@ -23,9 +23,10 @@ Citus worker the transaction's settings did not reach) enforces row-level securi
 import contextlib
 
 from django.conf import settings
-from django.core.management.base import CommandError
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.signals import connection_created
+
+from tenancy.rls import RowLevelSecurityError
 
 _owner_mode = {"on": False}
 
@@ -60,10 +61,15 @@ def connect_signals() -> None:
 @contextlib.contextmanager
 def owner_connection(using: str = DEFAULT_DB_ALIAS):
     """Run the block on a connection that stays the login (owner) role: for ``migrate``
-    and ``flush`` only. Closes the connection before and after."""
+    and ``flush`` only. Closes the connection before and after.
+
+    Raises:
+        RowLevelSecurityError: called inside a transaction (closing the connection would
+            lose it).
+    """
     connection = connections[using]
     if connection.in_atomic_block:
-        raise CommandError("owner_connection() cannot switch roles inside a transaction.")
+        raise RowLevelSecurityError("owner_connection() cannot switch roles inside a transaction.")
     previous = _owner_mode["on"]
     connection.close()
     _owner_mode["on"] = True
@@ -85,7 +91,7 @@ def ensure_app_role(connection) -> list[str]:
     owner. Returns what it did (list of human-readable lines).
 
     Raises:
-        CommandError: the role is missing and the login role may not create it, or the
+        RowLevelSecurityError: the role is missing and the login role may not create it, or the
             login role may not write the database default (message says what to GRANT).
     """
     role = app_role()
@@ -101,7 +107,7 @@ def ensure_app_role(connection) -> list[str]:
                 "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
             )
             if not cursor.fetchone()[0]:
-                raise CommandError(
+                raise RowLevelSecurityError(
                     f"Database role {role!r} does not exist and "
                     f"{connection.settings_dict['USER']!r} "
                     "may not create it. Create it as shown in DEPLOY.md ('Database roles')."
@@ -152,7 +158,7 @@ def ensure_rls_default(connection) -> list[str]:
     "ALTER DATABASE"). Returns what it did (a list of one line, or empty).
 
     Raises:
-        CommandError: the login role may not write it; the message gives the SQL to run.
+        RowLevelSecurityError: the login role may not write it; the message gives the SQL to run.
     """
     value = RLS_DATABASE_DEFAULT
     if rls_database_default(connection) == value:
@@ -166,7 +172,7 @@ def ensure_rls_default(connection) -> list[str]:
     except DatabaseError as exc:
         if getattr(exc.__cause__, "sqlstate", None) != "42501":  # insufficient_privilege
             raise
-        raise CommandError(
+        raise RowLevelSecurityError(
             f"Role {user!r} may not set the database default app.rls_enabled={value!r} "
             f"({exc.__cause__}). As a superuser, run either\n"
             f"  GRANT SET ON PARAMETER app.rls_enabled TO {_quote(user)};  -- PostgreSQL 15+\n"

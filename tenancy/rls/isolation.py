@@ -10,8 +10,8 @@ from django.apps import apps
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from tenancy import rls
-from tenancy.db_roles import RLS_DATABASE_DEFAULT
+from tenancy.rls import policies
+from tenancy.rls.roles import RLS_DATABASE_DEFAULT
 
 _TABLES_WITH_ORG = """
 SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, pg_get_userbyid(c.relowner),
@@ -77,7 +77,7 @@ ORDER BY 1, 2
 
 
 def distribution_problems(cursor, entries: list) -> list[str]:
-    """What keeps the tenant tables ``entries`` (``rls.TenantTable``) from being
+    """What keeps the tenant tables ``entries`` (``policies.TenantTable``) from being
     distributed by ``organization_id`` (Citus), as lines: a primary key without
     ``organization_id``, a foreign key between tenant tables that does not pair their
     ``organization_id`` columns (a single-column one), a foreign key from a table that is
@@ -88,7 +88,7 @@ def distribution_problems(cursor, entries: list) -> list[str]:
     the catalog only."""
     problems: list[str] = []
     tables = [e.table for e in entries if not e.through_parent]
-    quoted = [rls._q(t) for t in tables]
+    quoted = [policies._q(t) for t in tables]
     for entry in entries:
         if entry.through_parent:
             problems.append(
@@ -97,7 +97,7 @@ def distribution_problems(cursor, entries: list) -> list[str]:
                 "use an explicit through model (a TenantModel)"
             )
     for table in tables:
-        cursor.execute(_UNIQUE_WITHOUT_ORG, [rls._q(table)] * 2)
+        cursor.execute(_UNIQUE_WITHOUT_ORG, [policies._q(table)] * 2)
         for (name,) in cursor.fetchall():
             problems.append(
                 f"table {table}: unique constraint {name} does not include organization_id"
@@ -140,18 +140,18 @@ FROM pg_roles r WHERE r.rolname = {who}
 def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     """Every isolation defect found, as human-readable lines (empty list: all good).
 
-    Checks: each table with ``organization_id`` (except ``rls.EXEMPT_TABLES``) and each
+    Checks: each table with ``organization_id`` (except ``policies.EXEMPT_TABLES``) and each
     tenant many-to-many through table has row-level security ENABLEd, FORCEd and the
     ``tenant_isolation`` policy; the role this connection runs as (the app role) is not
     superuser, has no BYPASSRLS (nor inherits either) and owns no tenant table; unique
     constraints of tenant tables include ``organization_id``; every foreign key between
     tenant tables has its composite same-organization twin; the keys let Citus distribute
     the tenant tables by ``organization_id`` (``distribution_problems``); the database default of
-    ``app.rls_enabled`` is ``'on'`` (``tenancy.db_roles.RLS_DATABASE_DEFAULT``).
+    ``app.rls_enabled`` is ``'on'`` (``tenancy.rls.roles.RLS_DATABASE_DEFAULT``).
     """
     connection = connections[using]
     problems: list[str] = []
-    entries = rls.tenant_tables(apps.get_models())
+    entries = policies.tenant_tables(apps.get_models())
     with connection.cursor() as cursor:
         cursor.execute(_ROLE_BYPASS.format(who="current_user"))
         role, is_super, bypass, inherits = cursor.fetchone()
@@ -165,23 +165,23 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
         if inherits:
             problems.append(f"role {role}: is a member of a superuser or BYPASSRLS role")
 
-        cursor.execute(_TABLES_WITH_ORG, [rls.POLICY_NAME])
+        cursor.execute(_TABLES_WITH_ORG, [policies.POLICY_NAME])
         tables = {row[0]: row[1:] for row in cursor.fetchall()}
         for entry in entries:
             if entry.through_parent:
-                cursor.execute(_TABLE_STATE, [rls.POLICY_NAME, rls._q(entry.table)])
+                cursor.execute(_TABLE_STATE, [policies.POLICY_NAME, policies._q(entry.table)])
                 row = cursor.fetchone()
                 if row:
                     tables[entry.table] = row
         for table, (enabled, forced, owner, has_policy) in sorted(tables.items()):
-            if table in rls.EXEMPT_TABLES:
+            if table in policies.EXEMPT_TABLES:
                 continue
             missing = [
                 label
                 for label, ok in (
                     ("ENABLE ROW LEVEL SECURITY", enabled),
                     ("FORCE ROW LEVEL SECURITY", forced),
-                    (f"policy {rls.POLICY_NAME}", has_policy),
+                    (f"policy {policies.POLICY_NAME}", has_policy),
                 )
                 if not ok
             ]
@@ -204,7 +204,7 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
                             AND attname = 'organization_id'),
                          (SELECT attnum FROM pg_attribute WHERE attrelid = c.conrelid
                             AND attname = %s)]::int2[]""",
-                    [rls._q(entry.table), rls._q(target), column],
+                    [policies._q(entry.table), policies._q(target), column],
                 )
                 if cursor.fetchone() is None:
                     problems.append(

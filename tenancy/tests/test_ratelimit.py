@@ -19,12 +19,12 @@ from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory, force_authenticate
 from rest_framework.views import APIView
 
-from billing import ratelimit
 from billing.models import BillingEvent
 from cases.tests.factories import CaseFactory
-from conftest import bearer_client
-from tenancy.context import cross_tenant
-from tenancy.models import Organization
+from tenancy import ratelimit
+from tenancy.context import cross_tenant, request_organization
+from tenancy.models import Membership
+from tenancy.testing import bearer_client
 from tenancy.tests.factories import OrganizationFactory, member_of
 from tenancy.viewsets import TenantAPIMixin
 
@@ -191,7 +191,7 @@ def test_exactly_n_of_n_plus_k_concurrent_http_requests_pass(
     real_allow_request = ratelimit.PlanRateThrottle.allow_request
 
     def gated_allow_request(self, request, view):
-        organization = getattr(request._request, "organization", None)
+        organization = request_organization(request)
         if organization is None or organization.pk != org.pk:
             return real_allow_request(self, request, view)
         barrier.wait()
@@ -265,7 +265,7 @@ def test_redis_down_warns_once_per_interval(settings, small_limits, db, caplog, 
 
     try:
         _, client = starter_client(db)
-        with caplog.at_level("WARNING", logger="billing.ratelimit"):
+        with caplog.at_level("WARNING", logger="tenancy.ratelimit"):
             assert [client.get("/api/v1/cases/").status_code for _ in range(6)] == [200] * 6
             assert len(warnings()) == 1
             now[0] += 59  # still inside the interval
@@ -330,8 +330,8 @@ class _DeniedApi(TenantAPIMixin, APIView):
 def test_a_request_refused_by_a_permission_class_is_counted_and_carries_the_headers(
     local_limiter, db
 ):
-    """DRF checks permissions before throttles; ``TenantAPIMixin.initial`` checks the
-    throttles first, so the 403 has the headers and the limit still applies."""
+    """DRF checks permissions before throttles; ``TenantAPIMixin.check_permissions``
+    checks the throttles first, so the 403 has the headers and the limit still applies."""
     org = OrganizationFactory(plan_tier="starter")
     user = member_of(org)
     view = _DeniedApi.as_view()
@@ -361,7 +361,10 @@ class _ObjectDeniedApi(TenantAPIMixin, generics.RetrieveAPIView):
     ``check_object_permissions`` -> ``permission_denied``)."""
 
     permission_classes = [IsAuthenticated, _DenyEveryObject]
-    queryset = Organization.objects.all()
+    model = Membership
+
+    def tenant_queryset(self, organization):
+        return Membership.objects.for_organization(organization)
 
     def retrieve(self, request, *args, **kwargs):  # get_object raises before the body
         self.get_object()
@@ -369,17 +372,19 @@ class _ObjectDeniedApi(TenantAPIMixin, generics.RetrieveAPIView):
 
 
 def test_a_request_refused_by_an_object_permission_is_counted_once(local_limiter, db):
-    """The throttles run once, in ``initial``; an object-level refusal after them (inside
-    ``get_object``) must not count the request a second time."""
+    """The throttles run once per request, before the view-level permissions; an
+    object-level refusal after them (inside ``get_object``) must not count the request a
+    second time."""
     org = OrganizationFactory(plan_tier="starter")
     user = member_of(org)
+    membership = user.memberships.get()
     view = _ObjectDeniedApi.as_view()
 
     def call():
-        request = APIRequestFactory().get(f"/denied-object/{org.pk}/")
+        request = APIRequestFactory().get(f"/denied-object/{membership.pk}/")
         force_authenticate(request, user=user)
         request.organization = org  # as TenantMiddleware sets it
-        return view(request, pk=org.pk)
+        return view(request, pk=membership.pk)
 
     refused = [call() for _ in range(3)]
     assert [r.status_code for r in refused] == [403] * 3

@@ -48,8 +48,9 @@ def clean_request_id(value: str | None) -> str:
 
 
 class RequestIdMiddleware:
-    """Sets ``request.request_id`` from ``X-Request-ID`` (validated) or a new UUID4,
-    echoes it on every response, and exposes it to log records while the request runs."""
+    """Sets ``request.request_id`` (str) from ``X-Request-ID`` if it is valid, else a new
+    UUIDv7 (``clean_request_id``), echoes it on every response as ``X-Request-ID``, and
+    exposes it to log records (``request_id_var``) while the request runs."""
 
     def __init__(self, get_response):
         self.get_response = get_response

@@ -1,0 +1,30 @@
+"""API errors are JSON in one shape (``core.errors``), even outside DRF and with DEBUG off."""
+
+import pytest
+from django.test import override_settings
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("debug", [True, False])
+def test_unknown_api_path_is_a_json_404(client, debug):
+    with override_settings(DEBUG=debug):
+        response = client.get("/api/v1/does-not-exist/")
+    assert response.status_code == 404
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json() == {"detail": "Not found.", "code": "not_found"}
+
+
+@pytest.mark.django_db
+def test_unhandled_exception_is_a_json_500_with_debug_off(api, monkeypatch):
+    from cases import apis
+
+    def boom(self, request, *args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(apis.CaseViewSet, "list", boom)
+    api.raise_request_exception = False
+    with override_settings(DEBUG=False):
+        response = api.get("/api/v1/cases/")
+    assert response.status_code == 500
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json() == {"detail": "Internal server error.", "code": "server_error"}
