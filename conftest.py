@@ -7,6 +7,9 @@ import shutil
 
 import pytest
 
+#: Every statement of the suite is checked for organization_id (tenancy/tests/sql_capture.py).
+pytest_plugins = ["tenancy.tests.sql_capture"]
+
 
 def pytest_collection_modifyitems(config, items):
     """Redis tests need a real Redis: without REDIS_URL they are skipped with that reason.

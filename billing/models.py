@@ -10,6 +10,7 @@ from django.db.models import Q
 from django.utils import timezone
 from uuid6 import uuid7
 
+from tenancy.fields import TenantForeignKey
 from tenancy.models import Organization, TenantModel
 
 
@@ -69,7 +70,7 @@ class BillingEvent(TenantModel):
     # billed a second time (Stripe may already count them under the aggregate's identifier).
     # Indexed only where set (``billing_ev_aggregate_idx``): every event is written
     # without an aggregate, so a full index would take one more entry on every insert.
-    usage_aggregate = models.ForeignKey(
+    usage_aggregate = TenantForeignKey(
         "billing.UsageAggregate",
         null=True,
         blank=True,
@@ -218,7 +219,7 @@ class UsageAggregate(TenantModel):
     organization = models.ForeignKey(
         Organization, on_delete=models.PROTECT, related_name="usage_aggregates"
     )
-    report = models.ForeignKey(
+    report = TenantForeignKey(
         MeterReport, null=True, blank=True, on_delete=models.SET_NULL, related_name="aggregates"
     )
     event_name = models.CharField(max_length=64)

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from tenancy.fields import TenantForeignKey
 from tenancy.models import TenantModel
 
 
@@ -40,7 +41,7 @@ class Case(TenantModel):
     """A matter for a client; ``reference_number`` is unique within the organization."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    client = models.ForeignKey(Client, on_delete=models.PROTECT, related_name="cases")
+    client = TenantForeignKey(Client, on_delete=models.PROTECT, related_name="cases")
     title = models.CharField(max_length=255)
     reference_number = models.CharField(max_length=64)
     status = models.CharField(max_length=16, choices=CaseStatus.choices, default=CaseStatus.OPEN)
@@ -92,7 +93,7 @@ class Document(TenantModel):
     for processing)."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    case = models.ForeignKey(Case, on_delete=models.CASCADE, related_name="documents")
+    case = TenantForeignKey(Case, on_delete=models.CASCADE, related_name="documents")
     file = models.FileField(upload_to=document_upload_to, max_length=500)
     original_filename = models.CharField(max_length=255)
     content_type = models.CharField(max_length=127, blank=True, default="")

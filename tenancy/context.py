@@ -11,23 +11,55 @@ Code names its organization explicitly:
   passes the same organization on to the services it calls.
 
 The database holds the one ambient copy, for row-level security: the PostgreSQL setting
-``app.current_org`` (and ``app.rls_enabled``), read by the policies. It is set with
-``set_config(name, value, true)``: per the PostgreSQL manual (9.28.1, "Configuration
-Settings Functions",
-https://www.postgresql.org/docs/current/functions-admin.html#FUNCTIONS-ADMIN-SET), with
-``is_local`` true "the new value will only apply during the current transaction". So the
-block runs in a transaction, the setting is made at its start (before any savepoint, so a
-savepoint rollback inside cannot undo it), and it dies with the transaction on commit,
-rollback or error: it cannot survive on a persistent connection, in a pool, or behind
-PgBouncer in transaction mode.
+``app.current_org`` (and ``app.rls_enabled``, ``app.current_user``, ``app.cross_tenant``),
+read by the policies. It is set with ``SET LOCAL``: per the PostgreSQL manual (SET,
+"LOCAL: Specifies that the command takes effect for only the current transaction"). So
+the block runs in a transaction, the setting is made at its start (before any savepoint,
+so a savepoint rollback inside cannot undo it), and it dies with the transaction on
+commit, rollback or error: it cannot survive on a persistent connection, in a pool, or
+behind PgBouncer in transaction mode.
+
+``SET LOCAL`` rather than ``set_config(..., true)`` because Citus forwards ``SET
+LOCAL`` (not a function call) to the workers of the transaction when
+``citus.propagate_set_commands`` is ``'local'``; on Citus (``tenancy.citus.uses_citus``)
+that is set first, in the same statement. Every setting goes in ONE round trip: the
+``SET LOCAL`` statements are sent as one multi-statement string without parameters
+(the simple query protocol), so each value is validated here (a UUID, an integer,
+``on``/``off`` or empty) and quoted as a literal. (Citus forwards the text of the query
+it received for each ``SET LOCAL`` in it, that is this whole string once per setting;
+each copy ends with the same values, so the workers see exactly what the coordinator
+does, in a few hundred bytes more per worker connection.)
+
+``app.rls_enabled`` is always set explicitly (``on`` or ``off`` from ``RLS_ENABLED``);
+the database default is ``on`` (``tenancy.rls.roles``) and the policies treat a missing
+or empty value as ``on``, so a session or a Citus worker that did not get the
+transaction's settings enforces row-level security: fail closed on every node.
 """
 
 import contextlib
+import contextvars
+import uuid
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
+from tenancy.citus import uses_citus
+
+#: The ``reason`` of the innermost active ``cross_tenant`` block (``None`` elsewhere, also
+#: inside a tenant context opened within one). Set and reset only in this module.
+_cross_tenant_reason_var: contextvars.ContextVar = contextvars.ContextVar(
+    "cross_tenant_reason", default=None
+)
+
 _SETTINGS = ("app.current_org", "app.rls_enabled", "app.current_user", "app.cross_tenant")
+
+
+def cross_tenant_reason() -> str | None:
+    """The ``reason`` given to the innermost active ``cross_tenant`` block, or ``None`` when
+    the code runs in a tenant context (even one opened inside such a block) or in none.
+    Mirrors the connection's ``app.cross_tenant``; for logs and the test suite's audit of
+    the statements sent across organizations."""
+    return _cross_tenant_reason_var.get()
 
 
 def request_organization(request):
@@ -50,12 +82,55 @@ def _require_atomic(connection, what: str) -> None:
         )
 
 
+def _uuid_or_empty(value: str) -> bool:
+    try:
+        return value == "" or str(uuid.UUID(value)) == value
+    except ValueError:
+        return False
+
+
+#: What each setting may hold: a value outside these is refused, never sent.
+_VALID = {
+    "app.current_org": _uuid_or_empty,
+    "app.current_user": lambda v: v == "" or (v.isascii() and v.isdigit()),
+    "app.rls_enabled": lambda v: v in ("on", "off", ""),
+    "app.cross_tenant": lambda v: v in ("on", ""),
+}
+
+
+def set_local_sql(values: dict[str, str], *, citus: bool) -> str:
+    """The one string of ``SET LOCAL`` statements for ``values`` (``{setting: value}``),
+    preceded by ``SET LOCAL citus.propagate_set_commands = 'local'`` when ``citus``.
+
+    Raises:
+        ValueError: a setting not in ``_SETTINGS`` or a value it may not hold (a UUID
+            in canonical form or ``''`` for ``app.current_org``, digits or ``''`` for
+            ``app.current_user``, ``on``/``off``/``''`` for ``app.rls_enabled``,
+            ``on``/``''`` for ``app.cross_tenant``).
+    """
+    statements = ["SET LOCAL citus.propagate_set_commands = 'local'"] if citus else []
+    for name, value in values.items():
+        check = _VALID.get(name)
+        if check is None or not isinstance(value, str) or not check(value):
+            raise ValueError(f"refusing to set {name} to {value!r}")
+        quoted = ".".join(f'"{part}"' for part in name.split("."))  # current_user: reserved
+        statements.append(f"SET LOCAL {quoted} = '{value}'")  # validated: no quote inside
+    return "; ".join(statements)
+
+
+def _restorable(name: str, value: str | None) -> str:
+    """A previous value to put back: ``''`` for unset, and for a value this module would
+    never have set (someone else's ``set_config``): ``''`` restricts, never widens."""
+    value = value or ""
+    return value if _VALID[name](value) else ""
+
+
 def _set_local(connection, values: dict[str, str]) -> None:
-    """``set_config(name, value, true)`` for each item, in one statement."""
-    sql = "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in values)
-    params = [p for item in values.items() for p in item]
+    """``SET LOCAL`` each item, in one statement (one round trip; see the module
+    docstring). Raises ``ValueError`` for a value ``set_local_sql`` refuses."""
+    sql = set_local_sql(values, citus=uses_citus(connection))
     with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+        cursor.execute(sql)
 
 
 def set_connection_tenant(organization_id, *, user_id=None, using: str = DEFAULT_DB_ALIAS) -> None:
@@ -72,6 +147,7 @@ def set_connection_tenant(organization_id, *, user_id=None, using: str = DEFAULT
     """
     connection = connections[using]
     _require_atomic(connection, "set_connection_tenant()")
+    _cross_tenant_reason_var.set(None)  # app.cross_tenant is cleared below
     _set_local(
         connection,
         {
@@ -88,12 +164,13 @@ def connection_settings_restored(*, using: str = DEFAULT_DB_ALIAS):
     """Inside an outer transaction, put the ``app.*`` settings back as they were on exit.
 
     A nested ``transaction.atomic`` is a savepoint; releasing it keeps a
-    ``set_config(..., true)`` made inside until the OUTER transaction ends. When the
+    ``SET LOCAL`` made inside until the OUTER transaction ends. When the
     block is the outermost transaction nothing needs restoring (it dies with it), so
     this costs a query only when nested. The caller opens its ``atomic`` inside this.
     """
     connection = connections[using]
     previous = None
+    reason = _cross_tenant_reason_var.get()
     if connection.in_atomic_block:
         with connection.cursor() as cursor:
             cursor.execute(
@@ -104,8 +181,9 @@ def connection_settings_restored(*, using: str = DEFAULT_DB_ALIAS):
     try:
         yield
     finally:
+        _cross_tenant_reason_var.set(reason)
         if previous is not None and connection.in_atomic_block and not connection.needs_rollback:
-            _set_local(connection, {k: v or "" for k, v in previous.items()})
+            _set_local(connection, {k: _restorable(k, v) for k, v in previous.items()})
 
 
 @contextlib.contextmanager
@@ -141,6 +219,7 @@ def cross_tenant(*, reason: str = "", using: str = DEFAULT_DB_ALIAS):
     connection = connections[using]
     with connection_settings_restored(using=using), transaction.atomic(using=using):
         _set_local(connection, {"app.cross_tenant": "on"})
+        _cross_tenant_reason_var.set(reason or "unspecified")
         yield
 
 

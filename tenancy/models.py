@@ -130,10 +130,46 @@ class TenantQuerySet(models.QuerySet):
         org_id = getattr(organization, "pk", organization)
         return self.filter(organization_id=org_id)
 
+    def delete(self):
+        """Django's ``QuerySet.delete`` through ``tenancy.deletion.TenantCollector``, so the
+        cascades and the final DELETE carry ``organization_id``. Returns ``(total,
+        {model label: count})``; raises ``ProtectedError`` / ``RestrictedError`` as Django
+        does."""
+        from tenancy.deletion import TenantCollector
+
+        self._not_support_combined_queries("delete")
+        if self.query.is_sliced:
+            raise TypeError("Cannot use 'limit' or 'offset' with delete().")
+        if self.query.distinct_fields:
+            raise TypeError("Cannot call delete() after .distinct(*fields).")
+        if self._fields is not None:
+            raise TypeError("Cannot call delete() after .values() or .values_list()")
+        del_query = self._chain()
+        del_query._for_write = True
+        del_query.query.select_for_update = False
+        del_query.query.select_related = False
+        del_query.query.clear_ordering(force=True)
+        collector = TenantCollector(using=del_query.db, origin=self)
+        collector.collect(del_query)
+        result = collector.delete()
+        self._result_cache = None
+        return result
+
+    delete.alters_data = True
+    delete.queryset_only = True
+
 
 class TenantModel(models.Model):
     """Abstract base of every tenant-owned model: an ``organization`` FK (column
-    ``organization_id``, NOT NULL) and the ``for_organization`` queryset method."""
+    ``organization_id``, NOT NULL) and the ``for_organization`` queryset method.
+
+    In the database the primary key is ``(organization_id, id)`` (``tenancy.keys``), the
+    distribution key of Citus; Django keeps ``id`` as the model's primary key (it is
+    unique by itself: a UUID, or a sequence). So that every statement Django writes for a
+    row names its organization (one shard), ``save()`` updates ``WHERE organization_id =
+    %s AND id = %s``, ``delete()`` goes through ``tenancy.deletion.TenantCollector`` and
+    ``refresh_from_db()`` reads with the organization.
+    """
 
     organization = models.ForeignKey(Organization, on_delete=models.CASCADE)
 
@@ -141,6 +177,52 @@ class TenantModel(models.Model):
 
     class Meta:
         abstract = True
+
+    def _do_update(self, base_qs, using, pk_val, values, update_fields, forced_update):
+        """Django's UPDATE of ``save()``, restricted to this row's organization.
+
+        Raises:
+            ValueError: no row matched in this organization but the id exists in another
+                one: the instance's ``organization`` was changed, and a row never moves to
+                another organization (the INSERT Django would try next would copy it).
+        """
+        scoped = base_qs.filter(organization_id=self.organization_id)
+        updated = super()._do_update(scoped, using, pk_val, values, update_fields, forced_update)
+        if not updated and base_qs.filter(pk=pk_val).exists():
+            raise ValueError(
+                f"{self._meta.label} {pk_val} belongs to another organization; "
+                "a tenant row cannot move to another organization."
+            )
+        return updated
+
+    def delete(self, using=None, keep_parents=False):
+        """Django's ``Model.delete`` through ``tenancy.deletion.TenantCollector``. Returns
+        ``(total, {model label: count})``; raises ``ValueError`` for an unsaved instance,
+        ``ProtectedError`` / ``RestrictedError`` as Django does."""
+        from django.db import router
+
+        from tenancy.deletion import TenantCollector
+
+        if self.pk is None:
+            raise ValueError(
+                f"{self._meta.object_name} object can't be deleted because its "
+                f"{self._meta.pk.attname} attribute is set to None."
+            )
+        using = using or router.db_for_write(self.__class__, instance=self)
+        collector = TenantCollector(using=using, origin=self)
+        collector.collect([self], keep_parents=keep_parents)
+        return collector.delete()
+
+    delete.alters_data = True
+
+    def refresh_from_db(self, using=None, fields=None, from_queryset=None):
+        """Django's ``refresh_from_db``, reading with ``organization_id`` when it is loaded
+        (a deferred ``organization_id`` is itself loaded by id alone)."""
+        if from_queryset is None and "organization_id" in self.__dict__:
+            from_queryset = self.__class__._base_manager.filter(
+                organization_id=self.organization_id
+            )
+        return super().refresh_from_db(using=using, fields=fields, from_queryset=from_queryset)
 
 
 class Membership(TenantModel):

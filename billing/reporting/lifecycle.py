@@ -49,8 +49,10 @@ def claim_report(report: MeterReport, *, until: datetime, dry_run: bool) -> bool
     claimed it (``report`` updated in memory), ``False`` when it was not ``queued``
     (``report`` refreshed from the database). Runs in the caller's tenant context."""
     now = timezone.now()
-    claimed = MeterReport.objects.filter(pk=report.pk, status=MeterReportStatus.QUEUED).update(
-        status=MeterReportStatus.RUNNING, started_at=now, until=until, dry_run=dry_run
+    claimed = (
+        MeterReport.objects.for_organization(report.organization_id)
+        .filter(pk=report.pk, status=MeterReportStatus.QUEUED)
+        .update(status=MeterReportStatus.RUNNING, started_at=now, until=until, dry_run=dry_run)
     )
     if not claimed:
         report.refresh_from_db()
@@ -80,7 +82,10 @@ def finish_report(report: MeterReport, status: str, detail: str) -> bool:
         "aggregates_failed": report.aggregates_failed,
         "events_posted": report.events_posted,
     }
-    if MeterReport.objects.filter(pk=report.pk, status=MeterReportStatus.RUNNING).update(**changes):
+    running = MeterReport.objects.for_organization(report.organization_id).filter(
+        pk=report.pk, status=MeterReportStatus.RUNNING
+    )
+    if running.update(**changes):
         for name, value in changes.items():
             setattr(report, name, value)
         return True
@@ -112,7 +117,7 @@ def fail_report(organization, report_id, detail: str) -> None:
         if not connection.in_atomic_block:
             connection.close_if_unusable_or_obsolete()
         with tenant_context(organization):
-            MeterReport.objects.filter(
+            MeterReport.objects.for_organization(organization).filter(
                 pk=report_id, status__in=[MeterReportStatus.QUEUED, MeterReportStatus.RUNNING]
             ).update(
                 status=MeterReportStatus.FAILED, detail=detail[:2000], finished_at=timezone.now()

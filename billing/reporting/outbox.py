@@ -86,7 +86,11 @@ def build_aggregates(*, organization, until: datetime, report: MeterReport | Non
             .update(usage_aggregate=aggregate)
         )
         if linked != group["n"]:  # rows changed under us: recompute from what was linked
-            totals = aggregate.events.aggregate(v=Sum("quantity"), n=Count("id"))
+            totals = (
+                BillingEvent.objects.for_organization(organization)
+                .filter(usage_aggregate=aggregate)
+                .aggregate(v=Sum("quantity"), n=Count("id"))
+            )
             aggregate.value, aggregate.event_count = totals["v"] or 0, totals["n"]
             aggregate.save(update_fields=["value", "event_count"])
         created += 1
@@ -125,9 +129,10 @@ def split_oversized_aggregates(*, organization, report: MeterReport | None) -> i
         runs: list[tuple[list, Decimal]] = []
         ids: list = []
         total = Decimal(0)
-        for event_id, quantity in aggregate.events.order_by("created_at", "id").values_list(
-            "id", "quantity"
-        ):
+        events = BillingEvent.objects.for_organization(organization).filter(
+            usage_aggregate=aggregate
+        )
+        for event_id, quantity in events.order_by("created_at", "id").values_list("id", "quantity"):
             if ids and not value_fits(total + quantity):
                 runs.append((ids, total))
                 ids, total = [], Decimal(0)
@@ -154,9 +159,9 @@ def split_oversized_aggregates(*, organization, report: MeterReport | None) -> i
                 event_count=len(ids),
                 identifier=aggregate_identifier(organization.pk, meter, hour, sequence),
             )
-            BillingEvent.objects.filter(pk__in=ids, usage_aggregate=aggregate).update(
-                usage_aggregate=part
-            )
+            BillingEvent.objects.for_organization(organization).filter(
+                pk__in=ids, usage_aggregate=aggregate
+            ).update(usage_aggregate=part)
             created += 1
         logger.info(
             "aggregate %s: value over 15 significant digits, split into %s aggregates",
@@ -188,11 +193,15 @@ def acknowledge(
     if last_error is not None:
         changes["last_error"] = last_error
     with transaction.atomic():
-        moved = UsageAggregate.objects.filter(
-            pk=aggregate.pk, status__in=list(from_statuses), first_sent_at__isnull=False
-        ).update(**changes)
+        moved = (
+            UsageAggregate.objects.for_organization(aggregate.organization_id)
+            .filter(pk=aggregate.pk, status__in=list(from_statuses), first_sent_at__isnull=False)
+            .update(**changes)
+        )
         if not moved:
             return None
-        return BillingEvent.objects.filter(
-            usage_aggregate=aggregate, status=BillingEventStatus.PENDING
-        ).update(status=BillingEventStatus.POSTED)
+        return (
+            BillingEvent.objects.for_organization(aggregate.organization_id)
+            .filter(usage_aggregate=aggregate, status=BillingEventStatus.PENDING)
+            .update(status=BillingEventStatus.POSTED)
+        )

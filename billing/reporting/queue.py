@@ -85,7 +85,7 @@ def _run_queued_report(report_id, organization, requested_by) -> None:
     """The worker thread's job for one queued report (see ``queue_report``). Never raises."""
     try:
         with tenant_context(organization):
-            report = MeterReport.objects.get(pk=report_id)
+            report = MeterReport.objects.for_organization(organization).get(pk=report_id)
             organization = type(organization).objects.get(pk=organization.pk)  # fresh copy
         # report_usage claims it (queued -> running) or, if it is no longer queued, does nothing
         report_usage(organization=organization, report=report, requested_by=requested_by)

@@ -75,9 +75,9 @@ def flag_for_reconciliation(organization, aggregate: UsageAggregate) -> None:
     as it is. Opens ``organization``'s tenant context."""
     aggregate.last_error = reconciliation_message(aggregate)
     with tenant_context(organization):
-        UsageAggregate.objects.filter(pk=aggregate.pk, status=UsageAggregateStatus.PENDING).update(
-            status=UsageAggregateStatus.NEEDS_RECONCILIATION, last_error=aggregate.last_error
-        )
+        UsageAggregate.objects.for_organization(organization).filter(
+            pk=aggregate.pk, status=UsageAggregateStatus.PENDING
+        ).update(status=UsageAggregateStatus.NEEDS_RECONCILIATION, last_error=aggregate.last_error)
     logger.error("Stripe meter event %s needs reconciliation: %s", aggregate, aggregate.last_error)
 
 
@@ -131,9 +131,9 @@ def resolve_reconciliation(*, aggregate: UsageAggregate, stripe_has_it: bool, by
         )
         return posted is not None
     return bool(
-        UsageAggregate.objects.filter(
-            pk=aggregate.pk, status__in=resolvable, first_sent_at__isnull=False
-        ).update(
+        UsageAggregate.objects.for_organization(aggregate.organization_id)
+        .filter(pk=aggregate.pk, status__in=resolvable, first_sent_at__isnull=False)
+        .update(
             status=UsageAggregateStatus.PENDING,
             attempts=0,
             next_attempt_at=None,

@@ -138,9 +138,11 @@ def report_usage(
     try:
         with organization_lock(organization):
             with tenant_context(organization):
-                still_running = MeterReport.objects.filter(
-                    pk=report.pk, status=MeterReportStatus.RUNNING
-                ).exists()
+                still_running = (
+                    MeterReport.objects.for_organization(organization)
+                    .filter(pk=report.pk, status=MeterReportStatus.RUNNING)
+                    .exists()
+                )
             if not still_running:
                 with tenant_context(organization):
                     report.refresh_from_db()

@@ -119,7 +119,9 @@ def _record_failure(organization, aggregate: UsageAggregate, error: str, *, fina
     backoff = settings.STRIPE_RETRY_BACKOFF_SECONDS * (2 ** max(aggregate.attempts - 1, 0))
     aggregate.last_error = error[:2000]
     with tenant_context(organization):
-        UsageAggregate.objects.filter(pk=aggregate.pk, status=UsageAggregateStatus.PENDING).update(
+        UsageAggregate.objects.for_organization(organization).filter(
+            pk=aggregate.pk, status=UsageAggregateStatus.PENDING
+        ).update(
             attempts=aggregate.attempts,
             key_revision=aggregate.key_revision,
             last_error=aggregate.last_error,
@@ -133,11 +135,6 @@ def _mark_first_sent(organization, aggregate: UsageAggregate) -> None:
     crash right after sending cannot hide that Stripe may have the event."""
     now = timezone.now()
     with tenant_context(organization):
-        UsageAggregate.objects.filter(pk=aggregate.pk, first_sent_at__isnull=True).update(
-            first_sent_at=now
-        )
-        aggregate.first_sent_at = (
-            UsageAggregate.objects.filter(pk=aggregate.pk)
-            .values_list("first_sent_at", flat=True)
-            .get()
-        )
+        row = UsageAggregate.objects.for_organization(organization).filter(pk=aggregate.pk)
+        row.filter(first_sent_at__isnull=True).update(first_sent_at=now)
+        aggregate.first_sent_at = row.values_list("first_sent_at", flat=True).get()

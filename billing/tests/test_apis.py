@@ -221,8 +221,8 @@ def test_summary_and_report_run_a_bounded_number_of_queries(api, ny_org, owner):
         )
     large = [_queries(api, url) for url in urls]
     assert small == large
-    # user, savepoint, set_config, membership (request) + organization, savepoint,
-    # set_config, membership, ONE aggregate, set_config, release (view) + metering (3)
+    # user, savepoint, SET LOCAL, membership (request) + organization, savepoint,
+    # SET LOCAL, membership, ONE aggregate, SET LOCAL, release (view) + metering (3)
     # + release of the request savepoint used by the test transaction.
     print(f"usage-summary, usage-report queries: {large}")
     # (+2 in tests only: inside the test transaction the tenant context saves and
@@ -442,7 +442,7 @@ def test_health_counts_the_outbox_statuses_in_one_query(org, outsider_org):
     outbox = [q["sql"] for q in ctx.captured_queries if "billing_usageaggregate" in q["sql"]]
     assert len(outbox) == 1, outbox  # filtered COUNTs, not one COUNT per status
     assert len(ctx.captured_queries) == 4  # events x2, last report, outbox
-    with cross_tenant(reason="staff view in the test"):
+    with cross_tenant(reason="test: the staff view"):
         everyone = selectors.pipeline_health(organization=None)
     assert [everyone[f"{k}_aggregates"] for k in ("failed", "unsent", "reconciliation")] == [
         3,

@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from tenancy.rls import policies
+from tenancy.rls.roles import RLS_DATABASE_DEFAULT
 
 _TABLES_WITH_ORG = """
 SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, pg_get_userbyid(c.relowner),
@@ -37,11 +38,93 @@ WHERE c.conrelid = to_regclass(%s) AND c.contype = 'u'
 UNION ALL
 SELECT i.relname FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
 WHERE x.indrelid = to_regclass(%s) AND x.indisunique AND NOT x.indisprimary
-  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid
+                  AND c.contype IN ('p', 'u', 'x'))
   AND NOT EXISTS (
     SELECT 1 FROM pg_attribute a
     WHERE a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey) AND a.attname = 'organization_id')
 """
+
+# The primary-key columns of each tenant table (``%s``: their quoted names), in key order;
+# NULL for a table without one.
+_PRIMARY_KEYS = """
+SELECT to_regclass(t.name)::text, (SELECT array_agg(a.attname ORDER BY k.n) FROM pg_constraint c
+                CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
+                JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+                WHERE c.conrelid = to_regclass(t.name) AND c.contype = 'p')
+FROM unnest(%s::text[]) AS t(name) WHERE to_regclass(t.name) IS NOT NULL
+"""
+
+# Every foreign key that references a tenant table (``%s``: their quoted names): the
+# referencing table, the constraint, the referenced table, the referencing columns, and
+# whether organization_id is in it at the same position on both sides (what Citus needs
+# between two distributed tables: "in the same ordinal in both tables").
+_FOREIGN_KEYS_TO_TENANT_TABLES = """
+SELECT c.conrelid::regclass::text, c.conname, c.confrelid::regclass::text,
+       ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
+             JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+             ORDER BY k.n),
+       EXISTS (SELECT 1 FROM generate_subscripts(c.conkey, 1) AS i
+               WHERE c.conkey[i] = (SELECT attnum FROM pg_attribute WHERE attrelid = c.conrelid
+                                      AND attname = 'organization_id' AND NOT attisdropped)
+                 AND c.confkey[i] = (SELECT attnum FROM pg_attribute WHERE attrelid = c.confrelid
+                                       AND attname = 'organization_id'))
+FROM pg_constraint c
+WHERE c.contype = 'f'
+  AND c.confrelid = ANY (ARRAY(SELECT to_regclass(t) FROM unnest(%s::text[]) AS t)::oid[])
+ORDER BY 1, 2
+"""
+
+
+def distribution_problems(cursor, entries: list) -> list[str]:
+    """What keeps the tenant tables ``entries`` (``policies.TenantTable``) from being
+    distributed by ``organization_id`` (Citus), as lines: a primary key without
+    ``organization_id``, a foreign key between tenant tables that does not pair their
+    ``organization_id`` columns (a single-column one), a foreign key from a table that is
+    not a tenant table to one (reference and local tables cannot reference distributed
+    tables), a tenant many-to-many through table (it has no ``organization_id``), and a
+    unique constraint or index without ``organization_id`` (Citus: "Distributed relations
+    cannot have UNIQUE ... constraints that do not include the partition column"). Reads
+    the catalog only."""
+    problems: list[str] = []
+    tables = [e.table for e in entries if not e.through_parent]
+    quoted = [policies._q(t) for t in tables]
+    for entry in entries:
+        if entry.through_parent:
+            problems.append(
+                f"table {entry.table}: a many-to-many through table of tenant table "
+                f"{entry.through_parent} has no organization_id and cannot be distributed; "
+                "use an explicit through model (a TenantModel)"
+            )
+    for table in tables:
+        cursor.execute(_UNIQUE_WITHOUT_ORG, [policies._q(table)] * 2)
+        for (name,) in cursor.fetchall():
+            problems.append(
+                f"table {table}: unique constraint {name} does not include organization_id"
+            )
+    cursor.execute(_PRIMARY_KEYS, [quoted])
+    for table, columns in cursor.fetchall():
+        if not columns or "organization_id" not in columns:
+            shown = f"({', '.join(columns)})" if columns else "missing"
+            problems.append(
+                f"table {table}: primary key {shown} does not include organization_id "
+                "(tenancy.keys.TenantPrimaryKeys)"
+            )
+    cursor.execute(_FOREIGN_KEYS_TO_TENANT_TABLES, [quoted])
+    for source, name, target, columns, pairs_org in cursor.fetchall():
+        if source not in tables:
+            problems.append(
+                f"table {source}: foreign key {name} ({', '.join(columns)}) -> {target}: only "
+                "a tenant table may reference a tenant table"
+            )
+        elif not pairs_org:
+            problems.append(
+                f"table {source}: foreign key {name} ({', '.join(columns)}) -> {target} does "
+                "not include organization_id (between tenant tables only the composite "
+                "(organization_id, x_id) keys: tenancy.fields.TenantForeignKey)"
+            )
+    return problems
+
 
 # (name, superuser, BYPASSRLS, member of a role that is either) of ``current_user`` (the
 # role requests run as) or ``session_user`` (the login role, which RESET ROLE restores).
@@ -62,8 +145,9 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     ``tenant_isolation`` policy; the role this connection runs as (the app role) is not
     superuser, has no BYPASSRLS (nor inherits either) and owns no tenant table; unique
     constraints of tenant tables include ``organization_id``; every foreign key between
-    tenant tables has its composite same-organization twin; the database default of
-    ``app.rls_enabled`` matches ``RLS_ENABLED``.
+    tenant tables has its composite same-organization twin; the keys let Citus distribute
+    the tenant tables by ``organization_id`` (``distribution_problems``); the database default of
+    ``app.rls_enabled`` is ``'on'`` (``tenancy.rls.roles.RLS_DATABASE_DEFAULT``).
     """
     connection = connections[using]
     problems: list[str] = []
@@ -106,15 +190,10 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
             if owner == role:
                 problems.append(f"table {table}: owned by the app role {role}")
 
+        problems += distribution_problems(cursor, entries)
         for entry in entries:
             if entry.through_parent:
                 continue
-            cursor.execute(_UNIQUE_WITHOUT_ORG, [policies._q(entry.table)] * 2)
-            for (name,) in cursor.fetchall():
-                problems.append(
-                    f"table {entry.table}: unique constraint {name} "
-                    "does not include organization_id"
-                )
             for column, target in entry.references:
                 cursor.execute(
                     """SELECT 1 FROM pg_constraint c WHERE c.conrelid = to_regclass(%s)
@@ -140,13 +219,13 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
                  AND d.setrole = 0 AND s.setting LIKE 'app.rls_enabled=%%'"""
         )
         row = cursor.fetchone()
-        expected = "on" if settings.RLS_ENABLED else "off"
         actual = row[0].split("=", 1)[1] if row else None
-        if actual != expected:
+        if actual != RLS_DATABASE_DEFAULT:
             problems.append(
-                f"database default app.rls_enabled is {actual!r}, "
-                f"but RLS_ENABLED={settings.RLS_ENABLED} "
-                f"expects {expected!r} (run manage.py migrate)"
+                f"database default app.rls_enabled is {actual!r}, expected "
+                f"{RLS_DATABASE_DEFAULT!r} whatever RLS_ENABLED is (a session or Citus "
+                "worker without the transaction's settings must enforce; run manage.py "
+                "migrate)"
             )
     return problems
 

@@ -28,10 +28,10 @@ the applied migration state whose app has an applied RLS migration, and no DDL a
 all on a table that already matches), and ``check_isolation``, which reads the
 catalog.
 
-The predicate fails closed: only ``app.rls_enabled = 'off'`` (the database
-default written by ``migrate`` from ``RLS_ENABLED=false``, or the
-transaction-local value of ``tenant_context``) disables it. Unset, empty or
-``on`` restrict to ``app.current_org``; with no organization that is no row.
+The predicate fails closed: only ``app.rls_enabled = 'off'`` (the transaction-local
+value a tenant context sets under ``RLS_ENABLED=false``; the database default is always
+``'on'``) disables it. Unset, empty or ``on`` restrict to ``app.current_org``; with no
+organization that is no row, on the coordinator and on every Citus worker.
 ``app.cross_tenant = 'on'`` (transaction-local, only set by
 ``tenancy.context.cross_tenant``) is the one explicit cross-tenant path.
 """
@@ -239,13 +239,26 @@ def _if_no_constraint(table: str, name: str, ddl: str) -> str:
     )
 
 
+#: True when the table (``%s``, a quoted name) already has a PRIMARY KEY or UNIQUE
+#: constraint on exactly ``(organization_id, id)``, e.g. the composite primary key of
+#: ``tenancy.keys``: composite foreign keys can reference it, no UNIQUE is added.
+ORG_ID_KEY_EXISTS = """SELECT 1 FROM pg_constraint c WHERE c.conrelid = to_regclass(%s)
+  AND c.contype IN ('p', 'u') AND array_length(c.conkey, 1) = 2
+  AND c.conkey @> ARRAY(SELECT attnum FROM pg_attribute WHERE attrelid = c.conrelid
+                          AND attname IN ('organization_id', 'id'))::int2[]"""
+
+
 def unique_sql(target: str) -> str:
-    """Add ``UNIQUE (organization_id, id)`` to ``target`` if missing (idempotent)."""
+    """Add ``UNIQUE (organization_id, id)`` to ``target`` unless it has that constraint or
+    another key on exactly those columns (``ORG_ID_KEY_EXISTS``) (idempotent)."""
     name = org_unique_name(target)
-    return _if_no_constraint(
-        target,
-        name,
-        f"ALTER TABLE {_q(target)} ADD CONSTRAINT {_q(name)} UNIQUE (organization_id, id)",
+    key_exists = ORG_ID_KEY_EXISTS.replace("%s", _literal(_q(target)))
+    return (
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = "
+        f"to_regclass({_literal(_q(target))}) AND conname = {_literal(name)}) "
+        f"AND NOT EXISTS ({key_exists}) THEN "
+        f"ALTER TABLE {_q(target)} ADD CONSTRAINT {_q(name)} UNIQUE (organization_id, id); "
+        "END IF; END $$"
     )
 
 
@@ -387,7 +400,8 @@ def sync_tables(connection, entries: list[TenantTable], *, lock_timeout: str = L
     plan: list[tuple[str, list[str], list[str]]] = []
     with connection.cursor() as cursor:
         for target in sorted({t for e in entries for _, t in e.references}):
-            if not _constraint_exists(cursor, target, org_unique_name(target)):
+            cursor.execute(ORG_ID_KEY_EXISTS, [_q(target)])
+            if cursor.fetchone() is None:
                 plan.append(
                     (target, [unique_sql(target)], [f"unique {target}(organization_id, id)"])
                 )

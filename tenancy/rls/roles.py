@@ -13,8 +13,11 @@
 
 ``ensure_app_role`` (called by ``migrate``) creates the app role when the owner
 may (``CREATEROLE``: the embedded database, CI), grants it DML on every table
-and sequence, and writes ``app.rls_enabled`` as the database default from
-``RLS_ENABLED``, which is what makes queries with no tenant context fail closed.
+and sequence, and writes ``app.rls_enabled = 'on'`` as the database default,
+whatever ``RLS_ENABLED`` says: a session that did not set it (no tenant context, or a
+Citus worker the transaction's settings did not reach) enforces row-level security.
+``RLS_ENABLED=false`` is carried by every tenant context instead, as a transaction-local
+``app.rls_enabled = 'off'`` (``tenancy.context``), which Citus forwards to its workers.
 """
 
 import contextlib
@@ -82,9 +85,9 @@ CREATE_ROLE_SQL = (
 )
 
 
-def ensure_app_role(connection, *, rls_enabled: bool) -> list[str]:
+def ensure_app_role(connection) -> list[str]:
     """Create (if missing and allowed) and grant the app role; set the database default
-    ``app.rls_enabled`` unless it already matches (``ensure_rls_default``). Runs as the
+    ``app.rls_enabled = 'on'`` unless it already is (``ensure_rls_default``). Runs as the
     owner. Returns what it did (list of human-readable lines).
 
     Raises:
@@ -95,7 +98,7 @@ def ensure_app_role(connection, *, rls_enabled: bool) -> list[str]:
     if connection.vendor != "postgresql":
         return []
     if not role:
-        return ensure_rls_default(connection, rls_enabled=rls_enabled)
+        return ensure_rls_default(connection)
     done = []
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
@@ -118,7 +121,7 @@ def ensure_app_role(connection, *, rls_enabled: bool) -> list[str]:
         )
         cursor.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {q}")
         done.append(f"granted DML to {role}")
-    done += ensure_rls_default(connection, rls_enabled=rls_enabled)
+    done += ensure_rls_default(connection)
     return done
 
 
@@ -139,9 +142,15 @@ def rls_database_default(connection) -> str | None:
     return row[0] if row else None
 
 
-def ensure_rls_default(connection, *, rls_enabled: bool) -> list[str]:
-    """Write the database default ``app.rls_enabled`` (``'on'``/``'off'``) unless it
-    already has that value, in which case nothing is executed (no privilege needed).
+#: The database default of ``app.rls_enabled``, the same for either ``RLS_ENABLED``: a
+#: session that did not set the setting itself enforces row-level security.
+RLS_DATABASE_DEFAULT = "on"
+
+
+def ensure_rls_default(connection) -> list[str]:
+    """Write the database default ``app.rls_enabled = 'on'`` (``RLS_DATABASE_DEFAULT``)
+    unless it already has that value, in which case nothing is executed (no privilege
+    needed).
 
     ``ALTER DATABASE ... SET`` of a custom ``app.*`` setting needs the database's owner
     AND, unless superuser, ``SET`` privilege on the parameter (PostgreSQL 15+:
@@ -151,7 +160,7 @@ def ensure_rls_default(connection, *, rls_enabled: bool) -> list[str]:
     Raises:
         RowLevelSecurityError: the login role may not write it; the message gives the SQL to run.
     """
-    value = "on" if rls_enabled else "off"
+    value = RLS_DATABASE_DEFAULT
     if rls_database_default(connection) == value:
         return []
     with connection.cursor() as cursor:

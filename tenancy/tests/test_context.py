@@ -1,5 +1,5 @@
 """The tenant context never outlives its block or its request on the database
-connection (transaction-local set_config); Python holds no ambient copy of it (the
+connection (transaction-local SET LOCAL); Python holds no ambient copy of it (the
 organization is passed explicitly, see ``tenancy.context``).
 
 These tests use ``transaction=True`` so that no test-wide transaction hides a leak:

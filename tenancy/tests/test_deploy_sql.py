@@ -6,12 +6,13 @@ block of DEPLOY.md ("Production SQL") with the names replaced, then migrated by 
 production. Dropped (database and roles) at the end.
 
 * the DEPLOY.md SQL is enough for ``migrate`` to succeed (it writes the database default
-  ``app.rls_enabled``), and ``check_isolation --strict`` passes as the app role;
+  ``app.rls_enabled = 'on'``), and ``check_isolation --strict`` passes as the app role;
 * a second ``migrate`` runs no DDL on tables that are up to date (policy oids unchanged)
   and repairs only a table that drifted;
 * the post-migrate step waits at most ``lock_timeout`` for a table lock and says so;
 * without ``SET`` on the parameter, ``migrate`` skips ``ALTER DATABASE`` when the value
-  already matches, and otherwise fails with a message naming the GRANT;
+  is already ``'on'``, and otherwise (a default ``'off'`` left from before) fails with a
+  message naming the GRANT;
 * forwards -> backwards -> forwards of the RLS migrations: ``migrate billing 0003``
   leaves ``billing_events`` protected (0003 protects it), ``migrate cases 0003`` removes
   RLS from the cases tables and the backstop does not re-apply it.
@@ -168,7 +169,7 @@ def test_deploy_sql_lets_a_non_superuser_owner_migrate(scratch):
         "SELECT unnest(setconfig) FROM pg_db_role_setting WHERE setdatabase = "
         "(SELECT oid FROM pg_database WHERE datname = current_database()) AND setrole = 0"
     )
-    assert ("app.rls_enabled=off",) in settings
+    assert ("app.rls_enabled=on",) in settings  # 'on' whatever RLS_ENABLED (fail closed)
     # the tables belong to the owner, and the app role (its own login) finds no gap
     assert scratch.query(
         "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'cases_case'"
@@ -208,22 +209,28 @@ def test_the_post_migrate_step_gives_up_on_a_locked_table_with_a_clear_message(s
     assert _rls_state(scratch, "cases_document")[:2] == (True, True)
 
 
+def _database_settings(scratch):
+    return scratch.query(
+        "SELECT unnest(setconfig) FROM pg_db_role_setting WHERE setdatabase = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database()) AND setrole = 0"
+    )
+
+
 def test_alter_database_is_skipped_when_it_matches_and_explained_when_refused(scratch):
     scratch.execute(f'REVOKE SET ON PARAMETER app.rls_enabled FROM "{scratch.owner}"')
     try:
-        scratch.manage("migrate", "--noinput", rls="false")  # already 'off': no ALTER
-        refused = scratch.manage("migrate", "--noinput", rls="true", check=False)
+        for rls in ("false", "true"):  # already 'on' either way: no ALTER
+            scratch.manage("migrate", "--noinput", rls=rls)
+        # a database whose default is 'off' (what migrate wrote for RLS_ENABLED=false before)
+        scratch.execute(f"ALTER DATABASE \"{scratch.db}\" SET app.rls_enabled = 'off'")
+        refused = scratch.manage("migrate", "--noinput", rls="false", check=False)
         assert refused.returncode != 0
         assert "GRANT SET ON PARAMETER app.rls_enabled" in refused.stderr, refused.stderr
         assert "may not set the database default app.rls_enabled='on'" in refused.stderr
     finally:
         scratch.execute(f'GRANT SET ON PARAMETER app.rls_enabled TO "{scratch.owner}"')
-    scratch.manage("migrate", "--noinput", rls="true")
-    assert ("app.rls_enabled=on",) in scratch.query(
-        "SELECT unnest(setconfig) FROM pg_db_role_setting WHERE setdatabase = "
-        "(SELECT oid FROM pg_database WHERE datname = current_database()) AND setrole = 0"
-    )
     scratch.manage("migrate", "--noinput", rls="false")
+    assert ("app.rls_enabled=on",) in _database_settings(scratch)
 
 
 def test_rls_migrations_go_forwards_backwards_and_forwards_again(scratch):

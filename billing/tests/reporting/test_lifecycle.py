@@ -95,7 +95,7 @@ def test_a_report_abandoned_while_it_waited_for_the_lock_is_not_run(
 
     def lock_after_being_abandoned(organization):
         # between the claim (running) and the lock: another run marks it abandoned
-        MeterReport.objects.filter(pk=report.pk).update(
+        MeterReport.objects.for_organization(customer_org).filter(pk=report.pk).update(
             status=MeterReportStatus.FAILED, detail=lifecycle.ABANDONED_DETAIL
         )
         return real_lock(organization)
@@ -125,7 +125,7 @@ def test_a_report_abandoned_during_its_run_is_not_turned_back(
     report = make_report(customer_org, status=MeterReportStatus.QUEUED)
 
     def abandon():
-        MeterReport.objects.filter(pk=report.pk).update(
+        MeterReport.objects.for_organization(customer_org).filter(pk=report.pk).update(
             status=MeterReportStatus.FAILED, detail=lifecycle.ABANDONED_DETAIL
         )
 

@@ -98,7 +98,9 @@ def test_an_oversized_pending_aggregate_is_split_before_its_first_send(fake_stri
             event_count=1001,
             identifier=ident(customer_org, "api_requests", 0),
         )
-        BillingEvent.objects.filter(pk__in=[e.pk for e in events]).update(usage_aggregate=aggregate)
+        BillingEvent.objects.for_organization(customer_org).filter(
+            pk__in=[e.pk for e in events]
+        ).update(usage_aggregate=aggregate)
     runs.report_usage(organization=customer_org)
     assert [r["value"] for r in fake_stripe.requests] == ["99999999999.9", "99999999.9999"]
     assert not BillingEvent.objects.filter(status=BillingEventStatus.PENDING).exists()

@@ -9,10 +9,12 @@ class Command(BaseCommand):
     help = (
         "Read the PostgreSQL catalog and fail (exit 1), listing each table, if a table with "
         "organization_id lacks ENABLE/FORCE ROW LEVEL SECURITY or its tenant_isolation policy, "
-        "if the app role can bypass row-level security, if a unique constraint of a tenant "
-        "table omits organization_id, if a tenant-to-tenant foreign key has no composite "
-        "same-organization twin, or if the database default app.rls_enabled does not match "
-        "RLS_ENABLED. Connects as the app role, like the requests. Warnings (e.g. a login "
+        "if the app role can bypass row-level security, if the primary key or a unique "
+        "constraint of a tenant table omits organization_id, if a tenant-to-tenant foreign "
+        "key has no composite same-organization twin or is a single-column one, if a table "
+        "that is not a tenant table references one (both keep Citus from distributing by "
+        "organization_id), or if the database default app.rls_enabled is not 'on'. Connects "
+        "as the app role, like the requests. Warnings (e.g. a login "
         "role that could bypass RLS after RESET ROLE) are printed; --strict makes them fail "
         "too (production: DEPLOY.md)."
     )

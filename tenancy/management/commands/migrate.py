@@ -6,7 +6,7 @@ app label or target (a table created by ``migrate some_app`` must be usable by t
 app role too), but not after ``--plan`` or ``--check``, it also:
 
 * creates/grants the app role and writes the database default ``app.rls_enabled``
-  from ``RLS_ENABLED`` (skipped when it already matches; ``tenancy.rls.roles``);
+  ``'on'`` (skipped when it already is; ``tenancy.rls.roles``);
 * runs the row-level-security backstop (``tenancy.rls.policies.sync_tables``) on
   ``tenancy.rls.operations.protected_tables``: the tenant tables of the APPLIED
   migration state whose app has an applied ``TenantRowLevelSecurity``. So after
@@ -49,7 +49,7 @@ class Command(migrate.Command):
             if options.get("plan") or options.get("check_unapplied"):
                 return
             connection = connections[using]
-            done = roles.ensure_app_role(connection, rls_enabled=settings.RLS_ENABLED)
+            done = roles.ensure_app_role(connection)
             done += policies.sync_tables(connection, operations.protected_tables(connection))
             if options["verbosity"] >= 2:
                 for line in done:
