@@ -15,9 +15,10 @@ from django.apps import apps
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from tenancy import citus, rls
+from tenancy import citus
+from tenancy.rls import policies
 
-TENANT = sorted(e.table for e in rls.tenant_tables(apps.get_models()) if not e.through_parent)
+TENANT = sorted(e.table for e in policies.tenant_tables(apps.get_models()) if not e.through_parent)
 LINE = re.compile(r"^  (reference|distributed) +(\w+): would run (SELECT .*);$")
 
 

@@ -14,12 +14,13 @@ from django.test.utils import CaptureQueriesContext
 from billing.models import MeterReport, UsageAggregate
 from cases.models import Case, Client, Document
 from cases.tests.factories import CaseFactory, ClientFactory
-from tenancy import keys, rls
+from tenancy import keys
 from tenancy.fields import TenantForeignKey
+from tenancy.rls import policies
 from tenancy.rls.isolation import isolation_problems
 from tenancy.tests import sql_capture
 
-ENTRIES = rls.tenant_tables(apps.get_models())
+ENTRIES = policies.tenant_tables(apps.get_models())
 TENANT_TABLES = sorted(e.table for e in ENTRIES if not e.through_parent)
 
 
@@ -30,7 +31,7 @@ def test_every_tenant_table_has_the_primary_key_organization_id_id(table):
 
 
 def test_every_foreign_key_between_tenant_models_is_a_tenant_foreign_key():
-    tenant_models = {m for m in apps.get_models() if rls.is_tenant_model(m)}
+    tenant_models = {m for m in apps.get_models() if policies.is_tenant_model(m)}
     links = [
         (model, f)
         for model in tenant_models

@@ -5,8 +5,8 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from tenancy.rls import roles
 from tenancy.citus import distribution_plan, uses_citus
+from tenancy.rls import roles
 
 
 class Command(BaseCommand):

@@ -11,8 +11,8 @@ from tenancy.rls.operations import TenantRowLevelSecurity
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing', '0009_meter_report_started_at'),
-        ('tenancy', '0003_organization_backfill_key'),
+        ('billing', '0010_distributable_keys'),
+        ('tenancy', '0004_distributable_keys'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
