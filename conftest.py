@@ -118,3 +118,25 @@ def anon_api():
     from rest_framework.test import APIClient
 
     return APIClient()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_login_buckets():
+    """Every test starts with empty login-throttle buckets (``tenancy.login_throttle``):
+    the fixtures' emails and the test client's address recur in every test, so without
+    this one test's logins would count against the next. Clears the ``login:*`` keys of
+    REDIS_URL's database, the per-process limiter and the Redis fallback buckets."""
+    from tenancy import login_throttle, ratelimit
+
+    url = os.environ.get("REDIS_URL")
+    if url:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        keys = list(client.scan_iter(match="login:*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    ratelimit.reset_limiter()
+    login_throttle._fallback = ratelimit.LocalLimiter()
+    yield

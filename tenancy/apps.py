@@ -3,14 +3,17 @@ from django.apps import AppConfig
 
 class TenancyConfig(AppConfig):
     """The tenancy app: on ready, registers the OpenAPI JWT scheme and the signal that
-    switches new database connections to the app role (``tenancy.db_roles``)."""
+    switches new database connections to the app role (``tenancy.db_roles``), and the
+    receivers that revoke refresh tokens on a user's deletion or a membership's removal
+    (``tenancy.signals``)."""
 
     name = "tenancy"
     verbose_name = "Tenancy"
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from tenancy import schema  # noqa: F401  (registers the OpenAPI JWT scheme)
+        from tenancy import schema, signals  # noqa: F401  (schema: registers the JWT scheme)
         from tenancy.db_roles import connect_signals
 
         connect_signals()
+        signals.connect_signals()
