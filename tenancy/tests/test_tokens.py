@@ -8,6 +8,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
+from rest_framework_simplejwt.exceptions import InvalidToken
 from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 from rest_framework_simplejwt.tokens import AccessToken as PlainAccessToken
 
@@ -249,3 +250,47 @@ def test_the_schema_documents_logout_and_the_token_answers(api):
     refresh_op = schema["paths"]["/api/v1/auth/token/refresh/"]["post"]
     assert set(refresh_op["responses"]) >= {"200", "401", "429"}
     assert set(schema["paths"]["/api/v1/auth/token/"]["post"]["responses"]) >= {"200", "429"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_refreshes_of_one_token_yield_one_new_pair():
+    """The second waits on the blacklist row of the first (unique per token) and, once the
+    first commits, finds the token blacklisted: 401, never a second valid pair."""
+    from core.testing import race_second_behind_first
+    from tenancy.tests.factories import OrganizationFactory
+    from tenancy.tokens import RotatingTokenRefreshSerializer
+
+    user = member_of(OrganizationFactory(), email="racer@example.test")
+    token = obtain(user.email)["refresh"]
+
+    def use():
+        serializer = RotatingTokenRefreshSerializer(data={"refresh": token})
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    results = race_second_behind_first(use, use, what="the second refresh")
+    assert set(results["first"]) == {"access", "refresh"}
+    assert isinstance(results["second"], InvalidToken)
+    assert refresh(results["first"]["refresh"]).status_code == 200
+
+
+def test_organization_settings_are_validated_and_the_plan_is_not_among_them(api, org):
+    bad = api.patch("/api/v1/organizations/current/", {"billing_timezone": "Mars/Olympus"})
+    assert bad.status_code == 400
+    assert set(bad.json()["errors"]) == {"billing_timezone"}
+    blank = api.patch("/api/v1/organizations/current/", {"name": ""}, format="json")
+    assert blank.status_code == 400
+    changed = api.patch(
+        "/api/v1/organizations/current/",
+        {"name": "Acme Law LLP", "billing_timezone": "Europe/Berlin", "plan_tier": "enterprise"},
+        format="json",
+    )
+    assert changed.status_code == 200
+    assert changed.json()["name"] == "Acme Law LLP"
+    assert changed.json()["role"] == "owner"
+    org.refresh_from_db()
+    assert (org.name, org.billing_timezone, org.plan_tier) == (
+        "Acme Law LLP",
+        "Europe/Berlin",
+        "pro",
+    )
