@@ -121,22 +121,17 @@ def anon_api():
 
 
 @pytest.fixture(autouse=True)
-def _fresh_login_buckets():
+def _fresh_login_buckets(monkeypatch):
     """Every test starts with empty login-throttle buckets (``tenancy.login_throttle``):
     the fixtures' emails and the test client's address recur in every test, so without
-    this one test's logins would count against the next. Clears the ``login:*`` keys of
-    REDIS_URL's database, the per-process limiter and the Redis fallback buckets."""
+    this one test's logins would count against the next. Each test gets its own Redis key
+    prefix (the keys expire on their own), a fresh per-process limiter and fresh Redis
+    fallback buckets."""
+    import uuid
+
     from tenancy import login_throttle, ratelimit
 
-    url = os.environ.get("REDIS_URL")
-    if url:
-        import redis
-
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        keys = list(client.scan_iter(match="login:*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
+    monkeypatch.setattr(login_throttle, "KEY_PREFIX", f"login-test-{uuid.uuid4().hex}")
+    monkeypatch.setattr(login_throttle, "_fallback", ratelimit.LocalLimiter())
     ratelimit.reset_limiter()
-    login_throttle._fallback = ratelimit.LocalLimiter()
     yield

@@ -38,6 +38,8 @@ from tenancy.ratelimit import LocalLimiter, RateLimitResult, get_limiter, warn_u
 
 #: the process-local buckets used while Redis is unavailable
 _fallback = LocalLimiter()
+#: the first part of every bucket's key (tests give each test its own)
+KEY_PREFIX = "login"
 
 
 def _digest(*parts: str) -> str:
@@ -47,7 +49,7 @@ def _digest(*parts: str) -> str:
 def _hit(bucket: str, identity: str, limit: int, period: int) -> RateLimitResult:
     """One request on ``login:<bucket>:<limit>/<period>:<identity>``, in Redis or, if it
     fails, in this process."""
-    key = f"login:{bucket}:{limit}/{period}:{identity}"
+    key = f"{KEY_PREFIX}:{bucket}:{limit}/{period}:{identity}"
     try:
         return get_limiter().hit(key, limit, period)
     except Exception as exc:  # noqa: BLE001 - any Redis failure: fall back to this process

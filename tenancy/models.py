@@ -160,16 +160,17 @@ class User(AbstractBaseUser, PermissionsMixin):
         deactivated = self._was_active is True and self.is_active is False
         revoke = not self._state.adding and (self._revoke_tokens or deactivated)
         if revoke:
+            from tenancy.tokens import revoke_refresh_tokens
+
             self.tokens_valid_after = timezone.now()
             update_fields = kwargs.get("update_fields")
             if update_fields is not None:
                 kwargs["update_fields"] = {*update_fields, "tokens_valid_after"}
-        with transaction.atomic():
-            super().save(*args, **kwargs)
-            if revoke:
-                from tenancy.tokens import revoke_refresh_tokens
-
+            with transaction.atomic():
+                super().save(*args, **kwargs)
                 revoke_refresh_tokens(user_id=self.pk)
+        else:
+            super().save(*args, **kwargs)
         self._revoke_tokens = False
         self._was_active = self.is_active
 

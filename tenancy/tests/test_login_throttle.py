@@ -115,7 +115,7 @@ def test_a_body_without_an_email_counts_against_the_address_only(backend, db):
 def test_redis_keys_hold_neither_emails_nor_addresses(backend, owner):
     login(owner.email)
     client = redis.Redis.from_url(os.environ["REDIS_URL"])
-    keys = [key.decode() for key in client.scan_iter(match="login:*")]
+    keys = [key.decode() for key in client.scan_iter(match=f"{login_throttle.KEY_PREFIX}:*")]
     assert len(keys) == 3  # pair, email, address
     assert not [key for key in keys if "acme" in key or "10.0.0.1" in key]
 
