@@ -15,6 +15,7 @@ from tenancy.context import (
     set_connection_tenant,
 )
 from tenancy.selectors import membership_for
+from tenancy.tokens import REVOKED_CODE, REVOKED_DETAIL
 
 ORG_HEADER = "X-Organization-ID"
 
@@ -92,7 +93,8 @@ class TenantMiddleware:
         except exceptions.AuthenticationFailed as exc:
             codes = exc.get_codes()
             code = codes.get("code", "token_not_valid") if isinstance(codes, dict) else str(codes)
-            return _error("Token is invalid or expired.", code, 401)
+            detail = REVOKED_DETAIL if code == REVOKED_CODE else "Token is invalid or expired."
+            return _error(detail, code, 401)
         if result is None:  # a header with another scheme: not ours to judge
             return self.get_response(request)
         user, token = result
