@@ -36,7 +36,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.json"
 PUBLIC = ["gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com"]
-#: Keep in step with tenancy.services.PUBLIC_MAIL_DOMAINS (a superset is harmless here:
+#: Keep in step with tenancy.backfill.PUBLIC_MAIL_DOMAINS (a superset is harmless here:
 #: the generated users only use PUBLIC).
 PUBLIC_ALL = PUBLIC
 

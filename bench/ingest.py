@@ -136,7 +136,7 @@ def run_copy(total: int, orgs: list, *, table: str) -> float:
     of ``BATCH`` outside the clock, as for ``record_events``."""
     from django.db import connection
 
-    from tenancy.db_roles import owner_connection
+    from tenancy.rls.roles import owner_connection
 
     # Both baselines run on the login (owner) connection: the app role may not create
     # tables, and PostgreSQL refuses COPY FROM into a table whose row-level security
@@ -208,7 +208,7 @@ def count_events(orgs: list) -> int:
 def cleanup(orgs: list) -> None:
     from django.db import connection
 
-    from tenancy.db_roles import owner_connection
+    from tenancy.rls.roles import owner_connection
 
     with owner_connection(), connection.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")

@@ -108,7 +108,7 @@ def cleanup(org_id) -> None:
     drifted from 134 to 87 req/s over a few runs). VACUUM needs the owner role."""
     from django.db import connection
 
-    from tenancy.db_roles import owner_connection
+    from tenancy.rls.roles import owner_connection
 
     with connection.cursor() as cur:
         cur.execute(

@@ -4,8 +4,8 @@ the organization admin, extended with this month's usage."""
 from django.contrib import admin, messages
 from django.utils.html import format_html_join
 
-from billing import reporting
 from billing.models import BillingEvent, MeterReport, UsageAggregate
+from billing.reporting import reconciliation
 from billing.selectors import month_period, usage_summary
 from tenancy.admin import OrganizationAdmin
 from tenancy.context import tenant_context
@@ -60,7 +60,8 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
       replays an idempotency key for about 24 hours only); older ones are refused.
     * ``reconciled_stripe_has_it`` / ``reconciled_stripe_lacks_it``: close a
       reconciliation (status ``needs_reconciliation``, or ``failed`` past the window)
-      after checking Stripe's meter event summaries (``reporting.resolve_reconciliation``).
+      after checking Stripe's meter event summaries
+      (``reconciliation.resolve_reconciliation``).
     """
 
     list_display = [
@@ -87,19 +88,20 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
         permissions=["change"],
     )
     def retry_failed(self, request, queryset):
-        """Queue the selected ``failed`` aggregates again (``reporting.requeue_failed``:
-        ``pending``, attempts 0, same identifier) for the next ``report_usage`` run; those
-        first sent before ``reporting.resend_cutoff()`` are refused (Stripe deduplicates
-        an identifier for about 24 hours only: reconcile them against Stripe's meter
-        event summaries instead). The messages say what was queued and what refused."""
-        count, refused = reporting.requeue_failed(aggregates=queryset)
+        """Queue the selected ``failed`` aggregates again
+        (``reconciliation.requeue_failed``: ``pending``, attempts 0, same identifier) for
+        the next ``report_usage`` run; those first sent before
+        ``reconciliation.resend_cutoff()`` are refused (Stripe deduplicates an identifier
+        for about 24 hours only: reconcile them against Stripe's meter event summaries
+        instead). The messages say what was queued and what refused."""
+        count, refused = reconciliation.requeue_failed(aggregates=queryset)
         self.message_user(
             request,
             f"{count} aggregate(s) queued for the next report_usage run (same identifier: "
             "Stripe deduplicates it for about 24 hours after the first send).",
         )
         if refused:
-            hours = reporting.resend_window().total_seconds() / 3600
+            hours = reconciliation.resend_window().total_seconds() / 3600
             self.message_user(
                 request,
                 f"{len(refused)} aggregate(s) refused, first sent more than {hours:g} h ago: "
@@ -129,7 +131,7 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
     def _reconcile(self, request, queryset, *, stripe_has_it: bool) -> None:
         by = getattr(request.user, "email", "") or str(request.user.pk)
         done = sum(
-            reporting.resolve_reconciliation(
+            reconciliation.resolve_reconciliation(
                 aggregate=aggregate, stripe_has_it=stripe_has_it, by=by
             )
             for aggregate in queryset

@@ -17,10 +17,11 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import reporting, selectors
+from billing import selectors
 from billing.filters import BillingEventFilter
 from billing.middleware import write_failures
 from billing.models import BillingEvent, MeterReport
+from billing.reporting.queue import queue_report
 from billing.serializers import (
     REPORT_ROW_SERIALIZERS,
     BillingEventSerializer,
@@ -153,11 +154,11 @@ class BillingHealthApi(TenantAPIMixin, APIView):
 class ReportUsageApi(TenantAPIMixin, APIView):
     """``POST report-usage/``: report the active organization's pending usage to Stripe.
 
-    Admins, owners and staff only (403 ``role_forbidden`` otherwise). Returns 202 with the report
-    at once; the run is enqueued after the request's transaction commits and runs on
+    Admins, owners and staff only (403 ``role_forbidden`` otherwise). Returns 202 with the
+    report at once; the run is enqueued after the request's transaction commits and runs on
     this process's reporting worker thread, never in the request
-    (``billing.reporting.queue_report``). While a report of the organization is queued
-    or running, the POST returns that report instead of queuing another.
+    (``billing.reporting.queue.queue_report``). While a report of the organization is
+    queued or running, the POST returns that report instead of queuing another.
     ``GET report-usage/<id>/`` shows its status.
     """
 
@@ -176,7 +177,7 @@ class ReportUsageApi(TenantAPIMixin, APIView):
             the hourly ``manage.py report_usage``) holding the organization's lock ends
             ``skipped`` (``detail`` says so; that run reports the usage).
         """
-        report = reporting.queue_report(organization=self.organization, requested_by=request.user)
+        report = queue_report(organization=self.organization, requested_by=request.user)
         return Response(MeterReportSerializer(report).data, status=202)
 
 

@@ -16,7 +16,8 @@ IDs:
   uniqueness of a meter event ``identifier`` only "within a rolling period of at least
   24 hours" (https://docs.stripe.com/api/billing/meter-event/create, ``identifier``), so an
   aggregate resent 24 h or more after its first send could be counted twice; 0 or less
-  would never resend anything, not even after a timeout (see ``billing.reporting``).
+  would never resend anything, not even after a timeout (see
+  ``billing.reporting.reconciliation``).
 """
 
 from django.conf import settings

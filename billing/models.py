@@ -1,4 +1,6 @@
-"""Billing events: the metered usage of each organization (see DESIGN.md, Billing events)."""
+"""Billing events: the metered usage of each organization.
+
+See docs/architecture.md, "Billing events"."""
 
 import uuid
 from decimal import Decimal
@@ -114,8 +116,9 @@ class MeterReportStatus(models.TextChoices):
     (nothing to do here: the organization has no ``stripe_customer_id``, or another
     run held its reporting lock and does the work; ``detail`` says which). A run whose
     process died stays ``queued``/``running`` until the organization's next run marks
-    it ``failed`` with detail "abandoned: ..." (after ``reporting.ABANDONED_AFTER``);
-    its events are picked up by that run (see ``billing.reporting``).
+    it ``failed`` with detail "abandoned: ..." (after
+    ``billing.reporting.lifecycle.ABANDONED_AFTER``); its events are picked up by that
+    run (see ``billing.reporting.lifecycle``).
     """
 
     QUEUED = "queued", "queued"
@@ -135,7 +138,8 @@ class MeterReport(TenantModel):
     when it was queued (or, for the command, began); ``started_at`` when its run moved
     it ``queued -> running`` (a report can wait in the in-process worker's queue), the
     instant by which a ``running`` report is judged abandoned
-    (``reporting._abandon_stale_reports``); ``finished_at`` when it reached a final status.
+    (``billing.reporting.lifecycle.abandon_stale_reports``); ``finished_at`` when it
+    reached a final status.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)

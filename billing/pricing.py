@@ -1,6 +1,6 @@
 """Prices of metered usage, in integer cents, and the one rounding rule of the summaries.
 
-Rules (issue 3, "Pricing"):
+Rules:
 
 * Money is integer cents; quantities are ``Decimal`` (12 digits, 4 places).
 * ``unit_cost_cents`` is fixed when the event is written: the price book entry for

@@ -184,7 +184,8 @@ def pipeline_health(*, organization=None, now: datetime | None = None) -> dict:
         ``failed_aggregates`` (outbox rows whose retries are exhausted),
         ``unsent_aggregates`` (outbox rows still to send) and
         ``reconciliation_aggregates`` (outbox rows first sent too long ago to resend
-        safely: to reconcile with Stripe by hand, see ``billing.reporting``).
+        safely: to reconcile with Stripe by hand, see
+        ``billing.reporting.reconciliation``).
     """
     now = now or timezone.now()
     events = BillingEvent.objects.all()

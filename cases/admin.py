@@ -22,7 +22,7 @@ class CaseAdmin(admin.ModelAdmin):
     """Cases of every organization; filter by organization, status and opened date, search
     reference number, title and client name. ``client`` is a raw id: the admin does not
     check that it belongs to the case's organization; the database's composite
-    ``(organization_id, client_id)`` foreign key (``tenancy.rls``) refuses a cross-tenant
+    ``(organization_id, client_id)`` foreign key (``tenancy.rls.policies``) refuses a cross-tenant
     link (``IntegrityError``)."""
 
     list_display = [

@@ -3,7 +3,7 @@ from django.apps import AppConfig
 
 class TenancyConfig(AppConfig):
     """The tenancy app: on ready, registers the OpenAPI JWT scheme and the signal that
-    switches new database connections to the app role (``tenancy.db_roles``), and the
+    switches new database connections to the app role (``tenancy.rls.roles``), and the
     receivers that revoke refresh tokens on a user's deletion or a membership's removal
     (``tenancy.signals``)."""
 
@@ -13,7 +13,7 @@ class TenancyConfig(AppConfig):
 
     def ready(self):
         from tenancy import schema, signals  # noqa: F401  (schema: registers the JWT scheme)
-        from tenancy.db_roles import connect_signals
+        from tenancy.rls.roles import connect_signals
 
         connect_signals()
         signals.connect_signals()

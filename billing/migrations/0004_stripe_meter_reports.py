@@ -6,7 +6,7 @@ import uuid
 from django.conf import settings
 from django.db import migrations, models
 
-from tenancy.operations import TenantRowLevelSecurity
+from tenancy.rls.operations import TenantRowLevelSecurity
 
 
 class Migration(migrations.Migration):

@@ -9,7 +9,7 @@ from django.db import migrations, models
 #: first send the outbox kept (``sent_at`` is set only on success). A lower bound closes
 #: the resend window early, never late: at worst an aggregate is reconciled by hand
 #: instead of resent. Not stamped: the two failures raised BEFORE any HTTP request
-#: (``billing.reporting.send_aggregate`` stores them as the bare message, while every
+#: (``billing.reporting.send.send_aggregate`` stores them as the bare message, while every
 #: Stripe error is stored as ``"<ExceptionType>: ..."``), i.e. a value over 15
 #: significant digits (never sendable: the value of a sent aggregate never changes)
 #: and an hour over 35 days old at the first attempt (attempts = 1; with more

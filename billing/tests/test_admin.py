@@ -6,8 +6,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from billing import reporting
 from billing.models import BillingEvent, UsageAggregate
+from billing.reporting import reconciliation
+from billing.reporting.identifiers import aggregate_identifier
 from billing.tests.factories import BillingEventFactory
 from tenancy.context import tenant_context
 from tenancy.tests.factories import UserFactory
@@ -89,7 +90,7 @@ def outbox_row(org, *, sequence, status, first_sent_hours_ago=None, events=1):
             sequence=sequence,
             value=events,
             event_count=events,
-            identifier=reporting.aggregate_identifier(org.pk, "api_requests", HOUR, sequence),
+            identifier=aggregate_identifier(org.pk, "api_requests", HOUR, sequence),
             status=status,
             attempts=3,
             key_revision=1,
@@ -148,13 +149,13 @@ def test_retry_failed_queues_recent_failures_and_refuses_past_the_window(admin_c
 
 def test_requeue_failed_is_the_one_resend_rule(org, settings):
     """The service behind the "Retry" action, with the run's own window rule
-    (``reporting.resend_cutoff``): queued within the window or never sent, refused past it."""
+    (``reconciliation.resend_cutoff``): queued within the window or never sent, refused past it."""
     settings.STRIPE_RESEND_WINDOW_HOURS = 5
     never_sent = outbox_row(org, sequence=1, status="failed")
     inside = outbox_row(org, sequence=2, status="failed", first_sent_hours_ago=4.9)
     past = outbox_row(org, sequence=3, status="failed", first_sent_hours_ago=5.1)
     pending = outbox_row(org, sequence=4, status="pending", first_sent_hours_ago=6)
-    requeued, refused = reporting.requeue_failed(aggregates=UsageAggregate.objects.all())
+    requeued, refused = reconciliation.requeue_failed(aggregates=UsageAggregate.objects.all())
     assert (requeued, refused) == (2, [past.identifier])
     statuses = dict(UsageAggregate.objects.values_list("pk", "status"))
     assert statuses == {
@@ -165,7 +166,7 @@ def test_requeue_failed_is_the_one_resend_rule(org, settings):
     }
     # the same rule as a run's: past the window for requeue_failed <=> for send_aggregate
     for aggregate in (inside, past):
-        assert reporting._past_resend_window(aggregate) is (aggregate == past)
+        assert reconciliation.past_resend_window(aggregate) is (aggregate == past)
 
 
 def test_reconciled_stripe_has_it_writes_no_intermediate_status(org):
@@ -173,7 +174,9 @@ def test_reconciled_stripe_has_it_writes_no_intermediate_status(org):
     aggregate (no temporary 'pending' that a concurrent run could pick up and resend)."""
     flagged = outbox_row(org, sequence=1, status="needs_reconciliation", first_sent_hours_ago=30)
     with CaptureQueriesContext(connection) as ctx:
-        assert reporting.resolve_reconciliation(aggregate=flagged, stripe_has_it=True, by="ops")
+        assert reconciliation.resolve_reconciliation(
+            aggregate=flagged, stripe_has_it=True, by="ops"
+        )
     updates = [
         q["sql"]
         for q in ctx.captured_queries
@@ -217,7 +220,7 @@ def test_reconciled_stripe_lacks_it_queues_a_fresh_send(admin_client, org):
     flagged.refresh_from_db()
     assert (flagged.status, flagged.attempts, flagged.first_sent_at) == ("pending", 0, None)
     assert flagged.key_revision == 2  # a key never used before
-    assert flagged.identifier == reporting.aggregate_identifier(
+    assert flagged.identifier == aggregate_identifier(
         org.pk, "api_requests", HOUR, 1
     )  # same identifier
     assert set(flagged.events.values_list("status", flat=True)) == {0}

@@ -1,6 +1,6 @@
 from django.db import migrations
 
-from tenancy.operations import TenantRowLevelSecurity
+from tenancy.rls.operations import TenantRowLevelSecurity
 
 
 class Migration(migrations.Migration):

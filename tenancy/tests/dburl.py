@@ -35,7 +35,7 @@ def owner_psycopg_connection():
     """A new autocommit psycopg connection to the test database as the suite's login role
     (the tables' owner), for DDL the app role may not run (triggers, scratch tables).
     The caller closes it (it is a context manager). Not to be confused with
-    ``tenancy.db_roles.owner_connection``, which switches Django's own connection."""
+    ``tenancy.rls.roles.owner_connection``, which switches Django's own connection."""
     import psycopg
 
     s = connection.settings_dict

@@ -20,7 +20,7 @@ from django.urls import include, path
 
 from cases.models import Case
 from tenancy.context import request_organization
-from tenancy.db_roles import rls_database_default
+from tenancy.rls.roles import rls_database_default
 
 
 def _pid_and_org():

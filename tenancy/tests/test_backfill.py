@@ -1,4 +1,4 @@
-"""``manage.py backfill_organizations`` on a generated data set (issue 5, Backfill)."""
+"""``manage.py backfill_organizations`` on a generated data set."""
 
 import os
 import signal
@@ -11,9 +11,9 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
+from tenancy.backfill import BackfillError, _free_slugs, organizations_backfill
 from tenancy.context import cross_tenant
 from tenancy.models import Membership, MembershipRole, Organization, User
-from tenancy.services import _free_slugs
 from tenancy.tests.dburl import subprocess_database_url
 from tenancy.tests.factories import OrganizationFactory
 
@@ -160,9 +160,45 @@ def test_max_batches_stops_and_a_rerun_resumes(capsys):
 
 
 @pytest.mark.django_db
+def test_an_existing_backfill_organization_gets_an_owner_only_if_it_has_none(capsys):
+    ownerless = OrganizationFactory(slug="ownerless-test", backfill_key="domain:ownerless.test")
+    owned = OrganizationFactory(slug="owned-test", backfill_key="domain:owned.test")
+    boss = User.objects.create_user(email="boss@owned.test", organization=owned)
+    with cross_tenant(reason="test set-up"):
+        Membership.objects.create(organization=owned, user=boss, role=MembershipRole.OWNER)
+    User.objects.bulk_create(
+        [User(email="a@ownerless.test"), User(email="b@ownerless.test"), User(email="c@owned.test")]
+    )
+    call_command("backfill_organizations")
+    assert "0 organization(s) and 3 membership(s) were created" in capsys.readouterr().out
+    with cross_tenant(reason="test assertions"):
+        roles = dict(Membership.objects.values_list("user__email", "role"))
+        orgs = dict(User.objects.values_list("email", "organization_id"))
+    assert roles == {
+        "boss@owned.test": MembershipRole.OWNER,
+        "a@ownerless.test": MembershipRole.OWNER,
+        "b@ownerless.test": MembershipRole.MEMBER,
+        "c@owned.test": MembershipRole.MEMBER,
+    }
+    assert orgs["a@ownerless.test"] == orgs["b@ownerless.test"] == ownerless.pk
+    assert orgs["c@owned.test"] == owned.pk
+
+
+@pytest.mark.django_db
 def test_bad_arguments_exit_with_an_error():
     with pytest.raises(CommandError, match="batch-size"):
         call_command("backfill_organizations", "--batch-size", "0")
+
+
+@pytest.mark.django_db
+def test_the_service_raises_backfill_error_and_writes_nothing():
+    generate(n_firm_users=10, n_public=5, n_assigned=0, n_with_membership=0)
+    before = snapshot()
+    with pytest.raises(BackfillError, match="batch size must be at least 1, not 0"):
+        organizations_backfill(batch_size=0)
+    with pytest.raises(BackfillError, match="max batches must be at least 1, not 0"):
+        organizations_backfill(batch_size=10, max_batches=0)
+    assert snapshot() == before
 
 
 @pytest.mark.django_db
@@ -272,3 +308,19 @@ def test_a_database_error_exits_non_zero_keeps_done_batches_and_rolls_back_the_f
         # the failing batch's gamma organization was rolled back with it
         assert not Organization.objects.filter(slug__in=["gamma-test", "boom-test"]).exists()
         assert Membership.objects.count() == 10
+
+
+@pytest.mark.django_db
+def test_free_slugs_skips_the_slugs_of_other_keys_bases_and_of_existing_organizations():
+    # "acme-2" is another key's base (given to it bare), "acme-3" an organization's slug:
+    # both are skipped; "acme-02" is not "acme-2" and blocks nothing.
+    for slug in ("acme", "acme-3", "acme-02"):
+        OrganizationFactory(slug=slug)
+    wanted = {"k1": "acme", "k2": "acme", "k3": "acme-2", "k4": "acme-2"}
+    with connection.cursor() as cursor:
+        assert _free_slugs(cursor, wanted) == {
+            "k1": "acme-4",
+            "k2": "acme-5",
+            "k3": "acme-2",
+            "k4": "acme-2-2",
+        }

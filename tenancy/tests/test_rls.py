@@ -17,19 +17,19 @@ from django.utils import timezone
 from billing.models import BillingEvent, MeterReport, UsageAggregate
 from cases.models import Case, Client, Document
 from cases.tests.factories import CaseFactory, ClientFactory
-from tenancy import operations, rls
 from tenancy.context import cross_tenant, tenant_context
-from tenancy.isolation import isolation_problems, isolation_warnings
 from tenancy.models import Membership, Organization, User
+from tenancy.rls import RowLevelSecurityError, operations, policies, roles
+from tenancy.rls.isolation import isolation_problems, isolation_warnings
 from tenancy.testing import bearer_client
 from tenancy.tests.dburl import owner_psycopg_connection
 from tenancy.tests.factories import PASSWORD, MembershipFactory, OrganizationFactory, member_of
 
-TENANT_TABLES = [e.table for e in rls.tenant_tables(apps.get_models()) if not e.through_parent]
+TENANT_TABLES = [e.table for e in policies.tenant_tables(apps.get_models()) if not e.through_parent]
 #: Every foreign key from a tenant table to another, as the migrations see them.
 TENANT_FKS = [
     (e.table, column, target)
-    for e in rls.tenant_tables(apps.get_models())
+    for e in policies.tenant_tables(apps.get_models())
     for column, target in e.references
 ]
 
@@ -244,7 +244,7 @@ def test_no_tenant_foreign_key_can_point_into_another_organization(two_orgs, tab
     assert len(TENANT_FKS) >= 4  # case->client, document->case, event->aggregate, ...
     org_a, _ = two_orgs["a"]
     org_b, _ = two_orgs["b"]
-    with pytest.raises(IntegrityError, match=rls.same_org_fk_name(table, column)):
+    with pytest.raises(IntegrityError, match=policies.same_org_fk_name(table, column)):
         with cross_tenant(reason="test: try to link across organizations"):
             with transaction.atomic(), connection.cursor() as cursor:
                 cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
@@ -469,9 +469,9 @@ def test_check_isolation_names_each_missing_piece_alone(owner_conn, setup, missi
             owner_conn.execute("ALTER TABLE leaky_parts FORCE ROW LEVEL SECURITY")
         if "POLICY" in setup:
             owner_conn.execute(
-                rls.Policy(rls.POLICY_NAME, "ALL", rls.POLICY_PREDICATE, None).create_sql(
-                    "leaky_parts"
-                )
+                policies.Policy(
+                    policies.POLICY_NAME, "ALL", policies.POLICY_PREDICATE, None
+                ).create_sql("leaky_parts")
             )
         problems = [p for p in isolation_problems() if "leaky_parts" in p]
         assert problems == [f"table leaky_parts: missing {missing}"]
@@ -545,7 +545,7 @@ def test_reverse_of_an_rls_operation_whose_migration_is_unknown_strips_nothing(d
 
 
 def test_the_backstop_changes_nothing_on_up_to_date_tables(db):
-    """``rls.sync_tables`` (migrate's post-migrate step) on the migrated test database:
+    """``policies.sync_tables`` (migrate's post-migrate step) on the migrated test database:
     only catalog reads and the rolled-back TEMP probe, no DDL on a real table."""
     executed = []
 
@@ -555,7 +555,7 @@ def test_the_backstop_changes_nothing_on_up_to_date_tables(db):
 
     before = _policy_oids()
     with connection.execute_wrapper(capture):
-        done = rls.sync_tables(connection, operations.protected_tables(connection))
+        done = policies.sync_tables(connection, operations.protected_tables(connection))
     assert done == []
     ddl = [
         sql
@@ -582,7 +582,7 @@ def test_check_isolation_flags_a_missing_policy_and_a_unique_without_org(owner_c
     finally:
         owner_conn.execute("ALTER TABLE cases_client DROP CONSTRAINT client_name_uniq")
         with owner_conn.cursor() as cursor:
-            for statement in rls.enable_sql(rls.TenantTable("cases_client")):
+            for statement in policies.enable_sql(policies.TenantTable("cases_client")):
                 cursor.execute(statement)
 
 
@@ -610,3 +610,10 @@ def test_migrate_with_an_app_label_grants_the_app_role_the_new_tables(owner_conn
         assert app_role_can_read()
     finally:
         owner_conn_committed.execute("DROP TABLE granted_later")
+
+
+def test_owner_connection_refuses_to_switch_roles_inside_a_transaction(db):
+    # Library code raises the domain error; migrate and flush turn it into a CommandError.
+    with pytest.raises(RowLevelSecurityError, match="inside a transaction"):
+        with roles.owner_connection():
+            pass

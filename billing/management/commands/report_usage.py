@@ -1,4 +1,4 @@
-"""``manage.py report_usage``: send pending metered usage to Stripe (see billing/reporting.py)."""
+"""``manage.py report_usage``: send pending metered usage to Stripe (see billing/reporting/)."""
 
 import logging
 from datetime import UTC, datetime
@@ -8,7 +8,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from billing.models import MeterReportStatus
-from billing.reporting import current_hour, report_usage
+from billing.reporting.identifiers import current_hour
+from billing.reporting.runs import report_usage
 from tenancy.models import Organization
 
 logger = logging.getLogger("billing.reporting")
@@ -19,7 +20,7 @@ FAILED = {MeterReportStatus.FAILED, MeterReportStatus.PARTIAL}
 class Command(BaseCommand):
     """``manage.py report_usage [--organization SLUG] [--until ISO] [--dry-run]``.
 
-    Runs ``billing.reporting.report_usage`` for each organization (by slug), one at a
+    Runs ``billing.reporting.runs.report_usage`` for each organization (by slug), one at a
     time, in this process, and prints one line per aggregate sent, failed or needing
     reconciliation. The same work as ``POST /api/v1/billing/report-usage/``, so it also
     picks up whatever a queued API run left behind when its process died. An error in

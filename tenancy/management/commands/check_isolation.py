@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand, CommandError
 
-from tenancy.isolation import isolation_problems, isolation_warnings
+from tenancy.rls.isolation import isolation_problems, isolation_warnings
 
 
 class Command(BaseCommand):

@@ -1,14 +1,14 @@
 """``manage.py migrate`` as the owner, then the app role and row-level security.
 
 Django's ``migrate``, run on a connection that stays the login (owner) role
-(``tenancy.db_roles.owner_connection``). After every migrate, with or without an
+(``tenancy.rls.roles.owner_connection``). After every migrate, with or without an
 app label or target (a table created by ``migrate some_app`` must be usable by the
 app role too), but not after ``--plan`` or ``--check``, it also:
 
 * creates/grants the app role and writes the database default ``app.rls_enabled``
-  from ``RLS_ENABLED`` (skipped when it already matches; ``tenancy.db_roles``);
-* runs the row-level-security backstop (``tenancy.rls.sync_tables``) on
-  ``tenancy.operations.protected_tables``: the tenant tables of the APPLIED
+  from ``RLS_ENABLED`` (skipped when it already matches; ``tenancy.rls.roles``);
+* runs the row-level-security backstop (``tenancy.rls.policies.sync_tables``) on
+  ``tenancy.rls.operations.protected_tables``: the tenant tables of the APPLIED
   migration state whose app has an applied ``TenantRowLevelSecurity``. So after
   ``migrate billing 0003`` it does not touch the tables 0004 created (they are
   gone), after ``migrate cases 0003`` it does not re-apply what the reverse of
@@ -18,16 +18,18 @@ app role too), but not after ``--plan`` or ``--check``, it also:
 """
 
 from django.conf import settings
+from django.core.management.base import CommandError
 from django.core.management.commands import migrate
 from django.db import connections
 
-from tenancy import db_roles, operations, rls
+from tenancy.rls import RowLevelSecurityError, operations, policies, roles
 
 
 class Command(migrate.Command):
     """Django's ``migrate`` (same options) as the owner role, then the app role, the
     ``app.rls_enabled`` database default and the row-level-security backstop, as the
-    module docstring describes."""
+    module docstring describes. A ``RowLevelSecurityError`` (a lock not granted in time,
+    a role or default the login role may not write) exits 1 with its message."""
 
     help = migrate.Command.help + (
         " Runs as the owner role, then grants the app role and applies row-level security "
@@ -35,14 +37,20 @@ class Command(migrate.Command):
     )
 
     def handle(self, *args, **options):
+        try:
+            self._migrate(*args, **options)
+        except RowLevelSecurityError as exc:
+            raise CommandError(str(exc)) from exc
+
+    def _migrate(self, *args, **options):
         using = options["database"]
-        with db_roles.owner_connection(using):
+        with roles.owner_connection(using):
             super().handle(*args, **options)
             if options.get("plan") or options.get("check_unapplied"):
                 return
             connection = connections[using]
-            done = db_roles.ensure_app_role(connection, rls_enabled=settings.RLS_ENABLED)
-            done += rls.sync_tables(connection, operations.protected_tables(connection))
+            done = roles.ensure_app_role(connection, rls_enabled=settings.RLS_ENABLED)
+            done += policies.sync_tables(connection, operations.protected_tables(connection))
             if options["verbosity"] >= 2:
                 for line in done:
                     self.stdout.write(f"  {line}")

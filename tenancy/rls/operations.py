@@ -2,12 +2,12 @@
 
 Each app with tenant models ends its migrations with::
 
-    from tenancy.operations import TenantRowLevelSecurity
+    from tenancy.rls.operations import TenantRowLevelSecurity
 
     operations = [..., TenantRowLevelSecurity()]
 
 Forwards, it protects every tenant table of that app as it stands in the migration
-state (see ``tenancy.rls`` for what "tenant table" means and what is applied), with
+state (see ``tenancy.rls.policies`` for what "tenant table" means and what is applied), with
 static, idempotent SQL run through ``schema_editor.execute`` inside the migration's
 transaction: ``sqlmigrate`` prints it (and runs nothing) and no session ever sees a
 table enabled without its policy.
@@ -32,7 +32,7 @@ from django.db.migrations.exceptions import IrreversibleError
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.loader import MigrationLoader
 
-from tenancy import rls
+from tenancy.rls import policies
 
 
 class TenantRowLevelSecurity(migrations.operations.base.Operation):
@@ -46,8 +46,10 @@ class TenantRowLevelSecurity(migrations.operations.base.Operation):
         pass
 
     @staticmethod
-    def _entries(app_label, state) -> list[rls.TenantTable]:
-        return [e for e in rls.tenant_tables(state.apps.get_models()) if e.app_label == app_label]
+    def _entries(app_label, state) -> list[policies.TenantTable]:
+        return [
+            e for e in policies.tenant_tables(state.apps.get_models()) if e.app_label == app_label
+        ]
 
     def _execute(self, schema_editor, statements):
         if schema_editor.connection.vendor != "postgresql":
@@ -56,9 +58,9 @@ class TenantRowLevelSecurity(migrations.operations.base.Operation):
             schema_editor.execute(statement, params=None)
 
     def database_forwards(self, app_label, schema_editor, from_state, to_state):
-        self._execute(schema_editor, rls.forwards_sql(self._entries(app_label, to_state)))
+        self._execute(schema_editor, policies.forwards_sql(self._entries(app_label, to_state)))
 
-    def _protected_before_migration(self, app_label) -> list[rls.TenantTable]:
+    def _protected_before_migration(self, app_label) -> list[policies.TenantTable]:
         """The app's tenant tables (with their references) as an earlier
         ``TenantRowLevelSecurity`` of the same app left them, i.e. in the state just
         before this operation's migration; ``[]`` if no earlier migration of the app has
@@ -113,7 +115,7 @@ class TenantRowLevelSecurity(migrations.operations.base.Operation):
             if (e.table, column) not in kept_fks
         ]
         targets = sorted({t for e in current for _, t in e.references} - kept_targets)
-        self._execute(schema_editor, rls.backwards_sql(strip, fks, targets))
+        self._execute(schema_editor, policies.backwards_sql(strip, fks, targets))
 
     def describe(self):
         return "Row-level security on this app's tenant tables"
@@ -127,7 +129,7 @@ def _has_rls_operation(migration) -> bool:
     return any(isinstance(op, TenantRowLevelSecurity) for op in migration.operations)
 
 
-def protected_tables(connection) -> list[rls.TenantTable]:
+def protected_tables(connection) -> list[policies.TenantTable]:
     """The tenant tables ``manage.py migrate`` keeps protected after migrating: those of
     the APPLIED migration state (``django_migrations``; what the database holds now, even
     after ``migrate <app> <earlier>``) whose app has at least one applied migration with
@@ -140,4 +142,6 @@ def protected_tables(connection) -> list[rls.TenantTable]:
         return []
     apps_with_rls = {k[0] for k in applied if _has_rls_operation(graph.nodes[k])}
     state = executor.loader.project_state(applied, at_end=True)
-    return [e for e in rls.tenant_tables(state.apps.get_models()) if e.app_label in apps_with_rls]
+    return [
+        e for e in policies.tenant_tables(state.apps.get_models()) if e.app_label in apps_with_rls
+    ]

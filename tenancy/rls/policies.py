@@ -21,7 +21,7 @@ For each tenant table this module makes sure (idempotently) that:
   ``UNIQUE (organization_id, id)`` for it).
 
 Three places use it: the migration operation
-``tenancy.operations.TenantRowLevelSecurity`` (``forwards_sql`` / ``backwards_sql``,
+``tenancy.rls.operations.TenantRowLevelSecurity`` (``forwards_sql`` / ``backwards_sql``,
 static SQL in the migration's transaction, printed by ``sqlmigrate``), the
 ``migrate`` command's post-migrate backstop (``sync_tables``: only the tables of
 the applied migration state whose app has an applied RLS migration, and no DDL at
@@ -40,8 +40,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from django.core.management.base import CommandError
 from django.db import OperationalError, models, transaction
+
+from tenancy.rls import RowLevelSecurityError
 
 POLICY_NAME = "tenant_isolation"
 OWN_MEMBERSHIP_POLICY = "own_memberships"
@@ -377,7 +378,7 @@ def sync_tables(connection, entries: list[TenantTable], *, lock_timeout: str = L
         ``"fk ..."``); empty when everything was up to date.
 
     Raises:
-        CommandError: a table's lock was not granted within ``lock_timeout`` (tables
+        RowLevelSecurityError: a table's lock was not granted within ``lock_timeout`` (tables
         done before it stay done; rerun ``migrate``).
     """
     if connection.vendor != "postgresql":
@@ -413,7 +414,7 @@ def sync_tables(connection, entries: list[TenantTable], *, lock_timeout: str = L
                     cursor.execute(statement)
         except OperationalError as exc:
             if getattr(exc.__cause__, "sqlstate", None) == "55P03":  # lock_not_available
-                raise CommandError(
+                raise RowLevelSecurityError(
                     f"row-level security: table {table} could not be locked within "
                     f"{lock_timeout} (a long transaction holds it); nothing was changed on "
                     f"it. Done before it: {done or 'nothing'}. Rerun migrate."

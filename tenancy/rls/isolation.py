@@ -10,7 +10,7 @@ from django.apps import apps
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
-from tenancy import rls
+from tenancy.rls import policies
 
 _TABLES_WITH_ORG = """
 SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, pg_get_userbyid(c.relowner),
@@ -57,7 +57,7 @@ FROM pg_roles r WHERE r.rolname = {who}
 def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     """Every isolation defect found, as human-readable lines (empty list: all good).
 
-    Checks: each table with ``organization_id`` (except ``rls.EXEMPT_TABLES``) and each
+    Checks: each table with ``organization_id`` (except ``policies.EXEMPT_TABLES``) and each
     tenant many-to-many through table has row-level security ENABLEd, FORCEd and the
     ``tenant_isolation`` policy; the role this connection runs as (the app role) is not
     superuser, has no BYPASSRLS (nor inherits either) and owns no tenant table; unique
@@ -67,7 +67,7 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     """
     connection = connections[using]
     problems: list[str] = []
-    entries = rls.tenant_tables(apps.get_models())
+    entries = policies.tenant_tables(apps.get_models())
     with connection.cursor() as cursor:
         cursor.execute(_ROLE_BYPASS.format(who="current_user"))
         role, is_super, bypass, inherits = cursor.fetchone()
@@ -81,23 +81,23 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
         if inherits:
             problems.append(f"role {role}: is a member of a superuser or BYPASSRLS role")
 
-        cursor.execute(_TABLES_WITH_ORG, [rls.POLICY_NAME])
+        cursor.execute(_TABLES_WITH_ORG, [policies.POLICY_NAME])
         tables = {row[0]: row[1:] for row in cursor.fetchall()}
         for entry in entries:
             if entry.through_parent:
-                cursor.execute(_TABLE_STATE, [rls.POLICY_NAME, rls._q(entry.table)])
+                cursor.execute(_TABLE_STATE, [policies.POLICY_NAME, policies._q(entry.table)])
                 row = cursor.fetchone()
                 if row:
                     tables[entry.table] = row
         for table, (enabled, forced, owner, has_policy) in sorted(tables.items()):
-            if table in rls.EXEMPT_TABLES:
+            if table in policies.EXEMPT_TABLES:
                 continue
             missing = [
                 label
                 for label, ok in (
                     ("ENABLE ROW LEVEL SECURITY", enabled),
                     ("FORCE ROW LEVEL SECURITY", forced),
-                    (f"policy {rls.POLICY_NAME}", has_policy),
+                    (f"policy {policies.POLICY_NAME}", has_policy),
                 )
                 if not ok
             ]
@@ -109,7 +109,7 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
         for entry in entries:
             if entry.through_parent:
                 continue
-            cursor.execute(_UNIQUE_WITHOUT_ORG, [rls._q(entry.table)] * 2)
+            cursor.execute(_UNIQUE_WITHOUT_ORG, [policies._q(entry.table)] * 2)
             for (name,) in cursor.fetchall():
                 problems.append(
                     f"table {entry.table}: unique constraint {name} "
@@ -125,7 +125,7 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
                             AND attname = 'organization_id'),
                          (SELECT attnum FROM pg_attribute WHERE attrelid = c.conrelid
                             AND attname = %s)]::int2[]""",
-                    [rls._q(entry.table), rls._q(target), column],
+                    [policies._q(entry.table), policies._q(target), column],
                 )
                 if cursor.fetchone() is None:
                     problems.append(

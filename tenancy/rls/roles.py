@@ -20,9 +20,10 @@ and sequence, and writes ``app.rls_enabled`` as the database default from
 import contextlib
 
 from django.conf import settings
-from django.core.management.base import CommandError
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.signals import connection_created
+
+from tenancy.rls import RowLevelSecurityError
 
 _owner_mode = {"on": False}
 
@@ -57,10 +58,15 @@ def connect_signals() -> None:
 @contextlib.contextmanager
 def owner_connection(using: str = DEFAULT_DB_ALIAS):
     """Run the block on a connection that stays the login (owner) role: for ``migrate``
-    and ``flush`` only. Closes the connection before and after."""
+    and ``flush`` only. Closes the connection before and after.
+
+    Raises:
+        RowLevelSecurityError: called inside a transaction (closing the connection would
+            lose it).
+    """
     connection = connections[using]
     if connection.in_atomic_block:
-        raise CommandError("owner_connection() cannot switch roles inside a transaction.")
+        raise RowLevelSecurityError("owner_connection() cannot switch roles inside a transaction.")
     previous = _owner_mode["on"]
     connection.close()
     _owner_mode["on"] = True
@@ -82,7 +88,7 @@ def ensure_app_role(connection, *, rls_enabled: bool) -> list[str]:
     owner. Returns what it did (list of human-readable lines).
 
     Raises:
-        CommandError: the role is missing and the login role may not create it, or the
+        RowLevelSecurityError: the role is missing and the login role may not create it, or the
             login role may not write the database default (message says what to GRANT).
     """
     role = app_role()
@@ -98,7 +104,7 @@ def ensure_app_role(connection, *, rls_enabled: bool) -> list[str]:
                 "SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"
             )
             if not cursor.fetchone()[0]:
-                raise CommandError(
+                raise RowLevelSecurityError(
                     f"Database role {role!r} does not exist and "
                     f"{connection.settings_dict['USER']!r} "
                     "may not create it. Create it as shown in DEPLOY.md ('Database roles')."
@@ -143,7 +149,7 @@ def ensure_rls_default(connection, *, rls_enabled: bool) -> list[str]:
     "ALTER DATABASE"). Returns what it did (a list of one line, or empty).
 
     Raises:
-        CommandError: the login role may not write it; the message gives the SQL to run.
+        RowLevelSecurityError: the login role may not write it; the message gives the SQL to run.
     """
     value = "on" if rls_enabled else "off"
     if rls_database_default(connection) == value:
@@ -157,7 +163,7 @@ def ensure_rls_default(connection, *, rls_enabled: bool) -> list[str]:
     except DatabaseError as exc:
         if getattr(exc.__cause__, "sqlstate", None) != "42501":  # insufficient_privilege
             raise
-        raise CommandError(
+        raise RowLevelSecurityError(
             f"Role {user!r} may not set the database default app.rls_enabled={value!r} "
             f"({exc.__cause__}). As a superuser, run either\n"
             f"  GRANT SET ON PARAMETER app.rls_enabled TO {_quote(user)};  -- PostgreSQL 15+\n"
