@@ -129,3 +129,20 @@ def anon_api():
     from rest_framework.test import APIClient
 
     return APIClient()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_login_buckets(monkeypatch):
+    """Every test starts with empty login-throttle buckets (``tenancy.login_throttle``):
+    the fixtures' emails and the test client's address recur in every test, so without
+    this one test's logins would count against the next. Each test gets its own Redis key
+    prefix (the keys expire on their own), a fresh per-process limiter and fresh Redis
+    fallback buckets."""
+    import uuid
+
+    from tenancy import login_throttle, ratelimit
+
+    monkeypatch.setattr(login_throttle, "KEY_PREFIX", f"login-test-{uuid.uuid4().hex}")
+    monkeypatch.setattr(login_throttle, "_fallback", ratelimit.LocalLimiter())
+    ratelimit.reset_limiter()
+    yield

@@ -3,13 +3,16 @@
 Thin views over ``billing.selectors``. The summary and report take an organization
 id in the path: the caller must be a member of it (staff: any organization), else
 404 (never 403: no enumeration), by ``tenancy.permissions.IsMemberOfTargetOrganization``.
+Every billing endpoint needs the ``admin`` or ``owner`` role (``AdminsOnly``; for the
+summary and report, the role in the organization of the URL); a member gets 403
+``role_forbidden``.
 They run inside ``tenant_context`` of THAT organization, so row-level security, when
 enabled, applies to the target rows.
 """
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import exceptions, generics
+from rest_framework import generics
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -30,7 +33,7 @@ from billing.serializers import (
     UsageSummarySerializer,
 )
 from tenancy.context import cross_tenant, tenant_context
-from tenancy.permissions import IsMemberOfTargetOrganization
+from tenancy.permissions import AdminsOnly, IsMemberOfTargetOrganization
 from tenancy.viewsets import TenantAPIMixin
 
 _PERIOD_PARAMS = [
@@ -44,6 +47,7 @@ class BillingEventListApi(TenantAPIMixin, generics.ListAPIView):
     Filters: ``event_name``, ``status`` (0 pending, 1 posted), ``start``/``end``."""
 
     model = BillingEvent
+    permission_classes = [IsAuthenticated, AdminsOnly]
     serializer_class = BillingEventSerializer
     filterset_class = BillingEventFilter
     search_fields: list = []
@@ -57,7 +61,7 @@ class _UsageApi(TenantAPIMixin, APIView):
     """A period view of the organization named in the URL (``organization_id``), which
     ``IsMemberOfTargetOrganization`` resolves into ``self.target_organization``."""
 
-    permission_classes = [IsAuthenticated, IsMemberOfTargetOrganization]
+    permission_classes = [IsAuthenticated, IsMemberOfTargetOrganization, AdminsOnly]
     query_serializer_class = PeriodQuerySerializer
 
     def period_response(self, request, build):
@@ -128,8 +132,10 @@ class UsageReportApi(_UsageApi):
 
 class BillingHealthApi(TenantAPIMixin, APIView):
     """``GET health/``: pending events (count, oldest, its age in seconds), the newest
-    posted event, and this process's metering write failures. Members see their
+    posted event, and this process's metering write failures. Admins and owners see their
     organization; staff see all organizations (``scope``)."""
+
+    permission_classes = [IsAuthenticated, AdminsOnly]
 
     @extend_schema(responses=BillingHealthSerializer)
     def get(self, request):
@@ -148,13 +154,15 @@ class BillingHealthApi(TenantAPIMixin, APIView):
 class ReportUsageApi(TenantAPIMixin, APIView):
     """``POST report-usage/``: report the active organization's pending usage to Stripe.
 
-    Staff or the organization's owner only (403 otherwise). Returns 202 with the report
-    at once; the run is enqueued after the request's transaction commits and runs on
+    Admins, owners and staff only (403 ``role_forbidden`` otherwise). Returns 202 with the
+    report at once; the run is enqueued after the request's transaction commits and runs on
     this process's reporting worker thread, never in the request
     (``billing.reporting.queue.queue_report``). While a report of the organization is
     queued or running, the POST returns that report instead of queuing another.
     ``GET report-usage/<id>/`` shows its status.
     """
+
+    permission_classes = [IsAuthenticated, AdminsOnly]
 
     @extend_schema(request=None, responses={202: MeterReportSerializer})
     def post(self, request):
@@ -168,14 +176,7 @@ class ReportUsageApi(TenantAPIMixin, APIView):
             never as an error of this request, and a run that finds another one (e.g.
             the hourly ``manage.py report_usage``) holding the organization's lock ends
             ``skipped`` (``detail`` says so; that run reports the usage).
-        Raises:
-            PermissionDenied: 403 ``not_owner`` for a member who is neither staff nor
-                the organization's owner.
         """
-        if not (request.user.is_staff or self.membership.role == "owner"):
-            raise exceptions.PermissionDenied(
-                "Only the organization's owner or staff may report usage.", code="not_owner"
-            )
         report = queue_report(organization=self.organization, requested_by=request.user)
         return Response(MeterReportSerializer(report).data, status=202)
 
@@ -184,6 +185,7 @@ class ReportUsageDetailApi(TenantAPIMixin, generics.RetrieveAPIView):
     """``GET report-usage/<id>/``: a usage-reporting run of the active organization."""
 
     model = MeterReport
+    permission_classes = [IsAuthenticated, AdminsOnly]
     serializer_class = MeterReportSerializer
 
     def tenant_queryset(self, organization):

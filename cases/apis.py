@@ -2,6 +2,7 @@
 
 from django.db.models import ProtectedError
 from rest_framework import exceptions, parsers
+from rest_framework.permissions import IsAuthenticated
 
 from cases import selectors, services
 from cases.filters import CaseFilter, ClientFilter, DocumentFilter
@@ -12,12 +13,15 @@ from cases.serializers import (
     DocumentSerializer,
     DocumentUpdateSerializer,
 )
+from tenancy.permissions import MembersWriteAdminsDelete
 from tenancy.viewsets import TenantModelViewSet
 
 
 class _ServiceViewSet(TenantModelViewSet):
-    """Routes create/update/delete to the services named by the subclass."""
+    """Routes create/update/delete to the services named by the subclass. Members read,
+    create and change; deleting needs ``admin`` or ``owner`` (``MembersWriteAdminsDelete``)."""
 
+    permission_classes = [IsAuthenticated, MembersWriteAdminsDelete]
     create_service = update_service = delete_service = None
     object_kwarg = ""
 

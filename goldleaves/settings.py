@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework_simplejwt.token_blacklist",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and Redoc as local static files (no CDN)
@@ -177,6 +178,9 @@ REST_FRAMEWORK = {
     # they count every tenant request, also those that never reach a DRF view.
     "DEFAULT_THROTTLE_CLASSES": [],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    # The client address of throttles (DRF get_ident): 0 = REMOTE_ADDR, X-Forwarded-For
+    # never read; N = the N-th address from the right of X-Forwarded-For (N proxies of ours).
+    "NUM_PROXIES": env.int("TRUSTED_PROXY_COUNT", default=0),
 }
 
 SIMPLE_JWT = {
@@ -186,7 +190,20 @@ SIMPLE_JWT = {
     "UPDATE_LAST_LOGIN": False,
     "SIGNING_KEY": SECRET_KEY,
     "TOKEN_OBTAIN_SERIALIZER": "tenancy.serializers.OrganizationTokenObtainPairSerializer",
+    "TOKEN_REFRESH_SERIALIZER": "tenancy.tokens.RotatingTokenRefreshSerializer",
+    "TOKEN_BLACKLIST_SERIALIZER": "tenancy.tokens.LogoutSerializer",
+    # Microsecond iat (tenancy.tokens); refresh tokens are single use: each refresh
+    # blacklists the one sent and returns a new one.
+    "AUTH_TOKEN_CLASSES": ("tenancy.tokens.AccessToken",),
+    "ROTATE_REFRESH_TOKENS": True,
+    "BLACKLIST_AFTER_ROTATION": True,
 }
+# Login throttling of the token endpoints (tenancy.login_throttle): requests per
+# LOGIN_RATE_PERIOD_SECONDS per (address, email), per email, per client address; 0 = off.
+LOGIN_RATE_PERIOD_SECONDS = env.int("LOGIN_RATE_PERIOD_SECONDS", default=300)
+LOGIN_RATE_PER_ADDRESS_EMAIL = env.int("LOGIN_RATE_PER_ADDRESS_EMAIL", default=10)
+LOGIN_RATE_PER_EMAIL = env.int("LOGIN_RATE_PER_EMAIL", default=50)
+LOGIN_RATE_PER_ADDRESS = env.int("LOGIN_RATE_PER_ADDRESS", default=100)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Goldleaves API",

@@ -6,16 +6,16 @@ import uuid
 from django.db import transaction
 from django.http import JsonResponse
 from rest_framework import exceptions
-from rest_framework_simplejwt.authentication import JWTAuthentication
 
 from core.db import transaction_aborted
-from tenancy.authentication import JWT_RESULT_ATTR
+from tenancy.authentication import JWT_RESULT_ATTR, TenantJWTAuthentication
 from tenancy.context import (
     connection_settings_restored,
     cross_tenant,
     set_connection_tenant,
 )
 from tenancy.selectors import membership_for
+from tenancy.tokens import REVOKED_CODE, REVOKED_DETAIL
 
 ORG_HEADER = "X-Organization-ID"
 
@@ -31,15 +31,18 @@ class TenantMiddleware:
 
     * No ``Authorization: Bearer`` header: passes through untouched (health,
       docs, admin, token endpoints); ``request.organization`` is ``None``.
-    * The token endpoints (URL names ``token-obtain`` and ``token-refresh``) pass through
-      untouched whatever the header says: they need no access token, and clients often
+    * The token endpoints (URL names ``token-obtain``, ``token-refresh``,
+      ``token-logout``) pass through untouched whatever the header says: they need no
+      access token (logout takes the refresh token in its body), and clients often
       still send their stale (expired) one while they get a new one. A URLconf without
       those names has no such exemption (logged once at WARNING), not a 500.
-    * Invalid or expired token: 401 ``{"detail", "code"}``.
+    * Invalid, expired or revoked token (issued before the user's password change or
+      deactivation): 401 ``{"detail", "code"}``.
     * Organization: the ``X-Organization-ID`` header if present, else the
       token's ``org`` claim. A header that is not a UUID is a 400; an
-      organization the user is not a member of is a 403
-      (``code: "organization_forbidden"``).
+      organization the user is not (or no longer) a member of is a 403
+      (``code: "organization_forbidden"``): removing a membership locks its access
+      tokens out at once.
     * Everything downstream runs in one transaction whose first statement sets
       the transaction-local ``app.current_org`` (see ``tenancy.context``); the
       membership is read inside it, so row-level security applies to it too.
@@ -47,11 +50,11 @@ class TenantMiddleware:
     """
 
     #: URL names of the views that issue tokens: never judged by their bearer header.
-    TOKEN_URL_NAMES = ("token-obtain", "token-refresh")
+    TOKEN_URL_NAMES = ("token-obtain", "token-refresh", "token-logout")
 
     def __init__(self, get_response):
         self.get_response = get_response
-        self.jwt = JWTAuthentication()
+        self.jwt = TenantJWTAuthentication()
         self._token_paths: frozenset[str] | None = None
 
     def _is_token_endpoint(self, request) -> bool:
@@ -90,7 +93,8 @@ class TenantMiddleware:
         except exceptions.AuthenticationFailed as exc:
             codes = exc.get_codes()
             code = codes.get("code", "token_not_valid") if isinstance(codes, dict) else str(codes)
-            return _error("Token is invalid or expired.", code, 401)
+            detail = REVOKED_DETAIL if code == REVOKED_CODE else "Token is invalid or expired."
+            return _error(detail, code, 401)
         if result is None:  # a header with another scheme: not ours to judge
             return self.get_response(request)
         user, token = result

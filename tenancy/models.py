@@ -4,7 +4,7 @@ import uuid
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
-from django.db import models
+from django.db import models, transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
 
@@ -100,6 +100,13 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)
+    tokens_valid_after = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="UTC; JWTs issued before this instant are refused (set on a password "
+        "change or deactivation).",
+    )
 
     objects = UserManager()
 
@@ -110,8 +117,62 @@ class User(AbstractBaseUser, PermissionsMixin):
     class Meta:
         constraints = [models.UniqueConstraint(Lower("email"), name="tenancy_user_email_ci_unique")]
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._was_active = self.__dict__.get("is_active")
+        self._revoke_tokens = False
+        self._rehashing = False
+
     def __str__(self) -> str:
         return self.email
+
+    def check_password(self, raw_password) -> bool:
+        """Django's check; a hash upgrade it saves on the way is not a password change
+        (it revokes no token)."""
+        self._rehashing = True
+        try:
+            return super().check_password(raw_password)
+        finally:
+            self._rehashing = False
+
+    def set_password(self, raw_password) -> None:
+        """Django's ``set_password``; for an existing user also a credential change, so
+        the next ``save()`` revokes the user's tokens (see ``save``). Every path that
+        changes a password goes through here: the admin's password form, the
+        ``changepassword`` command, password reset."""
+        super().set_password(raw_password)
+        if not self._rehashing and not self._state.adding:
+            self._revoke_tokens = True
+
+    def set_unusable_password(self) -> None:
+        """Django's ``set_unusable_password``; a credential change like ``set_password``."""
+        super().set_unusable_password()
+        if not self._state.adding:
+            self._revoke_tokens = True
+
+    def save(self, *args, **kwargs):
+        """Save; after a password change (``set_password``) or a deactivation
+        (``is_active`` from true to false) of an existing user, in the same transaction:
+        ``tokens_valid_after`` = now (UTC), so every earlier access and refresh token is
+        refused, and every outstanding refresh token is blacklisted
+        (``tenancy.tokens.revoke_refresh_tokens``). ``QuerySet.update`` bypasses this:
+        use ``save()`` to change passwords or deactivate users."""
+        deactivated = self._was_active is True and self.is_active is False
+        revoke = not self._state.adding and (self._revoke_tokens or deactivated)
+        if revoke:
+            from tenancy.tokens import revoke_refresh_tokens
+
+            self.tokens_valid_after = timezone.now()
+            update_fields = kwargs.get("update_fields")
+            if update_fields is not None:
+                kwargs["update_fields"] = {*update_fields, "tokens_valid_after"}
+            with transaction.atomic():
+                super().save(*args, **kwargs)
+                revoke_refresh_tokens(user_id=self.pk)
+        else:
+            super().save(*args, **kwargs)
+        self._revoke_tokens = False
+        self._was_active = self.is_active
 
 
 class MembershipRole(models.TextChoices):

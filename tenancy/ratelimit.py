@@ -91,9 +91,11 @@ class RateLimitResult:
         }
 
 
-def _result(allowed: bool, limit: int, tat_minus_now: float, retry: float) -> RateLimitResult:
-    interval = PERIOD_SECONDS / limit
-    remaining = int((PERIOD_SECONDS - tat_minus_now) // interval) if allowed else 0
+def _result(
+    allowed: bool, limit: int, tat_minus_now: float, retry: float, period: float = PERIOD_SECONDS
+) -> RateLimitResult:
+    interval = period / limit
+    remaining = int((period - tat_minus_now) // interval) if allowed else 0
     return RateLimitResult(
         allowed=allowed,
         limit=limit,
@@ -132,18 +134,18 @@ class LocalLimiter:
         self._tat: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def hit(self, key: str, limit: int) -> RateLimitResult:
-        """Count one request on ``key`` against ``limit`` per minute."""
+    def hit(self, key: str, limit: int, period: int = PERIOD_SECONDS) -> RateLimitResult:
+        """Count one request on ``key`` against ``limit`` per ``period`` seconds."""
         now = clock()
-        interval = PERIOD_SECONDS / limit
+        interval = period / limit
         with self._lock:
             tat = max(self._tat.get(key, now), now)
             new_tat = tat + interval
-            allow_at = new_tat - PERIOD_SECONDS
+            allow_at = new_tat - period
             if allow_at > now:
-                return _result(False, limit, tat - now, allow_at - now)
+                return _result(False, limit, tat - now, allow_at - now, period)
             self._tat[key] = new_tat
-        return _result(True, limit, new_tat - now, 0.0)
+        return _result(True, limit, new_tat - now, 0.0, period)
 
 
 class RedisLimiter:
@@ -164,22 +166,23 @@ class RedisLimiter:
         )
         self.script = self.client.register_script(GCRA_LUA)
 
-    def hit(self, key: str, limit: int) -> RateLimitResult:
-        """Count one request on ``key`` against ``limit`` requests per ``PERIOD_SECONDS``,
+    def hit(self, key: str, limit: int, period: int = PERIOD_SECONDS) -> RateLimitResult:
+        """Count one request on ``key`` against ``limit`` requests per ``period`` seconds,
         atomically across every process (one ``EVALSHA`` round trip; ``EVAL`` once if
         Redis does not have the script yet).
 
         Args:
             key: the Redis key of the bucket (one per organization, scope and limit).
-            limit: requests per minute, > 0.
+            limit: requests per ``period``, > 0.
+            period: seconds (default ``PERIOD_SECONDS``, a minute).
         Returns:
             the ``RateLimitResult`` (admitted or not, remaining, reset, retry-after).
         Raises:
             redis.exceptions.RedisError: Redis is unreachable or timed out
                 (``RATE_LIMIT_REDIS_TIMEOUT`` seconds); the caller fails open.
         """
-        allowed, tat_minus_now, retry = self.script(keys=[key], args=[limit, PERIOD_SECONDS])
-        return _result(bool(allowed), limit, float(tat_minus_now), float(retry))
+        allowed, tat_minus_now, retry = self.script(keys=[key], args=[limit, period])
+        return _result(bool(allowed), limit, float(tat_minus_now), float(retry), period)
 
 
 _limiter: LocalLimiter | RedisLimiter | None = None
@@ -226,7 +229,7 @@ def tier_limit(organization, scope: str = SCOPE) -> int | None:
     return int(limit) if limit else None
 
 
-def _warn_unavailable(exc: Exception) -> None:
+def warn_unavailable(exc: Exception) -> None:
     """Log "Redis unavailable, failing open" at most once per
     ``RATE_LIMIT_WARNING_INTERVAL`` seconds per process (``_last_warning``, by ``clock``)."""
     interval = getattr(settings, "RATE_LIMIT_WARNING_INTERVAL", 60)
@@ -259,7 +262,7 @@ def count_request(request) -> RateLimitResult | None:
         # fresh bucket at its new rate instead of inheriting the old rate's schedule.
         return get_limiter().hit(f"ratelimit:{SCOPE}:{organization.pk}:{limit}", limit)
     except Exception as exc:  # noqa: BLE001 - fail open on any Redis failure
-        _warn_unavailable(exc)
+        warn_unavailable(exc)
         return None
 
 

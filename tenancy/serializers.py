@@ -1,11 +1,14 @@
 """Serializers for tokens, organizations and memberships."""
 
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
 
 from tenancy.context import user_context
 from tenancy.models import Membership, Organization
+from tenancy.tokens import RefreshToken
 
 
 @extend_schema_serializer(
@@ -24,7 +27,10 @@ from tenancy.models import Membership, Organization
 )
 class OrganizationTokenObtainPairSerializer(TokenObtainPairSerializer):
     """simplejwt's email/password pair serializer; the access and refresh tokens carry
-    ``org``: the user's default organization id (or one of their memberships' if unset)."""
+    ``org``: the user's default organization id (or one of their memberships' if unset).
+    The refresh token is recorded as outstanding (blacklistable, ``tenancy.tokens``)."""
+
+    token_class = RefreshToken
 
     @classmethod
     def get_token(cls, user):
@@ -78,6 +84,25 @@ class CurrentOrganizationSerializer(OrganizationSerializer):
     class Meta(OrganizationSerializer.Meta):
         fields = OrganizationSerializer.Meta.fields + ["role"]
         read_only_fields = fields
+
+
+class OrganizationSettingsSerializer(serializers.ModelSerializer):
+    """The settings an owner may change, all optional (PATCH): ``{"name": str (1-200
+    characters, stripped), "billing_timezone": IANA zone name, e.g. "Europe/Berlin"}``.
+    The plan tier is not among them (it follows the subscription)."""
+
+    class Meta:
+        model = Organization
+        fields = ["name", "billing_timezone"]
+        extra_kwargs = {"name": {"allow_blank": False}}
+
+    def validate_billing_timezone(self, value: str) -> str:
+        """Raises ``ValidationError`` for a name the IANA database (``zoneinfo``) lacks."""
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise serializers.ValidationError("Not an IANA time zone name.") from None
+        return value
 
 
 class MembershipSerializer(serializers.ModelSerializer):

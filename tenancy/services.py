@@ -31,6 +31,25 @@ class OnboardingError(ValueError):
     the transaction rolled back), so nothing was written."""
 
 
+@transaction.atomic
+def organization_update(
+    *, organization: Organization, acting_user: User, **changes
+) -> Organization:
+    """Change ``organization``'s settings: ``name`` (str, 1-200 characters) and/or
+    ``billing_timezone`` (an IANA name), already validated
+    (``OrganizationSettingsSerializer``). Only the given fields are written. Who may call it
+    (the owner) is the API's rule (``tenancy.permissions.MembersReadOwnersWrite``);
+    ``acting_user`` is who did it. Raises ``ValueError`` for any other field."""
+    unknown = set(changes) - {"name", "billing_timezone"}
+    if unknown:
+        raise ValueError(f"not organization settings: {sorted(unknown)}")
+    for field, value in changes.items():
+        setattr(organization, field, value)
+    if changes:
+        organization.save(update_fields=sorted(changes))
+    return organization
+
+
 def organization_slug(name: str) -> str:
     """The slug ``organization_onboard`` gives an organization named ``name``:
     ``slugify(name)`` cut to 100 characters (``Organization.slug``'s length); ``''`` if the

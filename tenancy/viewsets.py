@@ -15,6 +15,7 @@ from rest_framework import exceptions, serializers, viewsets
 
 from tenancy.context import request_organization
 from tenancy.models import TenantQuerySet
+from tenancy.permissions import ROLE_FORBIDDEN, RolePermission
 
 
 def _organization_required() -> exceptions.PermissionDenied:
@@ -76,12 +77,23 @@ class TenantAPIMixin:
         """DRF's permission classes, then the organization: an unauthenticated request is
         a 401 from the permission classes, before the organization check.
 
+        Every tenant view lists one ``tenancy.permissions.RolePermission`` (its row of the
+        role matrix) in ``permission_classes``; a view without one refuses every request.
+
         Raises:
             rest_framework.exceptions.NotAuthenticated: 401, from ``IsAuthenticated``.
-            rest_framework.exceptions.PermissionDenied: 403 from a permission class, or
+            rest_framework.exceptions.PermissionDenied: 403 ``role_forbidden`` from the
+                role permission (or for a view with none), or from another permission
+                class, or
                 ``code: "organization_required"`` for a request without an organization
                 (e.g. session-authenticated).
         """
+        if not any(isinstance(p, RolePermission) for p in self.get_permissions()):
+            # fail closed: an endpoint without a row in the role matrix admits nobody
+            raise exceptions.PermissionDenied(
+                f"{type(self).__qualname__} has no role rule (tenancy.permissions).",
+                code=ROLE_FORBIDDEN,
+            )
         super().check_permissions(request)
         if self.organization is None:
             raise _organization_required()

@@ -21,12 +21,9 @@ class UserFactory(factory.django.DjangoModelFactory):
         skip_postgeneration_save = True
 
     email = factory.Sequence(lambda n: f"user{n}@example.test")
-    password = factory.PostGenerationMethodCall("set_password", PASSWORD)
-
-    @factory.post_generation
-    def _save(obj, create, extracted, **kwargs):
-        if create:
-            obj.save()
+    # hashed before the first save: a password set on a saved user is a password change
+    # (it revokes the user's tokens, User.save)
+    password = factory.django.Password(PASSWORD)
 
 
 class TenantFactory(factory.django.DjangoModelFactory):

@@ -86,6 +86,12 @@ ALLOWED: tuple[Allowed, ...] = (
         lambda s: (s.reason or "").startswith("backfill_organizations"),
     ),
     Allowed(
+        "purge of expired idempotency keys",
+        "housekeeping deletes the expired Idempotency-Key answers of every organization, "
+        "in batches (billing.idempotency.purge)",
+        lambda s: s.reason in ("count expired idempotency keys", "purge expired idempotency keys"),
+    ),
+    Allowed(
         "a user's memberships in every organization",
         "GET /organizations/ and the token endpoint read one user's memberships, which "
         "live in each of their organizations' shards: a multi-shard query by user_id, by "

@@ -199,8 +199,10 @@ def test_drf_reuses_the_middlewares_token_validation(api, monkeypatch):
 
     monkeypatch.setattr(JWTAuthentication, "get_validated_token", spy)
     assert api.get("/api/v1/cases/").status_code == 200
-    assert validated_by == ["JWTAuthentication"]  # the middleware's instance, only
+    # once: by the middleware's instance (the middleware also uses TenantJWTAuthentication,
+    # for the revocation check); DRF's instance takes the middleware's result
+    assert validated_by == ["TenantJWTAuthentication"]
     validated_by.clear()
     created = api.post("/api/v1/clients/", {"name": "Spy Client"}, format="json")
     assert created.status_code == 201
-    assert validated_by == ["JWTAuthentication"]
+    assert validated_by == ["TenantJWTAuthentication"]

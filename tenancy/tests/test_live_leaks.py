@@ -165,11 +165,15 @@ def tenants(django_db_setup, django_db_blocker):
         with cross_tenant(reason="test clean-up"):
             ids = [result[k]["org"].pk for k in "ab"]
             BillingEvent.objects.filter(organization_id__in=ids).delete()
+            from rest_framework_simplejwt.token_blacklist.models import OutstandingToken
+
             from cases.models import Case, Client
             from tenancy.models import User
 
             Case.objects.filter(organization_id__in=ids).delete()
             Client.objects.filter(organization_id__in=ids).delete()
+            # the refresh tokens access_token() recorded (they would outlive their users)
+            OutstandingToken.objects.filter(user__email__endswith="@leak.test").delete()
             User.objects.filter(email__endswith="@leak.test").delete()
             Organization.objects.filter(pk__in=ids).delete()
         connection.close()

@@ -16,7 +16,12 @@ from rest_framework.test import APIRequestFactory, force_authenticate
 from rest_framework.views import APIView
 
 from tenancy.models import Membership
-from tenancy.permissions import IsMemberOfTargetOrganization, readable_organization
+from tenancy.permissions import (
+    AdminsOnly,
+    IsMemberOfTargetOrganization,
+    MembersOnly,
+    readable_organization,
+)
 from tenancy.tests.factories import UserFactory, member_of
 from tenancy.viewsets import TenantAPIMixin
 
@@ -48,7 +53,7 @@ def test_an_inactive_member_gets_404(org):
 
 
 class _TargetApi(TenantAPIMixin, APIView):
-    permission_classes = [IsAuthenticated, IsMemberOfTargetOrganization]
+    permission_classes = [IsAuthenticated, IsMemberOfTargetOrganization, MembersOnly]
 
     def get(self, request, organization_id):
         return Response({"target": str(self.target_organization.pk)})
@@ -80,3 +85,25 @@ def test_the_permission_answers_404_not_403_to_a_non_member(org, outsider_org, o
 
 def test_an_anonymous_request_is_still_401(org):
     assert _get(None, None, org.pk).status_code == 401
+
+
+class _TargetAdminApi(_TargetApi):
+    permission_classes = [IsAuthenticated, IsMemberOfTargetOrganization, AdminsOnly]
+
+
+def test_the_role_checked_is_the_role_in_the_target_organization(org, outsider_org, owner):
+    """``owner`` owns ``org`` but is only a member of the organization in the URL."""
+    Membership.objects.create(organization=outsider_org, user=owner, role="member")
+    request = APIRequestFactory().get(f"/target/{outsider_org.pk}/")
+    force_authenticate(request, user=owner)
+    request.organization = org
+    request.membership = Membership.objects.get(organization=org, user=owner)
+    refused = _TargetAdminApi.as_view()(request, organization_id=outsider_org.pk)
+    assert refused.status_code == 403
+    assert refused.data["code"] == "role_forbidden"
+    Membership.objects.filter(organization=outsider_org, user=owner).update(role="admin")
+    request = APIRequestFactory().get(f"/target/{outsider_org.pk}/")
+    force_authenticate(request, user=owner)
+    request.organization = org
+    admitted = _TargetAdminApi.as_view()(request, organization_id=outsider_org.pk)
+    assert admitted.status_code == 200

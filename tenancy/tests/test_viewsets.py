@@ -10,6 +10,7 @@ filter keeps the other organization's rows out.
 import pytest
 from django.test import RequestFactory
 from rest_framework import generics
+from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.test import APIRequestFactory, force_authenticate
@@ -20,6 +21,7 @@ from cases.serializers import CaseSerializer
 from cases.tests.factories import CaseFactory, ClientFactory
 from tenancy.context import request_organization
 from tenancy.models import Membership
+from tenancy.permissions import MembersOnly
 from tenancy.testing import bearer_client
 from tenancy.viewsets import TenantAPIMixin
 
@@ -75,6 +77,7 @@ class _ClientIds(TenantAPIMixin, generics.ListAPIView):
     """Lists client ids from a hook that FORGETS the organization filter."""
 
     model = Client
+    permission_classes = [IsAuthenticated, MembersOnly]
     filter_backends: list = []
     pagination_class = None
 
@@ -87,6 +90,7 @@ class _ClientIds(TenantAPIMixin, generics.ListAPIView):
 
 class _OwnMemberships(TenantAPIMixin, generics.ListAPIView):
     model = Membership
+    permission_classes = [IsAuthenticated, MembersOnly]
     filter_backends: list = []
     pagination_class = None
 
@@ -102,8 +106,28 @@ def _call(view_class, user, organization, path="/"):
     request = APIRequestFactory().get(path)
     if user is not None:
         force_authenticate(request, user=user)
-    request.organization = organization  # as TenantMiddleware sets it
+    request.organization = organization  # as TenantMiddleware sets them
+    request.membership = (
+        Membership.objects.filter(user=user, organization=organization).first()
+        if user is not None and organization is not None
+        else None
+    )
     return view_class.as_view()(request)
+
+
+class _NoRoleRule(TenantAPIMixin, generics.ListAPIView):
+    """A tenant view that names no role rule (no RolePermission)."""
+
+    model = Client
+
+    def tenant_queryset(self, organization):
+        return Client.objects.for_organization(organization)
+
+
+def test_a_view_without_a_role_rule_refuses_everyone(org, owner):
+    response = _call(_NoRoleRule, owner, org)
+    assert response.status_code == 403
+    assert response.data["code"] == "role_forbidden"
 
 
 def test_the_base_class_filters_the_hook_by_the_requests_organization(org, outsider_org, owner):

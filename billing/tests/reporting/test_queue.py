@@ -31,7 +31,7 @@ def test_report_usage_endpoint_access(fake_stripe, customer_org, outsider_api, a
     member = bearer_client(member_of(customer_org, role="member"))
     refused = member.post("/api/v1/billing/report-usage/")
     assert refused.status_code == 403
-    assert refused.json()["code"] == "not_owner"
+    assert refused.json()["code"] == "role_forbidden"
     assert api.get(f"/api/v1/billing/report-usage/{report.pk}/").status_code == 200
 
 
