@@ -1,7 +1,12 @@
 """Auth and organization endpoints: tokens (obtain, refresh, logout), the active
 organization and the caller's memberships."""
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_serializer,
+)
 from rest_framework import generics, serializers
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
@@ -22,6 +27,15 @@ from tenancy.tokens import LogoutSerializer, RotatingTokenRefreshSerializer
 from tenancy.viewsets import TenantAPIMixin
 
 
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Token pair",
+            value={"access": "eyJhbGciOiJIUzI1NiIs...", "refresh": "eyJhbGciOiJIUzI1NiIs..."},
+            response_only=True,
+        )
+    ]
+)
 class _TokenPairSerializer(serializers.Serializer):
     """``{"access": str, "refresh": str}``: a JWT pair (the schema of the answers)."""
 
