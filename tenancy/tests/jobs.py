@@ -1,0 +1,175 @@
+"""Test helpers for background jobs: run deferred jobs in this test's transaction, or start
+real ``manage.py procrastinate worker`` processes on the committed test database.
+
+``run_jobs`` is for ordinary (non-transactional) tests: the jobs a test deferred are only
+visible on its own connection, inside its wrapping transaction, so it plays the worker's
+part there, through procrastinate's own SQL functions (register a worker, fetch with
+``FOR UPDATE SKIP LOCKED``, finish or retry), on the app role's connection. Only the
+task's function runs in this thread instead of a worker thread.
+
+``WorkerProcess`` is for ``transaction=True`` tests: a real worker, as production runs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import attr
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from procrastinate.contrib.django import app
+from procrastinate.jobs import Job, Status
+
+from tenancy.tests.dburl import subprocess_database_url
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RanJob:
+    """One job ``run_jobs`` ran: the job as fetched, ``outcome`` (``"succeeded"``,
+    ``"failed"`` or ``"retry"``), and the task's return value or the exception it raised."""
+
+    job: Job
+    outcome: str
+    result: object = None
+    error: BaseException | None = None
+
+
+def run_jobs(*, queues: list[str] | None = None, limit: int = 100) -> list[RanJob]:
+    """Run every job that is due in ``queues`` (default: all), one after the other, as a
+    worker would, on this thread's connection (so inside the test's transaction): a job
+    that raises is retried per its task's retry strategy (``"retry"``: back to ``todo``,
+    scheduled later, so not run again here) or failed. Returns what ran, in order."""
+    app.perform_import_paths()
+    manager = app.job_manager
+    worker_id = async_to_sync(manager.register_worker)()
+    ran: list[RanJob] = []
+    try:
+        for _ in range(limit):
+            job = async_to_sync(manager.fetch_job)(queues=queues, worker_id=worker_id)
+            if job is None:
+                break
+            task = app.tasks[job.task_name]
+            if isinstance(job.task_kwargs, str):  # Django's connection leaves jsonb as text
+                job = attr.evolve(job, task_kwargs=json.loads(job.task_kwargs))
+            try:
+                result = task(**job.task_kwargs)
+            except Exception as exc:  # noqa: BLE001 - recorded, as the worker records it
+                retry = task.get_retry_exception(exception=exc, job=job)
+                if retry is not None:
+                    async_to_sync(manager.retry_job)(
+                        job=job, retry_at=retry.retry_decision.retry_at
+                    )
+                else:
+                    async_to_sync(manager.finish_job)(
+                        job=job, status=Status.FAILED, delete_job=False
+                    )
+                ran.append(RanJob(job, "retry" if retry else "failed", error=exc))
+                continue
+            async_to_sync(manager.finish_job)(job=job, status=Status.SUCCEEDED, delete_job=False)
+            ran.append(RanJob(job, "succeeded", result=result))
+    finally:
+        async_to_sync(manager.unregister_worker)(worker_id)
+    return ran
+
+
+def wait_until(predicate, *, timeout: float = 60.0, interval: float = 0.1, what: str = ""):
+    """Call ``predicate()`` until it returns something truthy, and return that; raise
+    ``AssertionError`` naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class WorkerProcess:
+    """``python manage.py procrastinate worker`` in a subprocess, on the test database (the
+    suite's login role; the worker switches to the app role itself), with a short heartbeat
+    so that a killed worker looks stalled within seconds. Stop it with ``stop()`` (SIGTERM:
+    graceful) or ``kill()`` (SIGKILL); always call one (use it as a context manager)."""
+
+    def __init__(
+        self,
+        *args: str,
+        heartbeat: float = 0.5,
+        stalled_after: float = 2.0,
+        env: dict | None = None,
+    ):
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "goldleaves.settings",
+            "DATABASE_URL": subprocess_database_url(),
+            "SECRET_KEY": settings.SECRET_KEY,
+            "RLS_ENABLED": "true" if settings.RLS_ENABLED else "false",
+            "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            "JOB_HEARTBEAT_SECONDS": str(heartbeat),
+            "JOB_STALLED_AFTER_SECONDS": str(stalled_after),
+            "LOG_LEVEL": "INFO",
+            **(env or {}),
+        }
+        self._log = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block it
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "manage.py",
+                "procrastinate",
+                "worker",
+                "--fetch-job-polling-interval",
+                "0.2",
+                *args,
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 30.0) -> str:
+        """SIGTERM (a graceful stop: running jobs finish), wait, and return its log."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self._reap(timeout)
+
+    def kill(self) -> str:
+        """SIGKILL: the worker dies at once, mid-job; returns its log."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self._reap(30.0)
+
+    def log(self) -> str:
+        """Everything the worker printed so far (stdout and stderr)."""
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read()
+
+    def _reap(self, timeout: float) -> str:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return self.log()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc.poll() is None:
+            self.kill()
