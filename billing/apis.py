@@ -33,6 +33,7 @@ from billing.serializers import (
     UsageSummarySerializer,
 )
 from tenancy.context import cross_tenant, tenant_context
+from tenancy.jobs import job_health
 from tenancy.permissions import AdminsOnly, IsMemberOfTargetOrganization
 from tenancy.viewsets import TenantAPIMixin
 
@@ -132,8 +133,10 @@ class UsageReportApi(_UsageApi):
 
 class BillingHealthApi(TenantAPIMixin, APIView):
     """``GET health/``: pending events (count, oldest, its age in seconds), the newest
-    posted event, and this process's metering write failures. Admins and owners see their
-    organization; staff see all organizations (``scope``)."""
+    posted event, the outbox, this process's metering write failures, and the job queue
+    (``tenancy.jobs.job_health``: failed jobs, jobs waiting and the age in seconds of the
+    oldest one). Admins and owners see their organization (its jobs: those whose arguments
+    carry its id); staff see all organizations and every job (``scope``)."""
 
     permission_classes = [IsAuthenticated, AdminsOnly]
 
@@ -144,8 +147,10 @@ class BillingHealthApi(TenantAPIMixin, APIView):
             # Staff see the pipeline across organizations: the explicit cross-tenant path.
             with cross_tenant(reason="staff billing pipeline health"):
                 health = selectors.pipeline_health(organization=None)
+            health.update(job_health(organization=None))
         else:
             health = selectors.pipeline_health(organization=self.organization)
+            health.update(job_health(organization=self.organization))
         health["scope"] = "all" if staff else "organization"
         health["metering_write_failures"] = write_failures()
         return Response(BillingHealthSerializer(health).data)

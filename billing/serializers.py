@@ -178,6 +178,14 @@ class BillingHealthSerializer(serializers.Serializer):
     unsent_aggregates = serializers.IntegerField()
     reconciliation_aggregates = serializers.IntegerField()
     metering_write_failures = serializers.IntegerField()
+    failed_jobs = serializers.IntegerField(
+        help_text="Background jobs that failed for good (retries exhausted or a permanent error)."
+    )
+    waiting_jobs = serializers.IntegerField(help_text="Background jobs due now, not yet taken.")
+    oldest_waiting_job_age_seconds = serializers.FloatField(
+        allow_null=True,
+        help_text="Seconds the oldest due job has waited; growing: no worker is taking jobs.",
+    )
 
 
 class MeterReportSerializer(serializers.ModelSerializer):

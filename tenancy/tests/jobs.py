@@ -26,6 +26,7 @@ import attr
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from procrastinate.contrib.django import app
+from procrastinate.exceptions import TaskNotFound
 from procrastinate.jobs import Job, Status
 
 from tenancy.tests.dburl import subprocess_database_url
@@ -58,7 +59,11 @@ def run_jobs(*, queues: list[str] | None = None, limit: int = 100) -> list[RanJo
             job = async_to_sync(manager.fetch_job)(queues=queues, worker_id=worker_id)
             if job is None:
                 break
-            task = app.tasks[job.task_name]
+            task = app.tasks.get(job.task_name)
+            if task is None:  # as the worker does: an unknown task fails the job
+                async_to_sync(manager.finish_job)(job=job, status=Status.FAILED, delete_job=False)
+                ran.append(RanJob(job, "failed", error=TaskNotFound(job.task_name)))
+                continue
             if isinstance(job.task_kwargs, str):  # Django's connection leaves jsonb as text
                 job = attr.evolve(job, task_kwargs=json.loads(job.task_kwargs))
             try:
