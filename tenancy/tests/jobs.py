@@ -125,7 +125,9 @@ class WorkerProcess:
             "LOG_LEVEL": "INFO",
             **(env or {}),
         }
-        self._log = tempfile.TemporaryFile(mode="w+")  # a pipe could fill up and block it
+        # a file, not a pipe (a full pipe would block the worker); read back through a
+        # handle of its own, whose offset the writer does not share
+        self._log_file = tempfile.NamedTemporaryFile(prefix="worker-", suffix=".log")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -138,7 +140,7 @@ class WorkerProcess:
             ],
             cwd=ROOT,
             env=self.env,
-            stdout=self._log,
+            stdout=self._log_file,
             stderr=subprocess.STDOUT,
         )
 
@@ -160,9 +162,7 @@ class WorkerProcess:
 
     def log(self) -> str:
         """Everything the worker printed so far (stdout and stderr)."""
-        self._log.flush()
-        self._log.seek(0)
-        return self._log.read()
+        return Path(self._log_file.name).read_text(errors="replace")
 
     def _reap(self, timeout: float) -> str:
         try:
@@ -178,3 +178,4 @@ class WorkerProcess:
     def __exit__(self, *exc):
         if self.proc.poll() is None:
             self.kill()
+        self._log_file.close()  # deletes it
