@@ -192,7 +192,7 @@ class MeterReportSerializer(serializers.ModelSerializer):
     """A usage-reporting run to Stripe (``report-usage/``): ``status`` is a
     ``MeterReportStatus`` value (``queued``, ``running``, ``succeeded``, ``partial``,
     ``failed``, ``dry_run``, ``skipped``) and ``detail`` says why a run failed or was
-    skipped (no Stripe customer, another run held the organization's lock, abandoned).
+    skipped (no Stripe customer, another run held the organization's lock).
     ``created_at`` is when it was queued, ``started_at`` when its run began (``null``
     while queued), ``finished_at`` when it ended (UTC, ISO 8601)."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection
@@ -124,10 +124,13 @@ async def retry_stalled_jobs(context, timestamp: int) -> int:
         if job.attempts >= settings.JOB_MAX_RETRIES:
             await manager.finish_job(job=job, status=Status.FAILED, delete_job=False)
             logger.error(
-                "stalled job %s failed: %s attempts already", job.call_string, job.attempts
+                "stalled job %s[%s] failed: %s attempts already",
+                job.task_name,
+                job.id,
+                job.attempts,
             )
             continue
-        await manager.retry_job(job=job, retry_at=datetime.now(UTC))
+        await manager.retry_job(job=job)  # due at once
         retried += 1
-        logger.warning("stalled job %s (its worker stopped): retried", job.call_string)
+        logger.warning("stalled job %s[%s] (its worker stopped): retried", job.task_name, job.id)
     return retried

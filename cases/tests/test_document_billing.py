@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.db import OperationalError, connection
+from django.db import OperationalError
 from django.utils import timezone
 from procrastinate.contrib.django.models import ProcrastinateJob
 from pypdf import PdfWriter
@@ -19,7 +19,7 @@ from cases.processing import TEXT_LINES_PER_PAGE, count_text_pages
 from cases.tests.factories import CaseFactory
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.tests.factories import OrganizationFactory, member_of
-from tenancy.tests.jobs import run_jobs
+from tenancy.tests.jobs import make_jobs_due, run_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -316,12 +316,6 @@ def fail_doc_processed_billing(monkeypatch, message="canceling statement due to 
         return real(**kwargs)
 
     monkeypatch.setattr(services, "record_event", record_event)
-
-
-def make_jobs_due() -> None:
-    """Bring every waiting job's retry forward to now (instead of waiting its backoff)."""
-    with connection.cursor() as cursor:
-        cursor.execute("UPDATE procrastinate_jobs SET scheduled_at = now() WHERE status = 'todo'")
 
 
 def test_transient_database_error_leaves_the_document_pending_and_the_job_retried(

@@ -148,8 +148,9 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     constraints of tenant tables include ``organization_id``; every foreign key between
     tenant tables has its composite same-organization twin; the keys let Citus distribute
     the tenant tables by ``organization_id`` (``distribution_problems``); the database default of
-    ``app.rls_enabled`` is ``'on'`` (``tenancy.rls.roles.RLS_DATABASE_DEFAULT``); the app role may use the job
-    queue's tables (``tenancy.jobs.job_table_problems``; they are not tenant tables).
+    ``app.rls_enabled`` is ``'on'`` (``tenancy.rls.roles.RLS_DATABASE_DEFAULT``); the app
+    role may use the job queue's tables (``tenancy.jobs.job_table_problems``; they are not
+    tenant tables).
     """
     connection = connections[using]
     problems: list[str] = []

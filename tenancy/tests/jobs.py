@@ -45,46 +45,77 @@ class RanJob:
     error: BaseException | None = None
 
 
+class ManualWorker:
+    """A worker played by the test, on its own connection (procrastinate's SQL functions
+    through the app's Django connector, so inside the test's transaction): ``take`` fetches
+    the next due job (it becomes ``doing``, owned by this worker), ``finish`` records its
+    end. Jobs come back with their arguments as a dict (Django's connection leaves
+    ``jsonb`` as text)."""
+
+    def __init__(self):
+        self.manager = app.job_manager
+        self.id = async_to_sync(self.manager.register_worker)()
+
+    def take(self, queues: list[str] | None = None) -> Job | None:
+        job = async_to_sync(self.manager.fetch_job)(queues=queues, worker_id=self.id)
+        if job is not None and isinstance(job.task_kwargs, str):
+            job = attr.evolve(job, task_kwargs=json.loads(job.task_kwargs))
+        return job
+
+    def finish(self, job: Job, status: Status = Status.SUCCEEDED) -> None:
+        async_to_sync(self.manager.finish_job)(job=job, status=status, delete_job=False)
+
+    def retry(self, job: Job, retry_at) -> None:
+        async_to_sync(self.manager.retry_job)(job=job, retry_at=retry_at)
+
+    def unregister(self) -> None:
+        async_to_sync(self.manager.unregister_worker)(self.id)
+
+
 def run_jobs(*, queues: list[str] | None = None, limit: int = 100) -> list[RanJob]:
     """Run every job that is due in ``queues`` (default: all), one after the other, as a
-    worker would, on this thread's connection (so inside the test's transaction): a job
-    that raises is retried per its task's retry strategy (``"retry"``: back to ``todo``,
-    scheduled later, so not run again here) or failed. Returns what ran, in order."""
+    worker would (``ManualWorker``), on this thread's connection (so inside the test's
+    transaction): a job that raises is retried per its task's retry strategy (``"retry"``:
+    back to ``todo``, scheduled later, so not run again here) or failed; an unknown task
+    fails its job. Returns what ran, in order."""
     app.perform_import_paths()
-    manager = app.job_manager
-    worker_id = async_to_sync(manager.register_worker)()
+    worker = ManualWorker()
     ran: list[RanJob] = []
     try:
         for _ in range(limit):
-            job = async_to_sync(manager.fetch_job)(queues=queues, worker_id=worker_id)
+            job = worker.take(queues)
             if job is None:
                 break
             task = app.tasks.get(job.task_name)
             if task is None:  # as the worker does: an unknown task fails the job
-                async_to_sync(manager.finish_job)(job=job, status=Status.FAILED, delete_job=False)
+                worker.finish(job, Status.FAILED)
                 ran.append(RanJob(job, "failed", error=TaskNotFound(job.task_name)))
                 continue
-            if isinstance(job.task_kwargs, str):  # Django's connection leaves jsonb as text
-                job = attr.evolve(job, task_kwargs=json.loads(job.task_kwargs))
             try:
                 result = task(**job.task_kwargs)
             except Exception as exc:  # noqa: BLE001 - recorded, as the worker records it
                 retry = task.get_retry_exception(exception=exc, job=job)
                 if retry is not None:
-                    async_to_sync(manager.retry_job)(
-                        job=job, retry_at=retry.retry_decision.retry_at
-                    )
+                    worker.retry(job, retry.retry_decision.retry_at)
                 else:
-                    async_to_sync(manager.finish_job)(
-                        job=job, status=Status.FAILED, delete_job=False
-                    )
+                    worker.finish(job, Status.FAILED)
                 ran.append(RanJob(job, "retry" if retry else "failed", error=exc))
                 continue
-            async_to_sync(manager.finish_job)(job=job, status=Status.SUCCEEDED, delete_job=False)
+            worker.finish(job)
             ran.append(RanJob(job, "succeeded", result=result))
     finally:
-        async_to_sync(manager.unregister_worker)(worker_id)
+        worker.unregister()
     return ran
+
+
+def make_jobs_due() -> None:
+    """Make every waiting job due now (``scheduled_at`` = the database's ``now()``): a
+    retry is scheduled by the application's clock, later than ``now()`` inside a test's
+    wrapping transaction (fixed at its start), and a backoff need not be waited out."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE procrastinate_jobs SET scheduled_at = now() WHERE status = 'todo'")
 
 
 def wait_until(predicate, *, timeout: float = 60.0, interval: float = 0.1, what: str = ""):
