@@ -21,7 +21,7 @@ job of the project follows, the worker's database connection, and the queue's he
 procrastinate's tables (``procrastinate_jobs``, ``_events``, ``_workers``,
 ``_periodic_defers``) are not tenant tables: no ``organization_id``, no row-level
 security. ``manage.py migrate`` grants the app role DML on them with every other table
-(``tenancy.db_roles.ensure_app_role``), and ``job_table_problems`` (run by
+(``tenancy.rls.roles.ensure_app_role``), and ``job_table_problems`` (run by
 ``check_isolation``) fails when it may not use them.
 """
 
