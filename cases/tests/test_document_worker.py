@@ -62,8 +62,10 @@ def committed_jobs(document_id) -> list[tuple]:
 
 def document_state(organization, document_id):
     with tenant_context(organization):
-        document = Document.objects.get(pk=document_id)
-        events = BillingEvent.objects.filter(event_name="doc.processed", resource_id=document_id)
+        document = Document.objects.for_organization(organization).get(pk=document_id)
+        events = BillingEvent.objects.for_organization(organization).filter(
+            event_name="doc.processed", resource_id=document_id
+        )
         return document.processing_status, document.page_count, list(events)
 
 
