@@ -50,7 +50,7 @@ clean-data:
 
 # Benchmarks (bench/): every bench/*.py in a fixed order, a table of figures beside their
 # baselines, and bench/results/latest.json. Uses wrk when it is on PATH (apt-get install wrk),
-# else a built-in asyncio load generator. bench-quick: small sizes, under 5 minutes.
+# else a built-in asyncio load generator. bench-quick: small sizes (a few minutes).
 bench: venv
 	$(PY) bench/run.py
 
