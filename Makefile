@@ -1,4 +1,4 @@
-# Goldleaves: `make run` serves the API, `make test` runs the tests.
+# Goldleaves: `make run` serves the API with a job worker, `make test` runs the tests.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -25,9 +25,14 @@ setup: venv .env
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py setup_demo
 
+# The API (runserver) and one job worker (manage.py procrastinate worker), together: honcho
+# runs the two lines of Procfile.dev with the virtualenv first on PATH, prefixes their output
+# (web.1 | ..., worker.1 | ...), and stops both on Ctrl-C or when either exits. Django reads
+# .env itself, so honcho is given none (--env /dev/null).
 run: setup
-	@echo "Serving the API on http://$(HOST):$(PORT)/ (docs at /api/docs/)"
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	@echo "Serving the API on http://$(HOST):$(PORT)/ (docs at /api/docs/) with one job worker; Ctrl-C stops both"
+	GOLDLEAVES_ADDR=$(HOST):$(PORT) PATH="$(abspath $(VENV))/bin:$$PATH" \
+		$(VENV)/bin/honcho start --env /dev/null --procfile Procfile.dev
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -45,7 +50,7 @@ clean-data:
 
 # Benchmarks (bench/): every bench/*.py in a fixed order, a table of figures beside their
 # baselines, and bench/results/latest.json. Uses wrk when it is on PATH (apt-get install wrk),
-# else a built-in asyncio load generator. bench-quick: small sizes, under 5 minutes.
+# else a built-in asyncio load generator. bench-quick: small sizes (a few minutes).
 bench: venv
 	$(PY) bench/run.py
 

@@ -1,8 +1,9 @@
 """Run every benchmark, in a fixed order, and print one table of every figure.
 
 Order: request_overhead, ingest, usage_summary, backfill (bench/backfill.py, from the
-RLS/backfill issue, when present), then any other ``bench/*.py`` script in name
-order. Each runs in its own process (as it would alone) and merges its figures
+RLS/backfill issue, when present), jobs (the task queue), then any other
+``bench/*.py`` script in name order (names starting with ``_`` are helpers, not
+scripts). Each runs in its own process (as it would alone) and merges its figures
 into ``bench/results/latest.json``, which this runner starts afresh. ``--quick``
 is passed on to every script. Exit status: non-zero if any script failed.
 Usage: ``python bench/run.py [--quick] [--only name ...]``.
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import BENCH_DIR, RESULTS, ROOT, load_results, print_table  # noqa: E402
 
-ORDER = ["request_overhead", "ingest", "usage_summary", "backfill"]
+ORDER = ["request_overhead", "ingest", "usage_summary", "backfill", "jobs"]
 NOT_SCRIPTS = {"run", "__init__"}
 
 

@@ -33,6 +33,7 @@ from billing.serializers import (
     UsageSummarySerializer,
 )
 from tenancy.context import cross_tenant, tenant_context
+from tenancy.jobs import job_health
 from tenancy.permissions import AdminsOnly, IsMemberOfTargetOrganization
 from tenancy.viewsets import TenantAPIMixin
 
@@ -132,8 +133,10 @@ class UsageReportApi(_UsageApi):
 
 class BillingHealthApi(TenantAPIMixin, APIView):
     """``GET health/``: pending events (count, oldest, its age in seconds), the newest
-    posted event, and this process's metering write failures. Admins and owners see their
-    organization; staff see all organizations (``scope``)."""
+    posted event, the outbox, this process's metering write failures, and the job queue
+    (``tenancy.jobs.job_health``: failed jobs, jobs waiting and the age in seconds of the
+    oldest one). Admins and owners see their organization (its jobs: those whose arguments
+    carry its id); staff see all organizations and every job (``scope``)."""
 
     permission_classes = [IsAuthenticated, AdminsOnly]
 
@@ -144,8 +147,10 @@ class BillingHealthApi(TenantAPIMixin, APIView):
             # Staff see the pipeline across organizations: the explicit cross-tenant path.
             with cross_tenant(reason="staff billing pipeline health"):
                 health = selectors.pipeline_health(organization=None)
+            health.update(job_health(organization=None))
         else:
             health = selectors.pipeline_health(organization=self.organization)
+            health.update(job_health(organization=self.organization))
         health["scope"] = "all" if staff else "organization"
         health["metering_write_failures"] = write_failures()
         return Response(BillingHealthSerializer(health).data)
@@ -155,10 +160,10 @@ class ReportUsageApi(TenantAPIMixin, APIView):
     """``POST report-usage/``: report the active organization's pending usage to Stripe.
 
     Admins, owners and staff only (403 ``role_forbidden`` otherwise). Returns 202 with the
-    report at once; the run is enqueued after the request's transaction commits and runs on
-    this process's reporting worker thread, never in the request
-    (``billing.reporting.queue.queue_report``). While a report of the organization is
-    queued or running, the POST returns that report instead of queuing another.
+    report at once: the report and its ``billing.report_usage`` job are written in the
+    request's transaction (``billing.reporting.queue.queue_report``) and a job worker runs
+    it, never the web process. While a report job of the organization is waiting or running
+    (the hourly one included), the POST returns that report instead of queuing another.
     ``GET report-usage/<id>/`` shows its status.
     """
 
@@ -174,10 +179,10 @@ class ReportUsageApi(TenantAPIMixin, APIView):
             ``id`` for ``GET report-usage/<id>/``). The response never waits for Stripe;
             a run that fails later is recorded on the report (``failed``, ``detail``),
             never as an error of this request, and a run that finds another one (e.g.
-            the hourly ``manage.py report_usage``) holding the organization's lock ends
-            ``skipped`` (``detail`` says so; that run reports the usage).
+            an operator's ``manage.py report_usage``) holding the organization's lock
+            ends ``skipped`` (``detail`` says so; that run reports the usage).
         """
-        report = queue_report(organization=self.organization, requested_by=request.user)
+        report, _ = queue_report(organization=self.organization, requested_by=request.user)
         return Response(MeterReportSerializer(report).data, status=202)
 
 

@@ -111,17 +111,17 @@ class BillingEvent(TenantModel):
 class MeterReportStatus(models.TextChoices):
     """Status of a ``MeterReport`` (one reporting run of one organization).
 
-    ``queued`` (created by ``POST report-usage/``, waiting for the in-process worker) ->
+    ``queued`` (created with its ``billing.report_usage`` job by ``POST report-usage/``
+    or the hourly schedule, waiting for a job worker) ->
     ``running`` -> one of: ``succeeded`` (every due aggregate acknowledged by Stripe),
     ``partial`` (some sent, some failed or needing reconciliation), ``failed`` (none
-    sent, an unexpected error, or abandoned: ``detail`` says which), ``dry_run``
+    sent, or an unexpected error: ``detail`` says which), ``dry_run``
     (nothing sent or written: ``--dry-run`` or no ``STRIPE_API_KEY``), ``skipped``
     (nothing to do here: the organization has no ``stripe_customer_id``, or another
-    run held its reporting lock and does the work; ``detail`` says which). A run whose
-    process died stays ``queued``/``running`` until the organization's next run marks
-    it ``failed`` with detail "abandoned: ..." (after
-    ``billing.reporting.lifecycle.ABANDONED_AFTER``); its events are picked up by that
-    run (see ``billing.reporting.lifecycle``).
+    run held its reporting lock and does the work; ``detail`` says which). A job whose
+    worker died is run again by the job engine (stalled-job retry), which resumes its
+    ``running`` report; the run of a killed ``manage.py report_usage`` stays ``running``,
+    and its events are picked up by the next run (see ``billing.reporting.lifecycle``).
     """
 
     QUEUED = "queued", "queued"
@@ -139,10 +139,8 @@ class MeterReport(TenantModel):
     ``until`` is the exclusive end (UTC) of the events it covers; counts say what it
     did. The outbox rows it created or sent are ``UsageAggregate``s. ``created_at`` is
     when it was queued (or, for the command, began); ``started_at`` when its run moved
-    it ``queued -> running`` (a report can wait in the in-process worker's queue), the
-    instant by which a ``running`` report is judged abandoned
-    (``billing.reporting.lifecycle.abandon_stale_reports``); ``finished_at`` when it
-    reached a final status.
+    it ``queued -> running`` (a report can wait in the job queue; a resumed job sets it
+    again); ``finished_at`` when it reached a final status.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)

@@ -404,3 +404,31 @@ def failed_job_count() -> int | None:
     from procrastinate.contrib.django.models import ProcrastinateJob
 
     return ProcrastinateJob.objects.filter(status="failed").count()
+
+
+def organizations_with_pending_usage(*, meters: list[str], before: datetime) -> QuerySet:
+    """The organizations the hourly usage report has work for, by slug: those with a Stripe
+    customer (``stripe_customer_id`` set; without one a report could only be ``skipped``)
+    and either pending billing events not in an outbox row yet, of an event name in
+    ``meters`` (``STRIPE_METERS``' keys), created before ``before`` (UTC; the report covers
+    complete hours only), or outbox rows still to send (``pending`` aggregates). An
+    ``Organization`` queryset; ONE query (two ``IN`` subqueries).
+
+    Cross-organization by nature: the caller reads through the explicit cross-tenant path
+    (``tenancy.context.cross_tenant``), the billing tables being tenant tables."""
+    from tenancy.models import Organization
+
+    events = BillingEvent.objects.filter(
+        status=BillingEventStatus.PENDING,
+        usage_aggregate__isnull=True,
+        event_name__in=meters,
+        created_at__lt=before,
+    ).values("organization_id")
+    unsent = UsageAggregate.objects.filter(status=UsageAggregateStatus.PENDING).values(
+        "organization_id"
+    )
+    return (
+        Organization.objects.exclude(stripe_customer_id="")
+        .filter(Q(pk__in=events) | Q(pk__in=unsent))
+        .order_by("slug")
+    )

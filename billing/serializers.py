@@ -178,13 +178,21 @@ class BillingHealthSerializer(serializers.Serializer):
     unsent_aggregates = serializers.IntegerField()
     reconciliation_aggregates = serializers.IntegerField()
     metering_write_failures = serializers.IntegerField()
+    failed_jobs = serializers.IntegerField(
+        help_text="Background jobs that failed for good (retries exhausted or a permanent error)."
+    )
+    waiting_jobs = serializers.IntegerField(help_text="Background jobs due now, not yet taken.")
+    oldest_waiting_job_age_seconds = serializers.FloatField(
+        allow_null=True,
+        help_text="Seconds the oldest due job has waited; growing: no worker is taking jobs.",
+    )
 
 
 class MeterReportSerializer(serializers.ModelSerializer):
     """A usage-reporting run to Stripe (``report-usage/``): ``status`` is a
     ``MeterReportStatus`` value (``queued``, ``running``, ``succeeded``, ``partial``,
     ``failed``, ``dry_run``, ``skipped``) and ``detail`` says why a run failed or was
-    skipped (no Stripe customer, another run held the organization's lock, abandoned).
+    skipped (no Stripe customer, another run held the organization's lock).
     ``created_at`` is when it was queued, ``started_at`` when its run began (``null``
     while queued), ``finished_at`` when it ended (UTC, ISO 8601)."""
 

@@ -14,6 +14,7 @@ from django.utils import timezone
 from billing.services import record_event
 from cases.models import Case, CaseStatus, Client, Document, DocumentProcessingStatus
 from cases.processing import DocumentProcessingError, count_pages
+from cases.tasks import defer_processing
 from tenancy.context import tenant_context
 
 logger = logging.getLogger("cases.documents")
@@ -143,9 +144,10 @@ def document_create(
     unique per organization and event name, so each document is billed exactly once for
     its upload, whatever the request ids. The API passes the request's server id as
     ``request_id`` (``request.request_id``); code outside a request passes ``None``.
-    Processing is scheduled after commit
-    (``transaction.on_commit``; the callback never raises, see ``_process_after_commit``
-    and ``document_process``).
+    Then the ``process_document`` job is deferred in the same transaction
+    (``cases.tasks.defer_processing``): it commits with the document or not at all, and a
+    worker processes the document once it is committed (``document_process``). The
+    upload answers ``pending`` at once.
 
     Returns:
         the new ``Document``.
@@ -185,31 +187,8 @@ def document_create(
             "request_id": request_id,
         },
     )
-    document_id = document.pk
-    transaction.on_commit(
-        lambda: _process_after_commit(organization=organization, document_id=document_id)
-    )
+    defer_processing(organization=organization, document_id=document.pk)
     return document
-
-
-def _process_after_commit(*, organization, document_id) -> None:
-    """The ``on_commit`` callback of an upload: ``document_process``. If that raised (a
-    database error: statement timeout, serialization failure, lost connection...; it
-    marks the document failed for any other error), log at ERROR with the document id
-    and the traceback: the document stays ``pending``, unbilled for processing, and
-    ``manage.py process_documents`` (the retry path, run from cron) processes it later.
-
-    Never raises (the upload has committed; a raising callback would also skip the
-    other ``on_commit`` callbacks), so it is registered without ``robust=True``: this
-    is the one place that logs, naming the document."""
-    try:
-        document_process(organization=organization, document_id=document_id)
-    except Exception:  # noqa: BLE001 - logged; the retry path is process_documents
-        logger.exception(
-            "document %s: processing did not run; it stays pending until "
-            "manage.py process_documents retries it",
-            document_id,
-        )
 
 
 def _mark_failed(document: Document, reason: str) -> None:
@@ -230,27 +209,27 @@ def _mark_failed(document: Document, reason: str) -> None:
 def document_process(*, organization, document_id) -> Document | None:
     """Count the pages of a pending document and bill them (``doc.processed``).
 
-    Runs in its own tenant transaction (``tenant_context``), after the upload has
-    committed. Safe to run twice: the document row is locked (``SELECT ... FOR
-    UPDATE``) and only a ``pending`` document is processed; the event's request id
-    is ``doc.processed:<document id>``, so it is unique per document anyway.
-
-    Called after an upload commits (``_process_after_commit``) and by ``manage.py
-    process_documents``, the retry path for documents still ``pending``.
+    The body of the ``process_document`` job (``cases.tasks``), which an upload defers in
+    its own transaction, so this runs once the upload has committed, in its own tenant
+    transaction (``tenant_context``). Safe to run twice: the document row is locked
+    (``SELECT ... FOR UPDATE``) and only a ``pending`` document is processed; the event's
+    request id is ``doc.processed:<document id>`` and its unique constraint (organization,
+    event name, request id) admits one per document anyway.
 
     On success: ``processed``, ``page_count``, ``processed_at`` and one event of
     ``page_count`` ``page`` units (dimensions ``content_type``, ``pages``). The
     counting and those writes run in a savepoint, rolled back on any error, so there is
     never a half-processed document or an event without it. Then:
 
-    * ``DocumentProcessingError`` or a storage error (``OSError``): the document is
-      ``failed`` with the error's message as the reason (shown to users),
-      ``processed_at`` set and NO event; logged at WARNING.
-    * a transient database error (``OperationalError``: a statement timeout, a
-      serialization failure, a deadlock, a lost connection; ``InterfaceError``):
-      propagates. The transaction rolls back and the document stays ``pending``: the
-      failure is not the document's, so it is neither failed nor left unbilled for
-      good; ``process_documents`` retries it.
+    * ``DocumentProcessingError``, or the stored file is missing (``FileNotFoundError``):
+      the document is ``failed`` with the reason (shown to users), ``processed_at`` set
+      and NO event; logged at WARNING. Permanent: another attempt would fail the same.
+    * a transient error: a database ``OperationalError`` (a statement timeout, a
+      serialization failure, a deadlock, a lost connection) or ``InterfaceError``, or a
+      storage ``OSError`` other than a missing file (a network file system or bucket
+      that did not answer): propagates. The transaction rolls back and the document stays
+      ``pending``: the failure is not the document's, so it is neither failed nor left
+      unbilled for good; the job is retried with backoff (``cases.tasks``).
     * any other exception, including a permanent database error (``DataError``,
       ``IntegrityError``, ``ProgrammingError``: the same on every retry), or a bug in a
       parser: ``failed`` with the reason
@@ -260,7 +239,7 @@ def document_process(*, organization, document_id) -> Document | None:
     Returns:
         the document, or ``None`` if it no longer exists.
     Raises:
-        django.db.DatabaseError: from locking the row, a transient error while
+        django.db.DatabaseError, OSError: from locking the row, a transient error while
             processing (see above), or marking it failed; the document is then still
             ``pending``.
     """
@@ -275,10 +254,15 @@ def document_process(*, organization, document_id) -> Document | None:
         try:
             with transaction.atomic():
                 _count_and_bill(organization, document)
-        except (DocumentProcessingError, OSError) as exc:
+        except DocumentProcessingError as exc:
             _mark_failed(document, str(exc) or exc.__class__.__name__)
             logger.warning("document %s not processed: %s", document.pk, exc)
-        except (OperationalError, InterfaceError):
+        except FileNotFoundError:
+            _mark_failed(document, "the stored file is missing")
+            logger.warning(
+                "document %s not processed: stored file %s missing", document.pk, document.file.name
+            )
+        except (OperationalError, InterfaceError, OSError):
             raise  # transient: the savepoint is rolled back; the document stays pending
         except Exception as exc:
             _mark_failed(document, f"unexpected processing error ({exc.__class__.__name__})")

@@ -44,6 +44,10 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI and Redoc as local static files (no CDN)
+    # procrastinate (task queue on PostgreSQL): its tables (migrations), models, read-only
+    # admin and ``manage.py procrastinate worker``; before our apps, whose ``tasks``
+    # modules it discovers.
+    "procrastinate.contrib.django",
     "tenancy",
     "billing",
     "cases",
@@ -266,7 +270,6 @@ BILLING_EXCLUDED_PATHS = env.list(
     "BILLING_EXCLUDED_PATHS",
     default=["/health", "/api/docs", "/api/schema", "/admin", "/api/v1/billing/health"],
 )
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 STRIPE_API_KEY = env.str("STRIPE_API_KEY", default="")
 # Billing event name -> Stripe billing meter event name (JSON).
 STRIPE_METERS = env.json(
@@ -278,6 +281,29 @@ STRIPE_RETRY_BACKOFF_SECONDS = env.float("STRIPE_RETRY_BACKOFF_SECONDS", default
 STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30.0)
 # Hours after its first send an aggregate may still be resent (billing.E003: whole hours 1-23).
 STRIPE_RESEND_WINDOW_HOURS = env.int("STRIPE_RESEND_WINDOW_HOURS", default=23)
+
+# --- Background jobs: procrastinate on the same PostgreSQL (see DEPLOY.md, "Background jobs")
+# Tasks live in each app's tasks.py (discovered) and in goldleaves/housekeeping.py.
+PROCRASTINATE_IMPORT_PATHS = ["goldleaves.housekeeping"]
+# The worker's own connection logs in as the app role too (tenancy.jobs.on_app_ready).
+PROCRASTINATE_ON_APP_READY = "tenancy.jobs.on_app_ready"
+# Seconds between a worker's heartbeats, and without one after which its running jobs are
+# stalled (retried by housekeeping.retry_stalled_jobs, every minute).
+JOB_HEARTBEAT_SECONDS = env.float("JOB_HEARTBEAT_SECONDS", default=10.0)
+JOB_STALLED_AFTER_SECONDS = env.float("JOB_STALLED_AFTER_SECONDS", default=30.0)
+if JOB_STALLED_AFTER_SECONDS <= JOB_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured(
+        "JOB_STALLED_AFTER_SECONDS must be greater than JOB_HEARTBEAT_SECONDS (a live worker "
+        "would look stalled between two heartbeats and its jobs would run twice)."
+    )
+PROCRASTINATE_WORKER_DEFAULTS = {
+    "update_heartbeat_interval": JOB_HEARTBEAT_SECONDS,
+    "stalled_worker_timeout": JOB_STALLED_AFTER_SECONDS,
+}
+# Retries of a job on a transient error (database, storage), exponential backoff 2, 4, 8 s...
+JOB_MAX_RETRIES = env.int("JOB_MAX_RETRIES", default=11)
+# Days a finished job (succeeded, failed, cancelled, aborted) is kept before the daily purge.
+JOB_RETENTION_DAYS = env.int("JOB_RETENTION_DAYS", default=7)
 
 # --- Logging: every line carries the request id -------------------------------
 # The request_id filter (core.middleware.RequestIdLogFilter) is put on EVERY handler
@@ -303,7 +329,11 @@ LOGGING = {
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        # one INFO line per process start ("Adding tasks from blueprint") is noise
+        "procrastinate.blueprints": {"level": "WARNING"},
+    },
 }
 for _handler_config in LOGGING["handlers"].values():
     _handler_filters = _handler_config.setdefault("filters", [])

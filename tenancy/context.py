@@ -205,8 +205,10 @@ def cross_tenant(*, reason: str = "", using: str = DEFAULT_DB_ALIAS):
     For staff and operator work only. Its uses (grep ``cross_tenant(`` to audit them): the
     Django admin (``AdminCrossTenantMiddleware``), ``backfill_organizations`` (one batch
     writes memberships of many organizations), ``process_documents`` (finds pending
-    documents of every organization, then processes each in its own ``tenant_context``),
-    the staff-only billing pipeline health endpoint (``billing.apis``), and test set-up.
+    documents of every organization, then defers a job for each), the hourly usage-report
+    schedule (``billing.tasks``: finds the organizations with pending usage, then queues
+    each one's report in its own ``tenant_context``), the staff-only billing pipeline
+    health endpoint (``billing.apis``), and test set-up.
     Never in a request handler of the tenant API. ``onboard_tenant`` does not use it: it
     writes the new organization's owner membership inside that organization's own
     ``tenant_context``.

@@ -12,13 +12,15 @@ module that defines it.
 * ``send``: one aggregate sent as one meter event, with retries.
 * ``reconciliation``: the resend window, and the admin's retry and reconcile actions.
 * ``locks``: the organization's PostgreSQL advisory locks.
-* ``lifecycle``: a report's status (claimed, finished, failed, abandoned).
+* ``lifecycle``: a report's status (claimed, finished, failed).
 * ``runs``: ``report_usage``, one organization's run; its doc describes the whole flow.
-* ``queue``: ``queue_report``, the in-process worker behind ``POST report-usage/``.
+* ``queue``: ``queue_report``, a report run queued as a job (``POST report-usage/``, the
+  hourly schedule of ``billing.tasks``).
 
 Imports inside the package run one way: ``identifiers``, ``stripe_api``, ``locks`` and
 ``lifecycle`` import no sibling; ``outbox`` imports ``identifiers``; ``reconciliation``
 imports ``outbox``; ``send`` imports ``identifiers``, ``reconciliation`` and
 ``stripe_api``; ``runs`` imports all of these but ``reconciliation`` (which ``send``
-uses); ``queue`` imports ``runs``, ``lifecycle``, ``locks`` and ``identifiers``.
+uses); ``queue`` imports ``locks`` and ``identifiers`` (and ``billing.tasks``, whose job runs
+``runs``).
 """

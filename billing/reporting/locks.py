@@ -44,9 +44,9 @@ def organization_lock(organization):
     """Hold a session-level PostgreSQL advisory lock for this organization's reporting
     (https://www.postgresql.org/docs/15/explicit-locking.html#ADVISORY-LOCKS), so two runs
     never send for the same customer at once. Taken on the calling thread's own connection
-    (``django.db.connection`` is per thread: the worker of
-    ``billing.reporting.queue.queue_report`` has its own). Session-level, so it needs a
-    direct connection (not PgBouncer in transaction mode, see DEPLOY.md).
+    (``django.db.connection`` is per thread: each job a worker runs has its own).
+    Session-level, so it needs a direct connection (not PgBouncer in transaction mode,
+    see DEPLOY.md).
 
     Raises:
         ReportingError: another run holds it.

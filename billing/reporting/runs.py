@@ -25,10 +25,12 @@ changes nothing.
 
 Runs of one organization never overlap: a run holds the organization's advisory lock
 (``billing.reporting.locks``) for all its work, and a run that finds it held is recorded
-as ``skipped`` (the run holding it does the work). The report's own status moves by
-conditional updates only (``billing.reporting.lifecycle``). ``manage.py report_usage``
-calls ``report_usage`` directly; ``POST /api/v1/billing/report-usage/`` queues it
-(``billing.reporting.queue``).
+as ``skipped`` (the run holding it does the work); the job engine also runs at most one
+report job per organization at a time (its procrastinate lock, ``billing.tasks``). The
+report's own status moves by conditional updates only (``billing.reporting.lifecycle``).
+``manage.py report_usage`` calls ``report_usage`` directly; ``POST
+/api/v1/billing/report-usage/`` and the hourly schedule queue it as a job
+(``billing.reporting.queue``, ``billing.tasks``).
 """
 
 from __future__ import annotations
@@ -44,12 +46,7 @@ from django.utils import timezone
 
 from billing.models import MeterReport, MeterReportStatus, UsageAggregate, UsageAggregateStatus
 from billing.reporting.identifiers import current_hour
-from billing.reporting.lifecycle import (
-    abandon_stale_reports,
-    claim_report,
-    fail_report,
-    finish_report,
-)
+from billing.reporting.lifecycle import claim_report, fail_report, finish_report
 from billing.reporting.locks import ReportingError, organization_lock
 from billing.reporting.outbox import acknowledge, build_aggregates
 from billing.reporting.send import NEEDS_RECONCILIATION, SENT, send_aggregate
@@ -75,6 +72,7 @@ def report_usage(
     dry_run: bool = False,
     requested_by=None,
     report: MeterReport | None = None,
+    resume: bool = False,
     client_factory: Callable = stripe_client,
 ) -> ReportResult:
     """Report ``organization``'s pending usage before ``until`` (default: the start of
@@ -84,19 +82,18 @@ def report_usage(
     and nothing is marked posted; ``ReportResult.planned`` lists what would be sent.
     Report status ``skipped`` (``detail`` says which): the organization has no
     ``stripe_customer_id``, or another run holds its reporting lock (that run sends the
-    pending usage; nothing is lost). A run that takes the lock first marks the
-    organization's abandoned reports ``failed`` (``abandon_stale_reports``).
+    pending usage; nothing is lost).
 
     Without ``report`` a ``running`` report is created (``started_at`` now). With ``report``
-    (the worker's, see ``billing.reporting.queue``: a report of this organization) the run
-    claims it by a conditional update ``queued -> running`` (``claim_report``:
-    ``started_at`` now) and does nothing else if that changes no row (the report was marked
-    abandoned or run meanwhile: a warning is logged). Once it holds the organization's lock
-    it checks again that the report is still ``running`` (it may have been marked abandoned
-    while the run waited) and stops if not. It ends the report by a conditional update
-    ``running -> <final status>`` (``finish_report``), so a report marked ``failed``
-    meanwhile is never turned back. Returns the result with the report as stored (refreshed
-    from the database when it was not this run's to change).
+    (the job's, see ``billing.tasks``: a report of this organization) the run claims it by
+    a conditional update ``queued -> running`` (``claim_report``: ``started_at`` now; with
+    ``resume``, the job's own ``running`` report too, left by a killed worker) and does
+    nothing else if that changes no row (the report already finished: a warning is
+    logged). Once it holds the organization's lock it checks again that the report is
+    still ``running`` and stops if not. It ends the report by a conditional update
+    ``running -> <final status>`` (``finish_report``), so a report that failed meanwhile is
+    never turned back. Returns the result with the report as stored (refreshed from the
+    database when it was not this run's to change).
 
     Raises:
         Exception: anything unexpected while building or sending (a database error
@@ -115,7 +112,7 @@ def report_usage(
                 status=MeterReportStatus.RUNNING,
                 started_at=timezone.now(),
             )
-        elif not claim_report(report, until=until, dry_run=dry_run):
+        elif not claim_report(report, until=until, dry_run=dry_run, resume=resume):
             logger.warning(
                 "usage report %s is no longer queued (%s: %s): not run",
                 report.pk,
@@ -154,9 +151,6 @@ def report_usage(
                     report.detail,
                 )
                 return result
-            abandoned = abandon_stale_reports(organization, current=report)
-            if abandoned:
-                result.lines.append(f"marked {abandoned} abandoned report(s) failed")
             _build_and_send(organization, until, report, result, client_factory)
     except ReportingError as exc:
         with tenant_context(organization):

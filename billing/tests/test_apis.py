@@ -5,6 +5,7 @@ from decimal import Decimal
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from procrastinate.contrib.django import app
 
 from billing import selectors
 from billing.models import BillingEvent, UsageAggregate
@@ -17,6 +18,7 @@ from tenancy.tests.factories import (
     UserFactory,
     member_of,
 )
+from tenancy.tests.jobs import run_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -413,6 +415,43 @@ def test_staff_health_covers_all_organizations(org, outsider_org):
 def test_outsider_health_does_not_count_our_events(outsider_api, org):
     BillingEventFactory(organization=org)
     assert outsider_api.get("/api/v1/billing/health/").json()["pending_count"] == 0
+
+
+def _defer(task_name, organization, **configure):
+    """Defer a job of ``task_name`` (no such task: the worker fails it) for ``organization``."""
+    deferrer = app.configure_task(task_name, allow_unknown=True, **configure)
+    return deferrer.defer(organization_id=str(organization.pk))
+
+
+def test_health_reports_the_organizations_failed_and_waiting_jobs(api, org, outsider_org):
+    _defer("tests.unknown_task", org)
+    _defer("tests.unknown_task", outsider_org)
+    assert [ran.outcome for ran in run_jobs()] == ["failed", "failed"]
+    waiting = _defer("tests.waiting", org)
+    _defer("tests.waiting", outsider_org)
+    _defer("tests.later", org, schedule_in={"hours": 1})  # not due: not waiting
+    with connection.cursor() as cursor:  # deferred two minutes ago
+        cursor.execute(
+            "UPDATE procrastinate_events SET at = now() - interval '120 seconds' "
+            "WHERE job_id = %s AND type = 'deferred'",
+            [waiting],
+        )
+    body = api.get("/api/v1/billing/health/").json()
+    assert (body["failed_jobs"], body["waiting_jobs"]) == (1, 1)
+    assert 119 < body["oldest_waiting_job_age_seconds"] < 600
+
+
+def test_staff_health_counts_every_job_and_none_waiting_is_null(org, outsider_org):
+    staff = member_of(org, email="ops@example.test", is_staff=True)
+    body = bearer_client(staff).get("/api/v1/billing/health/").json()
+    assert (body["failed_jobs"], body["waiting_jobs"]) == (0, 0)
+    assert body["oldest_waiting_job_age_seconds"] is None
+    _defer("tests.waiting", org)
+    _defer("tests.waiting", outsider_org)
+    app.configure_task("tests.no_organization", allow_unknown=True).defer()
+    body = bearer_client(staff).get("/api/v1/billing/health/").json()
+    assert body["waiting_jobs"] == 3
+    assert body["oldest_waiting_job_age_seconds"] >= 0
 
 
 def _outbox(organization, statuses):

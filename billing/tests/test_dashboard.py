@@ -226,7 +226,11 @@ def test_failed_and_needs_reconciliation_aggregates_are_counted_with_links(
     link = attention["Failed usage aggregates"]["url"]
     assert link == "/admin/billing/usageaggregate/?status__exact=failed"
     assert staff_client.get(link).context["cl"].result_count == 2
-    assert "Failed jobs" not in attention  # procrastinate is not installed here
+    # the job queue (procrastinate): no failed job yet, with the link to the failed ones
+    assert attention["Failed jobs"]["count"] == 0
+    jobs = attention["Failed jobs"]["url"]
+    assert jobs == "/admin/procrastinate/procrastinatejob/?status__exact=failed"
+    assert staff_client.get(jobs).status_code == 200
 
 
 def _queries(client, url, params=None) -> int:

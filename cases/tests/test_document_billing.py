@@ -1,11 +1,15 @@
+import errno
 import io
 import logging
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import OperationalError
+from django.utils import timezone
+from procrastinate.contrib.django.models import ProcrastinateJob
 from pypdf import PdfWriter
 
 from billing.models import BillingEvent
@@ -15,6 +19,7 @@ from cases.processing import TEXT_LINES_PER_PAGE, count_text_pages
 from cases.tests.factories import CaseFactory
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.tests.factories import OrganizationFactory, member_of
+from tenancy.tests.jobs import make_jobs_due, run_jobs
 
 pytestmark = pytest.mark.django_db
 
@@ -42,16 +47,21 @@ def upload(api, case, name, content, content_type, **headers):
     )
 
 
-def test_pdf_upload_records_upload_then_processed_pages(
-    api, org, owner, django_capture_on_commit_callbacks
-):
+def jobs_of(document):
+    return ProcrastinateJob.objects.filter(args__document_id=str(document.pk))
+
+
+def test_pdf_upload_records_upload_then_processed_pages(api, org, owner):
     case = CaseFactory(organization=org)
     content = pdf_bytes(3)
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        response = upload(api, case, "brief.pdf", content, "application/pdf")
+    response = upload(api, case, "brief.pdf", content, "application/pdf")
     assert response.status_code == 201, response.content
-    assert len(callbacks) == 1
+    assert response.json()["processing_status"] == "pending"  # answered before processing
+    ran = run_jobs()
+    assert [r.job.task_name for r in ran] == ["cases.process_document"]
+    assert ran[0].job.task_kwargs["organization_id"] == str(org.pk)
     document = Document.objects.get()
+    assert ran[0].job.task_kwargs["document_id"] == str(document.pk)
     assert document.processing_status == "processed"
     assert document.page_count == 3
     assert document.processed_at is not None
@@ -96,32 +106,32 @@ def test_upload_event_is_in_the_documents_transaction(org, owner):
                 request_id="rollback-1",
             )
             assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
+            assert ProcrastinateJob.objects.filter(task_name="cases.process_document").exists()
             raise Boom
     assert Document.objects.count() == 0
     assert BillingEvent.objects.count() == 0
+    assert not ProcrastinateJob.objects.exists()  # the job was deferred in that transaction
 
 
 def stored_files(root) -> list:
     return [path for path in Path(root).rglob("*") if path.is_file()]
 
 
-def test_retried_upload_is_one_document_billed_once(
-    api, org, settings, django_capture_on_commit_callbacks
-):
+def test_retried_upload_is_one_document_billed_once(api, org, settings):
     """The same Idempotency-Key and the same bytes: the first answer replayed (201, the
     same document), no second file, row, processing or charge."""
     case = CaseFactory(organization=org)
-    with django_capture_on_commit_callbacks(execute=True) as callbacks:
-        responses = [
-            upload(api, case, "a.txt", b"line\n", "text/plain", HTTP_IDEMPOTENCY_KEY="up-1")
-            for _ in range(2)
-        ]
+    responses = [
+        upload(api, case, "a.txt", b"line\n", "text/plain", HTTP_IDEMPOTENCY_KEY="up-1")
+        for _ in range(2)
+    ]
+    ran = run_jobs()
     assert [r.status_code for r in responses] == [201, 201], responses[1].content
     assert responses[1]["Idempotent-Replayed"] == "true"
     assert responses[0].json()["id"] == responses[1].json()["id"]
     assert Document.objects.count() == 1
     assert len(stored_files(settings.MEDIA_ROOT)) == 1
-    assert len(callbacks) == 1  # processing scheduled once, by the first upload
+    assert len(ran) == 1  # processing deferred once, by the first upload
     document = Document.objects.get()
     assert document.processing_status == "processed"
     upload_event = BillingEvent.objects.get(event_name="doc.upload")
@@ -205,16 +215,17 @@ def test_each_document_is_billed_once_for_its_upload(settings):
             request_id=f"doc.upload:{document.pk}",
         )
         assert again is None
+    assert [r.outcome for r in run_jobs()] == ["succeeded"]  # the document's one job
     with cross_tenant(reason="test assertions"):
         assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
         assert BillingEvent.objects.filter(event_name="doc.processed").count() == 1
 
 
-def test_text_pages(api, org, django_capture_on_commit_callbacks):
+def test_text_pages(api, org):
     case = CaseFactory(organization=org)
     text = "\n".join(f"line {i}" for i in range(TEXT_LINES_PER_PAGE * 2 + 1)) + "\fsecond"
-    with django_capture_on_commit_callbacks(execute=True):
-        upload(api, case, "notes.txt", text.encode(), "text/plain")
+    upload(api, case, "notes.txt", text.encode(), "text/plain")
+    run_jobs()
     assert Document.objects.get().page_count == 4
     assert BillingEvent.objects.get(event_name="doc.processed").quantity == 4
 
@@ -228,12 +239,13 @@ def test_text_pages(api, org, django_capture_on_commit_callbacks):
     ],
 )
 def test_unprocessable_document_is_failed_and_not_billed_for_processing(
-    api, org, django_capture_on_commit_callbacks, name, content, content_type, reason
+    api, org, name, content, content_type, reason
 ):
     case = CaseFactory(organization=org)
-    with django_capture_on_commit_callbacks(execute=True):
-        response = upload(api, case, name, content, content_type)
+    response = upload(api, case, name, content, content_type)
     assert response.status_code == 201
+    # a permanent failure is the document's, not the job's: the job succeeds, no retry
+    assert [(r.outcome, r.result) for r in run_jobs()] == [("succeeded", "failed")]
     document = Document.objects.get()
     assert document.processing_status == "failed"
     assert reason in document.processing_failure_reason
@@ -243,7 +255,7 @@ def test_unprocessable_document_is_failed_and_not_billed_for_processing(
 
 
 def test_unexpected_processing_error_marks_failed_logs_and_does_not_bill(
-    api, org, monkeypatch, caplog, django_capture_on_commit_callbacks
+    api, org, monkeypatch, caplog
 ):
     """A bug in the page counter (any exception, not DocumentProcessingError) must not
     leave the document pending forever: failed, a reason, ERROR with the document id."""
@@ -253,11 +265,9 @@ def test_unexpected_processing_error_marks_failed_logs_and_does_not_bill(
 
     monkeypatch.setattr(processing, "count_text_pages", broken_counter)
     case = CaseFactory(organization=org)
-    with (
-        caplog.at_level(logging.ERROR, logger="cases.documents"),
-        django_capture_on_commit_callbacks(execute=True),
-    ):
+    with caplog.at_level(logging.ERROR, logger="cases.documents"):
         response = upload(api, case, "notes.txt", b"some text\n", "text/plain")
+        assert [r.outcome for r in run_jobs()] == ["succeeded"]
     assert response.status_code == 201
     document = Document.objects.get()
     assert document.processing_status == "failed"
@@ -308,45 +318,78 @@ def fail_doc_processed_billing(monkeypatch, message="canceling statement due to 
     monkeypatch.setattr(services, "record_event", record_event)
 
 
-def test_database_error_after_upload_leaves_the_document_pending_and_logs_it(
-    api, org, monkeypatch, caplog, django_capture_on_commit_callbacks
+def test_transient_database_error_leaves_the_document_pending_and_the_job_retried(
+    api, org, monkeypatch
 ):
-    """The upload's after-commit processing hits a database error in ``_count_and_bill``:
-    the upload is still a 201, the document stays pending with NO doc.processed event
-    (not failed: its pages are billed when ``process_documents`` retries), and one ERROR
-    names the document."""
+    """The job hits a database error in ``_count_and_bill``: the upload is still a 201,
+    the document stays pending with NO doc.processed event (not failed: the failure is
+    not the document's), and the job goes back to the queue, scheduled after a backoff;
+    its next attempt, with the database back, bills the pages once."""
     fail_doc_processed_billing(monkeypatch)
     case = CaseFactory(organization=org)
-    with (
-        caplog.at_level(logging.ERROR, logger="cases.documents"),
-        django_capture_on_commit_callbacks(execute=True) as callbacks,
-    ):
-        response = upload(api, case, "notes.txt", b"some text\n", "text/plain")
+    response = upload(api, case, "notes.txt", b"some text\n", "text/plain")
     assert response.status_code == 201, response.content
-    assert len(callbacks) == 1
+    ran = run_jobs()
+    assert [r.outcome for r in ran] == ["retry"]
+    assert isinstance(ran[0].error, OperationalError)
     document = Document.objects.get()
     assert document.processing_status == "pending"
     assert (document.page_count, document.processed_at) == (None, None)
     assert not BillingEvent.objects.filter(event_name="doc.processed").exists()
     assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
-    errors = [r for r in caplog.records if r.name == "cases.documents"]
-    assert [r.levelno for r in errors] == [logging.ERROR]
-    assert str(document.pk) in errors[0].getMessage()
-    assert "process_documents" in errors[0].getMessage()
-    assert errors[0].exc_info[0] is OperationalError
+    job = jobs_of(document).get()
+    assert (job.status, job.attempts) == ("todo", 1)
+    # exponential backoff: the first retry waits 2 ** 1 s
+    assert timezone.now() < job.scheduled_at <= timezone.now() + timedelta(seconds=2)
+    assert run_jobs() == []  # not due yet
+
+    monkeypatch.undo()  # the database is back
+    make_jobs_due()
+    assert [(r.outcome, r.result) for r in run_jobs()] == [("succeeded", "processed")]
+    document.refresh_from_db()
+    assert document.processing_status == "processed"
+    assert BillingEvent.objects.filter(event_name="doc.processed").count() == 1
 
 
-def test_processing_twice_bills_once(org, owner, django_capture_on_commit_callbacks):
+def test_transient_storage_error_is_retried_a_missing_file_is_failed(api, org, monkeypatch):
+    """Storage errors: an ``OSError`` (an I/O error, a network file system or bucket that
+    did not answer) is transient and retried like a database error; a missing stored
+    file (``FileNotFoundError``) is permanent: the document is failed with the reason."""
+    real_count_pages = services.count_pages
+
+    def io_error(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(services, "count_pages", io_error)
     case = CaseFactory(organization=org)
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        document = services.document_create(
-            organization=org,
-            acting_user=owner,
-            case=case,
-            file=SimpleUploadedFile("b.pdf", pdf_bytes(2), "application/pdf"),
-            request_id=None,  # outside a request: no request id
-        )
-    assert len(callbacks) == 1
+    upload(api, case, "notes.txt", b"some text\n", "text/plain")
+    ran = run_jobs()
+    assert [r.outcome for r in ran] == ["retry"] and isinstance(ran[0].error, OSError)
+    document = Document.objects.get()
+    assert document.processing_status == "pending"
+
+    monkeypatch.setattr(services, "count_pages", real_count_pages)
+    document.file.storage.delete(document.file.name)
+    make_jobs_due()
+    assert [(r.outcome, r.result) for r in run_jobs()] == [("succeeded", "failed")]
+    document.refresh_from_db()
+    assert (document.processing_status, document.processing_failure_reason) == (
+        "failed",
+        "the stored file is missing",
+    )
+    assert not BillingEvent.objects.filter(event_name="doc.processed").exists()
+
+
+def test_processing_twice_bills_once(org, owner):
+    case = CaseFactory(organization=org)
+    document = services.document_create(
+        organization=org,
+        acting_user=owner,
+        case=case,
+        file=SimpleUploadedFile("b.pdf", pdf_bytes(2), "application/pdf"),
+        request_id=None,  # outside a request: no request id
+    )
+    assert jobs_of(document).count() == 1
     services.document_process(organization=org, document_id=document.pk)
     services.document_process(organization=org, document_id=document.pk)
     assert BillingEvent.objects.filter(event_name="doc.processed").count() == 1
@@ -356,12 +399,17 @@ def test_processing_twice_bills_once(org, owner, django_capture_on_commit_callba
     assert upload_event.dimensions["request_id"] is None
 
 
-def test_processing_runs_only_after_commit(api, org, django_capture_on_commit_callbacks):
+def test_processing_is_a_job_not_part_of_the_upload(api, org):
     case = CaseFactory(organization=org)
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        upload(api, case, "c.pdf", pdf_bytes(1), "application/pdf")
-    assert len(callbacks) == 1
-    assert Document.objects.get().processing_status == "pending"
+    upload(api, case, "c.pdf", pdf_bytes(1), "application/pdf")
+    document = Document.objects.get()
+    job = jobs_of(document).get()
+    assert (job.status, job.queue_name, job.queueing_lock) == (
+        "todo",
+        "documents",
+        f"document:{document.pk}",
+    )
+    assert document.processing_status == "pending"
     assert not BillingEvent.objects.filter(event_name="doc.processed").exists()
 
 

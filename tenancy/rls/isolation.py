@@ -10,6 +10,7 @@ from django.apps import apps
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 
+from tenancy.jobs import job_table_problems
 from tenancy.rls import policies
 from tenancy.rls.roles import RLS_DATABASE_DEFAULT
 
@@ -147,7 +148,9 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     constraints of tenant tables include ``organization_id``; every foreign key between
     tenant tables has its composite same-organization twin; the keys let Citus distribute
     the tenant tables by ``organization_id`` (``distribution_problems``); the database default of
-    ``app.rls_enabled`` is ``'on'`` (``tenancy.rls.roles.RLS_DATABASE_DEFAULT``).
+    ``app.rls_enabled`` is ``'on'`` (``tenancy.rls.roles.RLS_DATABASE_DEFAULT``); the app
+    role may use the job queue's tables (``tenancy.jobs.job_table_problems``; they are not
+    tenant tables).
     """
     connection = connections[using]
     problems: list[str] = []
@@ -227,7 +230,7 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
                 "worker without the transaction's settings must enforce; run manage.py "
                 "migrate)"
             )
-    return problems
+    return problems + job_table_problems(using)
 
 
 def isolation_warnings(using: str = DEFAULT_DB_ALIAS) -> list[str]:

@@ -81,6 +81,12 @@ ALLOWED: tuple[Allowed, ...] = (
         lambda s: s.reason == "process_documents: pending documents of every organization",
     ),
     Allowed(
+        "hourly usage reports: organizations with pending usage",
+        "the hourly schedule finds the organizations with pending usage (once an hour, "
+        "one query), then queues each one's report in its own tenant context",
+        lambda s: s.reason == "hourly usage reports: organizations with pending usage",
+    ),
+    Allowed(
         "backfill_organizations",
         "one batch creates organizations and memberships for many users at once",
         lambda s: (s.reason or "").startswith("backfill_organizations"),

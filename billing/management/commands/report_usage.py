@@ -22,10 +22,12 @@ class Command(BaseCommand):
 
     Runs ``billing.reporting.runs.report_usage`` for each organization (by slug), one at a
     time, in this process, and prints one line per aggregate sent, failed or needing
-    reconciliation. The same work as ``POST /api/v1/billing/report-usage/``, so it also
-    picks up whatever a queued API run left behind when its process died. An error in
-    one organization's run (a database error included) is logged with its traceback and
-    counted; the other organizations are still reported.
+    reconciliation. The same work as the ``billing.report_usage`` job that the hourly
+    schedule and ``POST /api/v1/billing/report-usage/`` queue (``billing.tasks``), run
+    here inline for an operator; a job running for the same organization meanwhile makes
+    this run ``skipped`` (the organization's lock). An error in one organization's run (a
+    database error included) is logged with its traceback and counted; the other
+    organizations are still reported.
     """
 
     help = (

@@ -1,25 +1,34 @@
-"""``billing.reporting.queue`` and ``POST report-usage/``: queued on the in-process
-worker, never run in the request; one report in progress per organization."""
+"""``billing.reporting.queue`` and ``POST report-usage/``: a report run is a job
+(``billing.report_usage``) deferred with its report, run by a job worker, never in the
+request; one report in progress per organization, and never two runs of one at once."""
 
-import threading
-import time
-from datetime import datetime, timedelta
+from datetime import datetime
+from types import SimpleNamespace
 
 import psycopg
 import pytest
-import responses
+from asgiref.sync import async_to_sync
 from django.db import connection
 from django.utils import timezone
+from procrastinate.contrib.django import app
+from procrastinate.contrib.django.models import ProcrastinateJob
+from procrastinate.jobs import Status
 
 from billing.models import MeterReport, MeterReportStatus, UsageAggregate, UsageAggregateStatus
 from billing.reporting import queue as reporting_queue
 from billing.reporting import runs
-from billing.tests.fakes import METER_URL, FakeStripe
+from billing.tasks import defer_report, report_lock
 from billing.tests.reporting.scenario import add_events, ident, lock_key, make_report, sent
 from core.testing import race_second_behind_first
+from goldleaves.housekeeping import retry_stalled_jobs
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.testing import bearer_client
-from tenancy.tests.factories import member_of
+from tenancy.tests.factories import OrganizationFactory, member_of
+from tenancy.tests.jobs import ManualWorker, make_jobs_due, run_jobs
+
+
+def report_jobs():
+    return ProcrastinateJob.objects.filter(task_name="billing.report_usage").order_by("id")
 
 
 def test_report_usage_endpoint_access(fake_stripe, customer_org, outsider_api, anon_api, api):
@@ -33,118 +42,63 @@ def test_report_usage_endpoint_access(fake_stripe, customer_org, outsider_api, a
     assert refused.status_code == 403
     assert refused.json()["code"] == "role_forbidden"
     assert api.get(f"/api/v1/billing/report-usage/{report.pk}/").status_code == 200
+    assert not report_jobs().exists()
 
 
-def test_a_post_returns_the_report_in_progress_instead_of_queuing_another(
+def test_a_post_defers_a_job_and_returns_the_report_in_progress_instead_of_another(
     fake_stripe, customer_org, api
 ):
-    """Sequential POSTs in one transaction (on_commit never fires: the report stays
-    queued). The concurrent case, which needs the advisory lock, is
-    ``test_two_concurrent_posts_queue_one_report``."""
     first = api.post("/api/v1/billing/report-usage/")
     assert (first.status_code, first.json()["status"]) == (202, "queued")
     assert first.json()["started_at"] is None
-    again = api.post("/api/v1/billing/report-usage/")
-    assert (again.status_code, again.json()["id"]) == (202, first.json()["id"])
-    assert MeterReport.objects.count() == 1
-    # a report left queued for over ABANDONED_AFTER by a dead process is not waited for
-    MeterReport.objects.update(created_at=timezone.now() - timedelta(hours=2))
-    fresh = api.post("/api/v1/billing/report-usage/")
-    assert fresh.status_code == 202
-    assert fresh.json()["id"] != first.json()["id"]
-    # a run in progress (e.g. the hourly command's) is returned as well
-    MeterReport.objects.filter(pk=fresh.json()["id"]).update(status=MeterReportStatus.SUCCEEDED)
-    running = make_report(customer_org, status=MeterReportStatus.RUNNING)
-    during = api.post("/api/v1/billing/report-usage/")
-    assert (during.json()["id"], during.json()["status"]) == (str(running.pk), "running")
-    assert MeterReport.objects.count() == 3
-    assert fake_stripe.requests == []
-
-
-def test_a_post_judges_a_running_report_by_when_its_run_began(fake_stripe, customer_org, api):
-    # queued 3 h ago (it waited behind other organizations' runs), began 5 minutes ago
-    waited = make_report(
-        customer_org,
-        status=MeterReportStatus.RUNNING,
-        age=timedelta(hours=3),
-        started=timedelta(minutes=5),
+    job = report_jobs().get()
+    lock = report_lock(customer_org.pk)
+    assert (job.status, job.queue_name, job.lock, job.queueing_lock) == (
+        "todo",
+        "billing",
+        lock,
+        lock,
     )
-    during = api.post("/api/v1/billing/report-usage/")
-    assert (during.json()["id"], during.json()["status"]) == (str(waited.pk), "running")
-    assert during.json()["started_at"] is not None
-    # began 2 h ago: its process stopped (a live run holds the organization's lock)
-    MeterReport.objects.filter(pk=waited.pk).update(started_at=timezone.now() - timedelta(hours=2))
+    assert job.args == {"organization_id": str(customer_org.pk), "report_id": first.json()["id"]}
+    again = api.post("/api/v1/billing/report-usage/")  # its job is waiting
+    assert (again.status_code, again.json()["id"]) == (202, first.json()["id"])
+    worker = ManualWorker()
+    taken = worker.take(["billing"])
+    during = api.post("/api/v1/billing/report-usage/")  # its job is running
+    assert during.json()["id"] == first.json()["id"]
+    assert (MeterReport.objects.count(), report_jobs().count()) == (1, 1)
+    # a job that ended (here: failed) blocks nothing: the next POST queues a new report
+    worker.finish(taken, Status.FAILED)
     fresh = api.post("/api/v1/billing/report-usage/")
-    assert (fresh.json()["status"], fresh.json()["id"] != str(waited.pk)) == ("queued", True)
+    assert (fresh.status_code, fresh.json()["status"]) == (202, "queued")
+    assert fresh.json()["id"] != first.json()["id"]
+    assert (MeterReport.objects.count(), report_jobs().count()) == (2, 2)
+    assert fake_stripe.requests == []  # nothing ran in the requests
 
 
-# These need real commits (the worker reads the report on its own connection).
-
-
-@pytest.fixture
-def worker_idle():
-    yield
-    reporting_queue.wait_for_queued_reports(timeout=60)
-
-
-def wait_for_report(api, report_id, *, timeout=30) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = api.get(f"/api/v1/billing/report-usage/{report_id}/").json()
-        if body["status"] not in (MeterReportStatus.QUEUED, MeterReportStatus.RUNNING):
-            return body
-        assert time.monotonic() < deadline, f"report still {body['status']} after {timeout} s"
-        time.sleep(0.05)
-
-
-@pytest.mark.django_db(transaction=True)
-def test_report_usage_endpoint_answers_202_before_stripe_does(
-    stripe_settings, customer_org, api, worker_idle
-):
+def test_the_report_runs_in_its_job_not_in_the_request(fake_stripe, customer_org, api):
     add_events(customer_org, [("api.request", 0, 1, "1")])
-    fake = FakeStripe()
-    called, release, answered = threading.Event(), threading.Event(), threading.Event()
-
-    def slow_stripe(request):
-        called.set()
-        release.wait(timeout=10)
-        try:
-            return fake(request)
-        finally:
-            answered.set()
-
-    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.add_callback(responses.POST, METER_URL, callback=slow_stripe)
-        try:
-            started = time.monotonic()
-            response = api.post("/api/v1/billing/report-usage/")
-            took = time.monotonic() - started
-            assert response.status_code == 202
-            assert response.json()["status"] == "queued"
-            assert response.json()["started_at"] is None
-            report_id = response.json()["id"]
-            assert called.wait(timeout=10), "the worker never called Stripe"
-            assert not answered.is_set(), "the 202 came only after Stripe answered"
-            assert took < 5
-            running = api.get(f"/api/v1/billing/report-usage/{report_id}/").json()
-            assert running["status"] == "running"
-            assert running["started_at"] is not None
-        finally:
-            release.set()  # also when an assertion failed: the worker must not hang
-        done = wait_for_report(api, report_id)
+    response = api.post("/api/v1/billing/report-usage/")
+    assert response.status_code == 202
+    assert response.json()["status"] == "queued"
+    report_id = response.json()["id"]
+    assert fake_stripe.requests == []  # the request never calls Stripe
+    ran = run_jobs(queues=["billing"])
+    assert [(r.job.task_name, r.outcome, r.result) for r in ran] == [
+        ("billing.report_usage", "succeeded", "succeeded")
+    ]
+    done = api.get(f"/api/v1/billing/report-usage/{report_id}/").json()
     assert (done["status"], done["aggregates_sent"], done["events_posted"]) == ("succeeded", 1, 1)
     stamps = [datetime.fromisoformat(done[k]) for k in ("created_at", "started_at", "finished_at")]
     assert stamps == sorted(stamps)
-    assert fake.requests == [sent(customer_org, "api_requests", 0, "1")]
-    with cross_tenant(reason="test assertions"):
-        aggregate = UsageAggregate.objects.get()
-        assert aggregate.status == UsageAggregateStatus.SENT
-        assert str(aggregate.report_id) == report_id
+    assert fake_stripe.requests == [sent(customer_org, "api_requests", 0, "1")]
+    aggregate = UsageAggregate.objects.get()
+    assert aggregate.status == UsageAggregateStatus.SENT
+    assert str(aggregate.report_id) == report_id
 
 
-@pytest.mark.django_db(transaction=True)
-def test_an_unexpected_error_in_the_worker_fails_the_report_not_the_request(
-    fake_stripe, customer_org, api, monkeypatch, worker_idle
+def test_an_unexpected_error_in_the_job_fails_the_report_not_the_request(
+    fake_stripe, customer_org, api, monkeypatch
 ):
     add_events(customer_org, [("api.request", 0, 1, "1")])
 
@@ -154,29 +108,103 @@ def test_an_unexpected_error_in_the_worker_fails_the_report_not_the_request(
     monkeypatch.setattr(runs, "build_aggregates", explode)
     response = api.post("/api/v1/billing/report-usage/")
     assert response.status_code == 202
-    done = wait_for_report(api, response.json()["id"])
+    ran = run_jobs(queues=["billing"])
+    assert [r.outcome for r in ran] == ["failed"]  # not retried: the next run does the work
+    assert isinstance(ran[0].error, RuntimeError)
+    done = api.get(f"/api/v1/billing/report-usage/{response.json()['id']}/").json()
     assert done["status"] == "failed"
     assert done["detail"] == "RuntimeError: outbox exploded"
     assert done["finished_at"] is not None
     assert fake_stripe.requests == []
-    # the worker survived and released the organization's lock: the next run works
+    # the organization's lock was released: the next run works
     monkeypatch.undo()
     again = api.post("/api/v1/billing/report-usage/")
-    assert wait_for_report(api, again.json()["id"])["status"] == "succeeded"
+    assert again.json()["id"] != response.json()["id"]
+    assert [r.result for r in run_jobs(queues=["billing"])] == ["succeeded"]
     assert fake_stripe.identifiers() == [ident(customer_org, "api_requests", 0)]
 
 
-@pytest.mark.django_db(transaction=True)
-def test_the_worker_takes_the_organization_lock_on_its_own_connection(
-    fake_stripe, customer_org, api, worker_idle
+def test_a_job_whose_report_already_ended_does_nothing(fake_stripe, customer_org):
+    """A job run again after its report ended (e.g. a stalled job whose run had finished)
+    claims nothing: the run claims only a queued report or its own running one."""
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    report = make_report(customer_org, status=MeterReportStatus.FAILED)
+    defer_report(organization=customer_org, report_id=report.pk)
+    assert [(r.outcome, r.result) for r in run_jobs(queues=["billing"])] == [
+        ("succeeded", "failed")
+    ]
+    assert fake_stripe.requests == []
+    report.refresh_from_db()
+    assert report.status == MeterReportStatus.FAILED
+    assert not UsageAggregate.objects.exists()
+
+
+def test_two_report_jobs_of_one_organization_never_run_at_once(fake_stripe, customer_org):
+    """The organization's procrastinate lock: while one of its report jobs runs, a second
+    one (deferred by hand: ``queue_report`` would not queue it) is not given to any
+    worker; another organization's job is."""
+    first = make_report(customer_org, status=MeterReportStatus.QUEUED)
+    defer_report(organization=customer_org, report_id=first.pk)
+    worker = ManualWorker()
+    running = worker.take(["billing"])
+    assert running.task_kwargs["report_id"] == str(first.pk)
+    second = make_report(customer_org, status=MeterReportStatus.QUEUED)
+    defer_report(organization=customer_org, report_id=second.pk)
+    other_org = OrganizationFactory(slug="other-customer", stripe_customer_id="cus_other")
+    other = make_report(other_org, status=MeterReportStatus.QUEUED)
+    defer_report(organization=other_org, report_id=other.pk)
+    taken = ManualWorker().take(["billing"])
+    assert taken.task_kwargs["report_id"] == str(other.pk)  # not the second of customer_org
+    assert ManualWorker().take(["billing"]) is None
+    worker.finish(running)
+    assert ManualWorker().take(["billing"]).task_kwargs["report_id"] == str(second.pk)
+
+
+def test_a_report_job_whose_worker_died_is_resumed_and_counted_once(
+    fake_stripe, customer_org, api, monkeypatch
 ):
+    """The worker dies after Stripe accepted the meter event but before the outbox row was
+    acknowledged: the job stays ``doing`` and its report ``running``. The stalled-job
+    retry puts it back; its next run resumes the report and resends the same identifier
+    and key, which Stripe answers from its saved response: counted once."""
+    add_events(customer_org, [("api.request", 0, 1, "1")])
+    report_id = api.post("/api/v1/billing/report-usage/").json()["id"]
+
+    def killed(aggregate):
+        raise KeyboardInterrupt  # stands for SIGKILL: nothing after this point runs
+
+    monkeypatch.setattr(runs, "acknowledge", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(queues=["billing"])
+    monkeypatch.undo()
+    assert report_jobs().get().status == "doing"
+    assert MeterReport.objects.get(pk=report_id).status == MeterReportStatus.RUNNING
+
+    context = SimpleNamespace(app=app)
+    assert async_to_sync(retry_stalled_jobs.func)(context, timestamp=0) == 1  # its worker is gone
+    make_jobs_due()  # retried "now", by the clock of this test transaction's future
+    ran = run_jobs(queues=["billing"])
+    assert [(r.outcome, r.result) for r in ran] == [("succeeded", "succeeded")]
+    assert report_jobs().get().attempts == 2
+    report = MeterReport.objects.get(pk=report_id)
+    assert (report.status, report.aggregates_sent, report.events_posted) == ("succeeded", 1, 1)
+    assert fake_stripe.identifiers() == [ident(customer_org, "api_requests", 0)] * 2
+    assert fake_stripe.counted() == {ident(customer_org, "api_requests", 0): 1}
+
+
+# These need real commits (another connection holds the lock, or races the first).
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_report_job_that_finds_the_organization_locked_is_skipped(fake_stripe, customer_org, api):
     add_events(customer_org, [("api.request", 0, 1, "1")])
     other = psycopg.connect(**connection.get_connection_params(), autocommit=True)
     try:
         other.execute("SELECT pg_advisory_lock(%s)", [lock_key(customer_org)])
         refused = api.post("/api/v1/billing/report-usage/")
         assert refused.status_code == 202
-        done = wait_for_report(api, refused.json()["id"])
+        assert [r.result for r in run_jobs(queues=["billing"])] == ["skipped"]
+        done = api.get(f"/api/v1/billing/report-usage/{refused.json()['id']}/").json()
         assert done["status"] == "skipped"  # not a failure: the lock's holder does the work
         assert done["detail"].startswith("another usage report for acme-law is running")
         assert done["finished_at"] is not None
@@ -184,8 +212,11 @@ def test_the_worker_takes_the_organization_lock_on_its_own_connection(
     finally:
         other.close()  # releases the lock
     again = api.post("/api/v1/billing/report-usage/")
-    assert wait_for_report(api, again.json()["id"])["status"] == "succeeded"
-    # and the worker released it after its run (its connection is closed, too)
+    assert [r.result for r in run_jobs(queues=["billing"])] == ["succeeded"]
+    assert api.get(f"/api/v1/billing/report-usage/{again.json()['id']}/").json()["status"] == (
+        "succeeded"
+    )
+    # and the run released it
     probe = psycopg.connect(**connection.get_connection_params(), autocommit=True)
     try:
         locked = probe.execute("SELECT pg_try_advisory_lock(%s)", [lock_key(customer_org)])
@@ -195,38 +226,23 @@ def test_the_worker_takes_the_organization_lock_on_its_own_connection(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_worker_does_not_run_a_report_marked_abandoned_meanwhile(
-    fake_stripe, customer_org, worker_idle
-):
-    """A report that waited in a busy worker and was marked abandoned by another run is
-    not run when its turn comes (the worker claims only a ``queued`` report)."""
-    add_events(customer_org, [("api.request", 0, 1, "1")])
-    report = make_report(customer_org, status=MeterReportStatus.FAILED)
-    reporting_queue._worker.submit(
-        reporting_queue._run_queued_report, report.pk, customer_org, None
-    ).result(timeout=30)
-    assert fake_stripe.requests == []
-    with cross_tenant(reason="test assertions"):
-        report.refresh_from_db()
-        assert report.status == MeterReportStatus.FAILED
-        assert not UsageAggregate.objects.exists()
-
-
-@pytest.mark.django_db(transaction=True)
-def test_two_concurrent_posts_queue_one_report(fake_stripe, customer_org, worker_idle):
+def test_two_concurrent_posts_queue_one_report(fake_stripe, customer_org):
     """A real race on two connections: the first ``queue_report`` runs inside a
-    transaction held open after it queued its report (uncommitted, invisible to others);
-    the second waits on the transaction-level advisory lock (asserted with
-    ``pg_blocking_pids``) until the first commits, then finds that report and returns
-    it. Without the lock the second would see no report in progress and queue another."""
+    transaction held open after it queued its report and job (uncommitted, invisible to
+    others); the second waits on the transaction-level advisory lock (asserted with
+    ``pg_blocking_pids``) until the first commits, then finds that report's job and
+    returns its report. Without the lock the second would see no job and queue another."""
 
-    def queue() -> MeterReport:
+    def queue():
         with tenant_context(customer_org):
             return reporting_queue.queue_report(organization=customer_org)
 
     results = race_second_behind_first(queue, queue, what="the second POST")
-    assert isinstance(results["first"], MeterReport), results["first"]
-    assert isinstance(results["second"], MeterReport), results["second"]
-    assert results["second"].pk == results["first"].pk
+    assert not isinstance(results["first"], Exception), results["first"]
+    assert not isinstance(results["second"], Exception), results["second"]
+    (first, created_first), (second, created_second) = results["first"], results["second"]
+    assert (created_first, created_second) == (True, False)
+    assert second.pk == first.pk
     with cross_tenant(reason="test assertions"):
-        assert list(MeterReport.objects.values_list("pk", flat=True)) == [results["first"].pk]
+        assert list(MeterReport.objects.values_list("pk", flat=True)) == [first.pk]
+    assert [job.args["report_id"] for job in report_jobs()] == [str(first.pk)]

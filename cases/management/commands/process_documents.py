@@ -1,9 +1,11 @@
-"""``manage.py process_documents``: the retry path of document processing.
+"""``manage.py process_documents``: defer processing again for documents still pending.
 
-An upload schedules ``cases.services.document_process`` after its commit. If that run
-hits a database error (statement timeout, serialization failure, lost connection) the
-document stays ``pending`` and unbilled for processing; this command, run from cron,
-processes such documents later.
+An upload defers the ``process_document`` job in its own transaction, and a worker
+processes the document (``cases.tasks``), retrying transient errors with backoff. A
+document can still be ``pending`` with no job on its way: its job failed for good (retries
+exhausted while the database or the storage was down), a finished job was purged, or an
+operator cancelled it. This operator command defers a new job for each such document;
+the workers do the processing.
 """
 
 import time
@@ -12,9 +14,10 @@ from datetime import timedelta
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 from django.utils import timezone
+from procrastinate.contrib.django.models import ProcrastinateJob
 
 from cases.models import Document, DocumentProcessingStatus
-from cases.services import document_process
+from cases.tasks import defer_processing, process_document
 from tenancy.context import cross_tenant
 from tenancy.models import Organization
 
@@ -37,27 +40,25 @@ class Command(BaseCommand):
     """``manage.py process_documents [--older-than-minutes N] [--organization SLUG]
     [--limit N] [--dry-run]``.
 
-    Selects the ``pending`` documents uploaded more than N minutes ago (default 10, so
-    that it does not race an upload's own after-commit processing), oldest first, of
-    every organization or of one, through the explicit cross-tenant path
+    Selects the ``pending`` documents uploaded more than N minutes ago (default 10),
+    oldest first, of every organization or of one, through the explicit cross-tenant path
     (``tenancy.context.cross_tenant``: reading several organizations' documents is
-    operator work). Each is then processed in its own organization's tenant transaction
-    by ``cases.services.document_process``, which locks the row and handles only a
-    document that is still ``pending``: running this twice, or beside an upload's own
-    processing, bills no page twice.
+    operator work). A document whose ``process_document`` job is still waiting (``todo``,
+    a retry included) or running (``doing``) is left to it; for every other one a job is
+    deferred (``cases.tasks.defer_processing``, with the document's queueing lock, so a
+    concurrent run cannot queue it twice). The job processes a document only while it is
+    ``pending`` and bills its pages once, so running this twice bills nothing twice.
 
-    Prints one line per document and a summary. A document whose processing hits a
-    database error stays ``pending`` (the next run retries it) and makes the command
-    exit with status 1 after the summary; a document that cannot be processed (not a
-    database error) is marked ``failed`` and is not an error of the command.
+    Prints one line per document and a summary. A database error while deferring is
+    reported for that document (it stays as it was) and makes the command exit with
+    status 1 after the summary.
     """
 
     help = (
-        "Process pending documents: page count + doc.processed billing event. Documents "
-        "still pending (their processing after upload hit a database error) uploaded more "
-        "than --older-than-minutes ago are processed, each once (the row is locked and only "
-        "a pending document is handled). Exits 1 if any hit a database error (they stay "
-        "pending for the next run)."
+        "Defer processing (the process_document job) again for documents still pending "
+        "whose job failed or is gone, uploaded more than --older-than-minutes ago; the job "
+        "workers process them. Documents whose job is still waiting or running are left "
+        "to it. Exits 1 if any could not be deferred (database error)."
     )
 
     def add_arguments(self, parser):
@@ -66,23 +67,23 @@ class Command(BaseCommand):
             type=_non_negative_int,
             default=10,
             metavar="N",
-            help="Only documents uploaded more than N minutes ago (default 10: leaves "
-            "recent uploads to their own after-commit processing).",
+            help="Only documents uploaded more than N minutes ago (default 10: a recent "
+            "upload's own job is normally still on its way).",
         )
         parser.add_argument("--organization", metavar="SLUG", help="Only this organization.")
         parser.add_argument(
             "--limit", type=_positive_int, metavar="N", help="At most N documents, oldest first."
         )
         parser.add_argument(
-            "--dry-run", action="store_true", help="List what would be processed; change nothing."
+            "--dry-run", action="store_true", help="List what would be deferred; change nothing."
         )
 
     def handle(self, *args, **opts):
-        """Process the selected pending documents one by one.
+        """Defer a ``process_document`` job for each selected pending document.
 
         Raises:
             CommandError: unknown ``--organization``; or (exit status 1, after the
-                summary) at least one document hit a database error and stays pending.
+                summary) at least one document could not be deferred.
         """
         cutoff = timezone.now() - timedelta(minutes=opts["older_than_minutes"])
         organization = None
@@ -95,39 +96,37 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{len(documents)} pending document(s){scope} uploaded before {cutoff.isoformat()}."
         )
-        if opts["dry_run"]:
-            for index, document in enumerate(documents, start=1):
-                self.stdout.write(f"{self._label(index, len(documents), document)} would process")
-            self.stdout.write("Dry run: nothing was processed or billed.")
-            return
-
-        totals = {"processed": 0, "failed": 0, "skipped": 0, "database errors": 0}
+        open_jobs = self._open_jobs(documents)
+        totals = {"deferred": 0, "already queued": 0, "database errors": 0}
         began = time.monotonic()
         for index, document in enumerate(documents, start=1):
             label = self._label(index, len(documents), document)
-            started = timezone.now()
+            job = open_jobs.get(str(document.pk))
+            if job is not None:
+                totals["already queued"] += 1
+                state = "waiting" if job.status == "todo" else "running"
+                self.stdout.write(f"{label} already has job {job.pk} ({state})")
+                continue
+            if opts["dry_run"]:
+                self.stdout.write(f"{label} would defer processing")
+                continue
             try:
-                result = document_process(
+                job_id = defer_processing(
                     organization=document.organization, document_id=document.pk
                 )
             except DatabaseError as exc:
                 totals["database errors"] += 1
-                self.stderr.write(
-                    f"{label} database error, still pending: {exc.__class__.__name__}: {exc}"
-                )
+                self.stderr.write(f"{label} database error: {exc.__class__.__name__}: {exc}")
                 continue
-            if result is None:
-                totals["skipped"] += 1
-                self.stdout.write(f"{label} skipped: deleted since")
-            elif result.processed_at is None or result.processed_at < started:
-                totals["skipped"] += 1
-                self.stdout.write(f"{label} skipped: already {result.processing_status}")
-            elif result.processing_status == DocumentProcessingStatus.PROCESSED:
-                totals["processed"] += 1
-                self.stdout.write(f"{label} processed, {result.page_count} page(s) billed")
+            if job_id is None:
+                totals["already queued"] += 1
+                self.stdout.write(f"{label} already has a job waiting")
             else:
-                totals["failed"] += 1
-                self.stdout.write(f"{label} failed: {result.processing_failure_reason}")
+                totals["deferred"] += 1
+                self.stdout.write(f"{label} deferred: job {job_id}")
+        if opts["dry_run"]:
+            self.stdout.write("Dry run: nothing was deferred.")
+            return
         elapsed = time.monotonic() - began
         self.stdout.write(
             f"Done in {elapsed:.1f} s: "
@@ -136,8 +135,8 @@ class Command(BaseCommand):
         )
         if totals["database errors"]:
             raise CommandError(
-                f"{totals['database errors']} document(s) hit a database error and stay "
-                "pending; see above. The next run retries them."
+                f"{totals['database errors']} document(s) could not be deferred (database "
+                "error); see above. They stay pending; run the command again."
             )
 
     @staticmethod
@@ -154,6 +153,18 @@ class Command(BaseCommand):
             if limit:
                 documents = documents[:limit]
             return list(documents)
+
+    @staticmethod
+    def _open_jobs(documents) -> dict[str, ProcrastinateJob]:
+        """The waiting or running ``process_document`` job of each of ``documents`` that
+        has one, by document id (a string, as in the job's arguments)."""
+        ids = [str(document.pk) for document in documents]
+        jobs = ProcrastinateJob.objects.filter(
+            task_name=process_document.name,
+            status__in=["todo", "doing"],
+            args__document_id__in=ids,
+        ).order_by("id")
+        return {job.args["document_id"]: job for job in jobs}
 
     @staticmethod
     def _label(index: int, total: int, document: Document) -> str:
