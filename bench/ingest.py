@@ -1,4 +1,4 @@
-"""How fast events go in: ``record_events`` in batches of 1,000 beside PostgreSQL's COPY.
+"""How fast events go in: ``events_record`` in batches of 1,000 beside PostgreSQL's COPY.
 
 1,000,000 ``api.request`` events over 1,000 organizations, each with its own
 request id (idempotency on):
@@ -8,12 +8,12 @@ request id (idempotency on):
    fresh table made with ``CREATE TABLE ... (LIKE billing_events INCLUDING ALL)``
    (same columns, defaults, primary key, partial unique index and indexes, but
    empty), and (b) into billing_events itself, with request ids of its own: the
-   same indexes *and* the same existing rows as ``record_events`` faces. The
+   same indexes *and* the same existing rows as ``events_record`` faces. The
    ratio target is taken against (b): with millions of rows already there
    (e.g. the 10M of bench/usage_summary.py), index maintenance dominates, and an
    empty table would flatter COPY;
-2. ``billing.services.record_events`` in batches of 1,000 into billing_events;
-3. the same events again through ``record_events`` (every one a conflict), to
+2. ``billing.services.events_record`` in batches of 1,000 into billing_events;
+3. the same events again through ``events_record`` (every one a conflict), to
    show what deduplication costs.
 
 Prints events/s for each and the ratios; checks that pass 2 created every event
@@ -103,7 +103,7 @@ def event_fields(i: int, orgs: list) -> dict:
 
 
 def copy_rows(total: int, orgs: list, request_prefix: str):
-    """The rows COPY writes: the same values ``record_events`` is given, plus what the
+    """The rows COPY writes: the same values ``events_record`` is given, plus what the
     ORM fills in (a UUIDv7, ``status`` 0, no user, no resource). ``request_prefix``
     replaces ``ing-`` in the request ids (so COPY rows never collide with the others)."""
     for i in range(total):
@@ -131,9 +131,9 @@ def run_copy(total: int, orgs: list, *, table: str) -> float:
 
     ``table`` is ``COPY_TABLE`` (created fresh: ``LIKE billing_events INCLUDING ALL``)
     or ``billing_events`` itself (same indexes and same existing rows as what
-    ``record_events`` writes into; request ids ``copy-...``, deleted by ``cleanup``).
+    ``events_record`` writes into; request ids ``copy-...``, deleted by ``cleanup``).
     Returns the seconds spent writing and committing: the rows are built in chunks
-    of ``BATCH`` outside the clock, as for ``record_events``."""
+    of ``BATCH`` outside the clock, as for ``events_record``."""
     from django.db import connection
 
     from tenancy.rls.roles import owner_connection
@@ -141,7 +141,7 @@ def run_copy(total: int, orgs: list, *, table: str) -> float:
     # Both baselines run on the login (owner) connection: the app role may not create
     # tables, and PostgreSQL refuses COPY FROM into a table whose row-level security
     # applies to the role ("COPY FROM not supported with row-level security"; the bench
-    # logs in as a superuser, which RLS does not apply to). record_events runs as the
+    # logs in as a superuser, which RLS does not apply to). events_record runs as the
     # app role, policies included: the baseline is the raw physical cost.
     with owner_connection():
         if table == COPY_TABLE:
@@ -177,23 +177,23 @@ def _copy(total: int, orgs: list, table: str) -> float:
 
 
 def run_record_events(total: int, orgs: list, label: str) -> tuple[float, int]:
-    """``record_events`` in batches of ``BATCH``; returns (seconds inside ``record_events``,
+    """``events_record`` in batches of ``BATCH``; returns (seconds inside ``events_record``,
     events created). Building each batch's input is outside the clock."""
-    from billing.services import record_events
+    from billing.services import events_record
 
     progress = Progress(label, total)
     created, elapsed = 0, 0.0
     for lo in range(0, total, BATCH):
         batch = [event_fields(i, orgs) for i in range(lo, min(lo + BATCH, total))]
         t0 = time.perf_counter()
-        created += len(record_events(batch))
+        created += len(events_record(batch))
         elapsed += time.perf_counter() - t0
         progress.update(lo + len(batch))
     return elapsed, created
 
 
 def count_events(orgs: list) -> int:
-    """Events of ``orgs`` written by ``record_events`` (request ids ``ing-...``)."""
+    """Events of ``orgs`` written by ``events_record`` (request ids ``ing-...``)."""
     from django.db import connection
 
     with connection.cursor() as cur:
@@ -259,9 +259,9 @@ def main(argv=None) -> int:
     try:
         copy_fresh_s = run_copy(total, orgs, table=COPY_TABLE)
         copy_s = run_copy(total, orgs, table="billing_events")
-        rec_s, created = run_record_events(total, orgs, "record_events")
+        rec_s, created = run_record_events(total, orgs, "events_record")
         rows_after_first = count_events(orgs)
-        dup_s, created_again = run_record_events(total, orgs, "record_events, all duplicates")
+        dup_s, created_again = run_record_events(total, orgs, "events_record, all duplicates")
         rows_after_second = count_events(orgs)
     finally:
         cleanup(orgs)
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
         "events/s",
     )
     section.add(
-        "record_events, batches of 1,000, idempotent",
+        "events_record, batches of 1,000, idempotent",
         rec_rate,
         "events/s",
         "COPY into billing_events",
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
         met=rec_rate / copy_rate >= 0.4,
     )
     section.add(
-        "record_events throughput",
+        "events_record throughput",
         rec_rate,
         "events/s",
         "Lago PostgreSQL-only (documented)",
@@ -296,10 +296,10 @@ def main(argv=None) -> int:
         met=rec_rate >= 30_000,
     )
     section.add(
-        "record_events, every event a duplicate (dedup pass)",
+        "events_record, every event a duplicate (dedup pass)",
         dup_rate,
         "events/s",
-        "record_events, first pass",
+        "events_record, first pass",
         rec_rate,
     )
     section.check(

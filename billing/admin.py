@@ -111,7 +111,7 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
     * ``reconciled_stripe_has_it`` / ``reconciled_stripe_lacks_it``: close a
       reconciliation (status ``needs_reconciliation``, or ``failed`` past the window)
       after checking Stripe's meter event summaries
-      (``reconciliation.resolve_reconciliation``).
+      (``reconciliation.reconciliation_resolve``).
     """
 
     list_display = [
@@ -139,12 +139,12 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
     )
     def retry_failed(self, request, queryset):
         """Queue the selected ``failed`` aggregates again
-        (``reconciliation.requeue_failed``: ``pending``, attempts 0, same identifier) for
+        (``reconciliation.aggregates_requeue_failed``: ``pending``, attempts 0, same identifier) for
         the next ``report_usage`` run; those first sent before
         ``reconciliation.resend_cutoff()`` are refused (Stripe deduplicates an identifier
         for about 24 hours only: reconcile them against Stripe's meter event summaries
         instead). The messages say what was queued and what refused."""
-        count, refused = reconciliation.requeue_failed(aggregates=queryset)
+        count, refused = reconciliation.aggregates_requeue_failed(aggregates=queryset)
         self.message_user(
             request,
             f"{count} aggregate(s) queued for the next report_usage run (same identifier: "
@@ -181,7 +181,7 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
     def _reconcile(self, request, queryset, *, stripe_has_it: bool) -> None:
         by = getattr(request.user, "email", "") or str(request.user.pk)
         done = sum(
-            reconciliation.resolve_reconciliation(
+            reconciliation.reconciliation_resolve(
                 aggregate=aggregate, stripe_has_it=stripe_has_it, by=by
             )
             for aggregate in queryset

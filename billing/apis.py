@@ -21,7 +21,7 @@ from billing import selectors
 from billing.filters import BillingEventFilter
 from billing.middleware import write_failures
 from billing.models import BillingEvent, MeterReport
-from billing.reporting.queue import queue_report
+from billing.reporting.queue import report_queue
 from billing.serializers import (
     REPORT_ROW_SERIALIZERS,
     BillingEventSerializer,
@@ -161,7 +161,7 @@ class ReportUsageApi(TenantAPIMixin, APIView):
 
     Admins, owners and staff only (403 ``role_forbidden`` otherwise). Returns 202 with the
     report at once: the report and its ``billing.report_usage`` job are written in the
-    request's transaction (``billing.reporting.queue.queue_report``) and a job worker runs
+    request's transaction (``billing.reporting.queue.report_queue``) and a job worker runs
     it, never the web process. While a report job of the organization is waiting or running
     (the hourly one included), the POST returns that report instead of queuing another.
     ``GET report-usage/<id>/`` shows its status.
@@ -182,7 +182,7 @@ class ReportUsageApi(TenantAPIMixin, APIView):
             an operator's ``manage.py report_usage``) holding the organization's lock
             ends ``skipped`` (``detail`` says so; that run reports the usage).
         """
-        report, _ = queue_report(organization=self.organization, requested_by=request.user)
+        report, _ = report_queue(organization=self.organization, requested_by=request.user)
         return Response(MeterReportSerializer(report).data, status=202)
 
 

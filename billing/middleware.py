@@ -23,10 +23,10 @@ before this middleware runs.
 
 A request with an ``Idempotency-Key`` hands its built event to ``IdempotencyMiddleware``
 instead (``EVENT_SINK_ATTR``), which writes it together with the key's stored answer in one
-round trip (``insert_event_guarded(..., first=...)``), under the same failure policy.
+round trip (``event_insert_guarded(..., first=...)``), under the same failure policy.
 
 Round trips per metered request: 1 (``SAVEPOINT; INSERT ... ON CONFLICT DO NOTHING;
-RELEASE SAVEPOINT`` sent as one query by ``billing.services.insert_event_guarded``). A
+RELEASE SAVEPOINT`` sent as one query by ``billing.services.event_insert_guarded``). A
 request that writes nothing else (a GET) also pays a WAL flush at its COMMIT, since its
 transaction now holds a write.
 """
@@ -39,7 +39,7 @@ import threading
 from django.conf import settings
 from django.core.exceptions import MiddlewareNotUsed
 
-from billing.services import build_event, insert_event_guarded
+from billing.services import event_build, event_insert_guarded
 from core.middleware import elapsed_ms
 from tenancy.context import request_organization
 
@@ -226,7 +226,7 @@ class UsageMiddleware:
             }
             if client_request_id:
                 dimensions["client_request_id"] = client_request_id
-            event = build_event(
+            event = event_build(
                 organization=request_organization(request),
                 event_name="api.request",
                 event_type="api",
@@ -239,6 +239,6 @@ class UsageMiddleware:
             if sink is not None:
                 sink.append(event)
             else:
-                insert_event_guarded(event)
+                event_insert_guarded(event)
         except Exception:  # noqa: BLE001 - see the failure policy in the module doc
             event_not_written(request, response)

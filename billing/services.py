@@ -1,9 +1,9 @@
 """Writes of billing events. Idempotent: a duplicate key is not an error and creates no row.
 
 Every write is one ``INSERT ... ON CONFLICT DO NOTHING`` (PostgreSQL manual, INSERT,
-"ON CONFLICT Clause"). On the request path (``insert_event_guarded``, used by
+"ON CONFLICT Clause"). On the request path (``event_insert_guarded``, used by
 ``UsageMiddleware``) it is the INSERT the ORM compiles for one event, sent inside a
-savepoint in a single round trip. For ``record_event`` / ``record_events`` it is
+savepoint in a single round trip. For ``event_record`` / ``events_record`` it is
 ``INSERT ... SELECT FROM unnest(...) ... RETURNING id`` on Django's connection, so the
 created rows come back in the same round trip (the ORM's ``ignore_conflicts`` cannot
 return them; a confirming SELECT cost a second query and the per-row parameters a
@@ -33,12 +33,12 @@ from billing.models import BillingEvent, BillingEventStatus
 from billing.pricing import unit_cost_cents as price_of
 from core.db import psycopg_cursor, transaction_aborted
 
-#: Events per INSERT statement of ``record_events``: it binds 13 arrays whatever the
+#: Events per INSERT statement of ``events_record``: it binds 13 arrays whatever the
 #: size, so this only bounds one statement's memory. 1,000 events = 1 INSERT.
 INSERT_BATCH_SIZE = 2000
 
 _EVENT_TYPES = {"api": "api", "doc": "document"}
-# Computed once: iterating the enum for every event cost a quarter of build_event.
+# Computed once: iterating the enum for every event cost a quarter of event_build.
 _STATUSES = frozenset(BillingEventStatus.values)
 _FIELDS = {
     "organization",
@@ -62,13 +62,13 @@ class InvalidBillingEvent(ValueError):
     """An event description is incomplete or malformed (message says which field)."""
 
 
-def default_event_type(event_name: str) -> str:
+def event_type_default(event_name: str) -> str:
     """``api.request -> api``, ``doc.upload -> document``; otherwise the part before the dot."""
     prefix = event_name.split(".", 1)[0]
     return _EVENT_TYPES.get(prefix, prefix)[:40]
 
 
-def build_event(
+def event_build(
     *,
     organization=None,
     organization_id=None,
@@ -119,7 +119,7 @@ def build_event(
         id=uuid7(),
         organization_id=org_id,
         user_id=getattr(user, "pk", None) or user_id,
-        event_type=(event_type or default_event_type(event_name))[:40],
+        event_type=(event_type or event_type_default(event_name))[:40],
         event_name=event_name,
         resource_id=resource_id,
         request_id=request_id,
@@ -132,18 +132,18 @@ def build_event(
     )
 
 
-#: The savepoint of ``insert_event_guarded`` (one at a time: the request path writes
+#: The savepoint of ``event_insert_guarded`` (one at a time: the request path writes
 #: one event, last, in the request's transaction).
 _GUARD_SAVEPOINT = "gl_billing_event"
 
 
 class RequiredWriteFailed(DatabaseError):
-    """The statement passed to ``insert_event_guarded`` as ``first`` (a write the request
+    """The statement passed to ``event_insert_guarded`` as ``first`` (a write the request
     cannot do without) failed or was never sent: the request must fail with it (its
     transaction rolls back)."""
 
 
-def insert_event_guarded(event: BillingEvent, *, first: tuple[str, list] | None = None) -> None:
+def event_insert_guarded(event: BillingEvent, *, first: tuple[str, list] | None = None) -> None:
     """Insert one built event (``ON CONFLICT DO NOTHING``) so that no failure of it can
     abort the caller's transaction, in ONE round trip: the INSERT that Django's ORM
     compiles for ``bulk_create(..., ignore_conflicts=True)`` (``InsertQuery``; values
@@ -186,7 +186,7 @@ def insert_event_guarded(event: BillingEvent, *, first: tuple[str, list] | None 
     """
     if not connection.in_atomic_block:
         raise TransactionManagementError(
-            "insert_event_guarded runs inside a transaction (the request's): its tenant "
+            "event_insert_guarded runs inside a transaction (the request's): its tenant "
             "context and the savepoint need one"
         )
     query = InsertQuery(BillingEvent, on_conflict=OnConflict.IGNORE)
@@ -292,26 +292,26 @@ def _insert_returning_created(events: list[BillingEvent]) -> list[BillingEvent]:
     return [event for event in events if event.id in created_ids]
 
 
-def record_event(*, organization, event_name: str, **fields) -> BillingEvent | None:
+def event_record(*, organization, event_name: str, **fields) -> BillingEvent | None:
     """Record one event idempotently; return the created ``BillingEvent``, or ``None``
     when an event with the same (organization, event_name, request_id) already exists.
 
-    ``fields``: see ``build_event`` (event_type, user, resource_id, request_id, quantity,
+    ``fields``: see ``event_build`` (event_type, user, resource_id, request_id, quantity,
     unit, unit_cost_cents, dimensions, status, created_at). One query (INSERT ...
     RETURNING). Joins the caller's transaction (no savepoint).
 
     Raises:
-        InvalidBillingEvent: see ``build_event``.
+        InvalidBillingEvent: see ``event_build``.
     """
-    event = build_event(organization=organization, event_name=event_name, **fields)
+    event = event_build(organization=organization, event_name=event_name, **fields)
     created = _insert_and_confirm([event])
     return created[0] if created else None
 
 
-def record_events(events: Iterable[Mapping | BillingEvent]) -> list[BillingEvent]:
+def events_record(events: Iterable[Mapping | BillingEvent]) -> list[BillingEvent]:
     """Record a batch idempotently; return the events created (in input order).
 
-    Each item is a mapping of ``build_event`` keyword arguments (``organization`` or
+    Each item is a mapping of ``event_build`` keyword arguments (``organization`` or
     ``organization_id``, ``event_name``, ...), or an unsaved ``BillingEvent`` (saved
     as given: price it yourself). Duplicates, against the table or inside the batch,
     are skipped. Round trips: one ``INSERT ... RETURNING`` per ``INSERT_BATCH_SIZE``
@@ -333,7 +333,7 @@ def record_events(events: Iterable[Mapping | BillingEvent]) -> list[BillingEvent
         if unknown:
             raise InvalidBillingEvent(f"event {index}: unknown fields {sorted(unknown)}")
         try:
-            built.append(build_event(**item))
+            built.append(event_build(**item))
         except (InvalidBillingEvent, TypeError) as exc:
             raise InvalidBillingEvent(f"event {index}: {exc}") from exc
     return _insert_and_confirm(built)

@@ -2,7 +2,7 @@
 
 * ``report_usage`` (``billing.report_usage``): one organization's usage report to Stripe
   (``billing.reporting.runs.report_usage``) for a ``MeterReport`` created with the job.
-  Deferred by ``billing.reporting.queue.queue_report``: from ``POST report-usage/`` and
+  Deferred by ``billing.reporting.queue.report_queue``: from ``POST report-usage/`` and
   from the hourly schedule below.
 * ``schedule_usage_reports`` (``billing.schedule_usage_reports``): periodic, every hour at
   minute 5 (the hour that just ended is complete by then): one report job per
@@ -70,7 +70,7 @@ def defer_report(*, organization, report_id) -> int:
     Raises:
         procrastinate.exceptions.AlreadyEnqueued: a report job of the organization is
             already waiting (its queueing lock); the INSERT failed, so the caller runs
-            this in a savepoint (``billing.reporting.queue.queue_report`` does).
+            this in a savepoint (``billing.reporting.queue.report_queue`` does).
     """
     lock = report_lock(organization.pk)
     return report_usage.configure(lock=lock, queueing_lock=lock).defer(
@@ -89,11 +89,11 @@ def schedule_usage_reports(timestamp: int) -> int:
     scheduled for): one report job per organization with pending usage
     (``billing.selectors.organizations_with_pending_usage``: a Stripe customer, and
     pending billing events of a metered event name before the current hour, or outbox
-    rows still to send), through ``queue_report``, the same path as ``POST
+    rows still to send), through ``report_queue``, the same path as ``POST
     report-usage/``: an organization whose report job is still waiting or running gets
     no second one. Returns the number of report jobs deferred."""
     from billing.reporting.identifiers import current_hour
-    from billing.reporting.queue import queue_report
+    from billing.reporting.queue import report_queue
     from billing.selectors import organizations_with_pending_usage
     from tenancy.context import cross_tenant, tenant_context
 
@@ -106,7 +106,7 @@ def schedule_usage_reports(timestamp: int) -> int:
     deferred = 0
     for organization in organizations:  # one transaction each, in its tenant context
         with tenant_context(organization):
-            report, created = queue_report(organization=organization)
+            report, created = report_queue(organization=organization)
         deferred += created
         if not created:
             logger.info(

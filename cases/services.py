@@ -11,7 +11,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
-from billing.services import record_event
+from billing.services import event_record
 from cases.models import Case, CaseStatus, Client, Document, DocumentProcessingStatus
 from cases.processing import DocumentProcessingError, count_pages
 from cases.tasks import defer_processing
@@ -171,7 +171,7 @@ def document_create(
     except Exception:
         storage.delete(stored_name)
         raise
-    record_event(
+    event_record(
         organization=organization,
         event_name="doc.upload",
         event_type="document",
@@ -281,7 +281,7 @@ def _count_and_bill(organization, document: Document) -> None:
     document.page_count = pages
     document.processed_at = timezone.now()
     document.save(update_fields=["processing_status", "page_count", "processed_at"])
-    record_event(
+    event_record(
         organization=organization,
         event_name="doc.processed",
         event_type="document",

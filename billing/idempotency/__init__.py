@@ -38,7 +38,7 @@ concurrent replays all get the answer; only a key with no row and a held lock is
 statements go in one message: ONE round trip before the view. After it, the answer is
 stored with one ``INSERT ... ON CONFLICT DO UPDATE`` (the update replaces an expired row
 not purged yet) sent in the same message as the request's usage event, which the usage
-middleware hands over instead of writing it (``insert_event_guarded(event, first=...)``):
+middleware hands over instead of writing it (``event_insert_guarded(event, first=...)``):
 so a keyed request costs one round trip more than the same request without a key (a
 replay one more and no event write; an unbilled 403 two, having no event to ride on). A
 request without the header costs nothing: two dictionary lookups. The isolation level

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from billing.middleware import event_not_written
 from billing.models import IdempotencyKey
-from billing.services import RequiredWriteFailed, insert_event_guarded
+from billing.services import RequiredWriteFailed, event_insert_guarded
 from core.db import psycopg_cursor
 from tenancy.context import request_organization
 
@@ -227,7 +227,7 @@ def idempotency_key_store(
     ``_store_statement``. A streaming response is stored without its body.
 
     ``event``: the request's usage event (a built ``BillingEvent``), handed over by
-    ``UsageMiddleware``. Written in the same round trip (``insert_event_guarded(event,
+    ``UsageMiddleware``. Written in the same round trip (``event_insert_guarded(event,
     first=<the store>)``) under the usage middleware's failure policy: if only the event
     fails, it is counted and logged (``event_not_written``) and the answer stays stored.
 
@@ -258,7 +258,7 @@ def idempotency_key_store(
             cursor.execute(*statement)
         return
     try:
-        insert_event_guarded(event, first=statement)
+        event_insert_guarded(event, first=statement)
     except RequiredWriteFailed:
         raise
     except Exception:  # noqa: BLE001 - the usage event's failure policy

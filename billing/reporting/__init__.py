@@ -14,7 +14,7 @@ module that defines it.
 * ``locks``: the organization's PostgreSQL advisory locks.
 * ``lifecycle``: a report's status (claimed, finished, failed).
 * ``runs``: ``report_usage``, one organization's run; its doc describes the whole flow.
-* ``queue``: ``queue_report``, a report run queued as a job (``POST report-usage/``, the
+* ``queue``: ``report_queue``, a report run queued as a job (``POST report-usage/``, the
   hourly schedule of ``billing.tasks``).
 
 Imports inside the package run one way: ``identifiers``, ``stripe_api``, ``locks`` and

@@ -2,9 +2,9 @@
 or failed.
 
 A report's status moves only by conditional updates: ``queued -> running`` when its run
-begins (``claim_report``; a resumed job also re-claims its own ``running`` report),
-``running -> <final>`` when it ends (``finish_report``), and ``queued``/``running`` ->
-``failed`` on an error (``fail_report``), so a report that reached a final status is
+begins (``report_claim``; a resumed job also re-claims its own ``running`` report),
+``running -> <final>`` when it ends (``report_finish``), and ``queued``/``running`` ->
+``failed`` on an error (``report_fail``), so a report that reached a final status is
 never turned back. A report whose run was killed is no longer guessed "abandoned" after
 a while: a job worker's death is seen by the job engine (stalled-job retry,
 ``billing.tasks``), which runs the same job again.
@@ -24,7 +24,7 @@ from tenancy.context import tenant_context
 logger = logging.getLogger(__name__)
 
 
-def claim_report(
+def report_claim(
     report: MeterReport, *, until: datetime, dry_run: bool, resume: bool = False
 ) -> bool:
     """Claim ``report`` for this run: ``queued -> running`` with ``started_at`` now (and
@@ -52,7 +52,7 @@ def claim_report(
     return True
 
 
-def finish_report(report: MeterReport, status: str, detail: str) -> bool:
+def report_finish(report: MeterReport, status: str, detail: str) -> bool:
     """End this run's report: ``running -> status`` with ``detail``, ``finished_at`` and
     the run's counts, by a conditional update (``WHERE status = 'running'``). Returns
     ``True`` when it was written (``report`` updated in memory). ``False`` when the
@@ -92,7 +92,7 @@ def finish_report(report: MeterReport, status: str, detail: str) -> bool:
     return False
 
 
-def fail_report(organization, report_id, detail: str) -> None:
+def report_fail(organization, report_id, detail: str) -> None:
     """THE failure path of a report run: mark the report ``failed`` with ``detail``
     (first 2,000 characters) and ``finished_at``, if it is still ``queued`` or
     ``running`` (a conditional update, so a second call changes nothing). Never raises:

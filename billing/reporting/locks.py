@@ -4,7 +4,7 @@
 * ``RUN_LOCK``: a session lock a run holds for all its work (``organization_lock``), so
   runs of one organization never overlap and two runs never send for the same customer
   at once; a run that finds it held is recorded as ``skipped`` (the holder does the work).
-* ``QUEUE_LOCK``: a transaction lock that serializes ``billing.reporting.queue.queue_report``,
+* ``QUEUE_LOCK``: a transaction lock that serializes ``billing.reporting.queue.report_queue``,
   so two POSTs cannot both queue a report.
 """
 
@@ -30,7 +30,7 @@ def advisory_key(purpose: str, organization_id) -> int:
     """The PostgreSQL advisory lock key (a ``bigint``) of ``organization_id`` (a UUID or any
     value with a stable ``str``) for ``purpose``: ``RUN_LOCK`` (the session lock a run holds
     for all its work, ``organization_lock``) or ``QUEUE_LOCK`` (the transaction lock that
-    serializes ``billing.reporting.queue.queue_report``). Different purposes give different
+    serializes ``billing.reporting.queue.report_queue``). Different purposes give different
     keys, so a POST never waits for a run in progress. The first 60 bits of SHA-256 of
     ``"<purpose>:<organization_id>"``: stable across processes and Python versions (unlike
     ``hash()``), always positive and within ``bigint``

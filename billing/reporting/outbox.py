@@ -39,10 +39,10 @@ from billing.reporting.identifiers import aggregate_identifier, value_fits
 logger = logging.getLogger(__name__)
 
 
-def build_aggregates(*, organization, until: datetime, report: MeterReport | None) -> int:
+def aggregates_build(*, organization, until: datetime, report: MeterReport | None) -> int:
     """Step 1: move the organization's unaggregated pending events before ``until`` into
     new outbox rows, then split every never-sent pending aggregate whose value has more
-    than 15 significant digits (``split_oversized_aggregates``). Returns how many
+    than 15 significant digits (``aggregates_split_oversized``). Returns how many
     aggregates were created. Runs in the caller's tenant context and transaction."""
     meters: dict[str, str] = settings.STRIPE_METERS
     groups = (
@@ -94,7 +94,7 @@ def build_aggregates(*, organization, until: datetime, report: MeterReport | Non
             aggregate.value, aggregate.event_count = totals["v"] or 0, totals["n"]
             aggregate.save(update_fields=["value", "event_count"])
         created += 1
-    return created + split_oversized_aggregates(organization=organization, report=report)
+    return created + aggregates_split_oversized(organization=organization, report=report)
 
 
 def _next_sequence(organization, meter: str, hour: datetime) -> int:
@@ -106,7 +106,7 @@ def _next_sequence(organization, meter: str, hour: datetime) -> int:
     return (last or 0) + 1
 
 
-def split_oversized_aggregates(*, organization, report: MeterReport | None) -> int:
+def aggregates_split_oversized(*, organization, report: MeterReport | None) -> int:
     """Split each pending, never-sent aggregate of ``organization`` whose value has more
     than 15 significant digits (Stripe's limit) into several aggregates that each fit.
 
@@ -181,7 +181,7 @@ def acknowledge(
     ``pending -> posted``, by conditional updates in one transaction, only if it was
     sent at least once (``first_sent_at`` set: Stripe cannot have it otherwise).
     ``from_statuses`` is ``pending`` for a run;
-    ``billing.reporting.reconciliation.resolve_reconciliation`` passes ``failed`` and
+    ``billing.reporting.reconciliation.reconciliation_resolve`` passes ``failed`` and
     ``needs_reconciliation`` (and ``last_error``, its note).
 
     Returns:

@@ -1,4 +1,4 @@
-"""Queuing a report run as a job (``queue_report``): the path of ``POST
+"""Queuing a report run as a job (``report_queue``): the path of ``POST
 /api/v1/billing/report-usage/`` and of the hourly schedule (``billing.tasks``).
 
 A run is the ``billing.report_usage`` job of procrastinate (``billing.tasks``), deferred in
@@ -45,7 +45,7 @@ def report_in_progress(organization) -> MeterReport | None:
     return reports.filter(pk=job.args["report_id"]).first()
 
 
-def queue_report(*, organization, requested_by=None) -> tuple[MeterReport, bool]:
+def report_queue(*, organization, requested_by=None) -> tuple[MeterReport, bool]:
     """Queue a report run of ``organization``, or return the one in progress.
 
     In one transaction (a savepoint of the caller's, whose end releases the lock): take the

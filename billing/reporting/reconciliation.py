@@ -5,10 +5,10 @@ rolling period of at least 24 hours only (https://docs.stripe.com/api/billing/me
 ``identifier``; https://docs.stripe.com/api/idempotent_requests). So an aggregate whose FIRST
 send (``first_sent_at``, committed before the request leaves) is older than
 ``STRIPE_RESEND_WINDOW_HOURS`` (default 23, ``resend_window``) is never resent
-automatically: it becomes ``needs_reconciliation`` (``flag_for_reconciliation``). An
+automatically: it becomes ``needs_reconciliation`` (``aggregate_flag_for_reconciliation``). An
 operator checks Stripe's meter event summaries, then resolves it in the admin
-(``resolve_reconciliation``); the admin's "Retry" of ``failed`` aggregates
-(``requeue_failed``) follows the same rule.
+(``reconciliation_resolve``); the admin's "Retry" of ``failed`` aggregates
+(``aggregates_requeue_failed``) follows the same rule.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def resend_window() -> timedelta:
 def resend_cutoff(now: datetime | None = None) -> datetime:
     """The resend rule, in one place: an aggregate first sent (``first_sent_at``) before
     this instant (UTC; ``now`` minus ``resend_window()``) is never resent automatically.
-    ``past_resend_window`` (one row) and ``requeue_failed`` (a queryset) both use it."""
+    ``past_resend_window`` (one row) and ``aggregates_requeue_failed`` (a queryset) both use it."""
     return (now or timezone.now()) - resend_window()
 
 
@@ -68,7 +68,7 @@ def reconciliation_message(aggregate: UsageAggregate) -> str:
     )
 
 
-def flag_for_reconciliation(organization, aggregate: UsageAggregate) -> None:
+def aggregate_flag_for_reconciliation(organization, aggregate: UsageAggregate) -> None:
     """Mark a ``pending`` aggregate past the resend window ``needs_reconciliation``, with
     ``reconciliation_message`` as its ``last_error`` (also set on ``aggregate`` in memory),
     and log it at ERROR. A conditional update: an aggregate no longer ``pending`` is left
@@ -81,13 +81,13 @@ def flag_for_reconciliation(organization, aggregate: UsageAggregate) -> None:
     logger.error("Stripe meter event %s needs reconciliation: %s", aggregate, aggregate.last_error)
 
 
-def requeue_failed(*, aggregates) -> tuple[int, list[str]]:
+def aggregates_requeue_failed(*, aggregates) -> tuple[int, list[str]]:
     """Queue ``failed`` aggregates again (the admin's "Retry" action): ``pending``,
     attempts 0, no backoff, the same identifier and current idempotency key, for the
     next run. Stripe deduplicates that identifier only for a rolling period of at least
     24 hours after the first send, so an aggregate first sent before
     ``resend_cutoff()`` is refused (reconcile it against Stripe's meter event summaries
-    instead, ``resolve_reconciliation``); one never sent (``first_sent_at`` null, e.g.
+    instead, ``reconciliation_resolve``); one never sent (``first_sent_at`` null, e.g.
     an hour over 35 days old) is always queued.
 
     Args:
@@ -108,7 +108,7 @@ def requeue_failed(*, aggregates) -> tuple[int, list[str]]:
     return requeued, refused
 
 
-def resolve_reconciliation(*, aggregate: UsageAggregate, stripe_has_it: bool, by: str) -> bool:
+def reconciliation_resolve(*, aggregate: UsageAggregate, stripe_has_it: bool, by: str) -> bool:
     """Close a reconciliation by hand (the admin actions), after comparing with Stripe's
     meter event summaries. Only for an aggregate that was sent at least once
     (``first_sent_at``) and is ``failed`` or ``needs_reconciliation``; returns

@@ -46,10 +46,10 @@ from django.utils import timezone
 
 from billing.models import MeterReport, MeterReportStatus, UsageAggregate, UsageAggregateStatus
 from billing.reporting.identifiers import current_hour
-from billing.reporting.lifecycle import claim_report, fail_report, finish_report
+from billing.reporting.lifecycle import report_claim, report_fail, report_finish
 from billing.reporting.locks import ReportingError, organization_lock
-from billing.reporting.outbox import acknowledge, build_aggregates
-from billing.reporting.send import NEEDS_RECONCILIATION, SENT, send_aggregate
+from billing.reporting.outbox import acknowledge, aggregates_build
+from billing.reporting.send import NEEDS_RECONCILIATION, SENT, aggregate_send
 from billing.reporting.stripe_api import stripe_client
 from tenancy.context import tenant_context
 
@@ -86,19 +86,19 @@ def report_usage(
 
     Without ``report`` a ``running`` report is created (``started_at`` now). With ``report``
     (the job's, see ``billing.tasks``: a report of this organization) the run claims it by
-    a conditional update ``queued -> running`` (``claim_report``: ``started_at`` now; with
+    a conditional update ``queued -> running`` (``report_claim``: ``started_at`` now; with
     ``resume``, the job's own ``running`` report too, left by a killed worker) and does
     nothing else if that changes no row (the report already finished: a warning is
     logged). Once it holds the organization's lock it checks again that the report is
     still ``running`` and stops if not. It ends the report by a conditional update
-    ``running -> <final status>`` (``finish_report``), so a report that failed meanwhile is
+    ``running -> <final status>`` (``report_finish``), so a report that failed meanwhile is
     never turned back. Returns the result with the report as stored (refreshed from the
     database when it was not this run's to change).
 
     Raises:
         Exception: anything unexpected while building or sending (a database error
             included); the report is saved as ``failed`` with the exception in
-            ``detail`` first (``fail_report``), then it propagates.
+            ``detail`` first (``report_fail``), then it propagates.
     """
     until = min(until or current_hour(), timezone.now())
     dry_run = dry_run or not settings.STRIPE_API_KEY
@@ -112,7 +112,7 @@ def report_usage(
                 status=MeterReportStatus.RUNNING,
                 started_at=timezone.now(),
             )
-        elif not claim_report(report, until=until, dry_run=dry_run, resume=resume):
+        elif not report_claim(report, until=until, dry_run=dry_run, resume=resume):
             logger.warning(
                 "usage report %s is no longer queued (%s: %s): not run",
                 report.pk,
@@ -122,14 +122,14 @@ def report_usage(
             return ReportResult(report=report)
         result = ReportResult(report=report)
         if not organization.stripe_customer_id:
-            finish_report(
+            report_finish(
                 report, MeterReportStatus.SKIPPED, "no Stripe customer (stripe_customer_id)"
             )
             return result
         if dry_run:
             _plan(organization, until, result)
             why = "dry run" if settings.STRIPE_API_KEY else "dry run: STRIPE_API_KEY is not set"
-            finish_report(report, MeterReportStatus.DRY_RUN, why)
+            report_finish(report, MeterReportStatus.DRY_RUN, why)
             return result
 
     try:
@@ -154,14 +154,14 @@ def report_usage(
             _build_and_send(organization, until, report, result, client_factory)
     except ReportingError as exc:
         with tenant_context(organization):
-            finish_report(
+            report_finish(
                 report,
                 MeterReportStatus.SKIPPED,
                 f"{exc}: this run was skipped; the run holding the lock sends the pending usage",
             )
         return result
     except Exception as exc:
-        fail_report(organization, report.pk, f"{type(exc).__name__}: {exc}")
+        report_fail(organization, report.pk, f"{type(exc).__name__}: {exc}")
         raise
     with tenant_context(organization):
         if report.aggregates_failed and report.aggregates_sent:
@@ -170,7 +170,7 @@ def report_usage(
             status = MeterReportStatus.FAILED
         else:
             status = MeterReportStatus.SUCCEEDED
-        finish_report(report, status, "")
+        report_finish(report, status, "")
     return result
 
 
@@ -178,7 +178,7 @@ def _build_and_send(organization, until, report, result, client_factory) -> None
     """Steps 1-3 for one organization (the caller holds its reporting lock)."""
     # Step 1, committed before anything is sent.
     with tenant_context(organization):
-        report.aggregates_created = build_aggregates(
+        report.aggregates_created = aggregates_build(
             organization=organization, until=until, report=report
         )
         report.save(update_fields=["aggregates_created"])
@@ -194,7 +194,7 @@ def _build_and_send(organization, until, report, result, client_factory) -> None
         )
     for aggregate in due:
         # No transaction is held open during the HTTP call.
-        outcome = send_aggregate(client, aggregate, organization=organization)
+        outcome = aggregate_send(client, aggregate, organization=organization)
         if outcome == SENT:
             with tenant_context(organization):
                 report.events_posted += acknowledge(aggregate) or 0
@@ -214,7 +214,7 @@ def _plan(organization, until: datetime, result: ReportResult) -> None:
     """Dry run: what step 1 and 2 would send, computed without writing."""
     with transaction.atomic():
         sid = transaction.savepoint()
-        build_aggregates(organization=organization, until=until, report=None)
+        aggregates_build(organization=organization, until=until, report=None)
         for aggregate in UsageAggregate.objects.for_organization(organization).filter(
             status=UsageAggregateStatus.PENDING
         ):

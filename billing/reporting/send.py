@@ -27,19 +27,19 @@ from django.utils import timezone
 
 from billing.models import UsageAggregate, UsageAggregateStatus
 from billing.reporting.identifiers import STRIPE_MAX_AGE, format_value
-from billing.reporting.reconciliation import flag_for_reconciliation, past_resend_window
+from billing.reporting.reconciliation import aggregate_flag_for_reconciliation, past_resend_window
 from billing.reporting.stripe_api import classify_stripe_error
 from tenancy.context import tenant_context
 
 logger = logging.getLogger(__name__)
 
-#: What ``send_aggregate`` returns.
+#: What ``aggregate_send`` returns.
 SENT = "sent"
 FAILED = "failed"
 NEEDS_RECONCILIATION = "needs_reconciliation"
 
 
-def send_aggregate(client, aggregate: UsageAggregate, *, organization) -> str:
+def aggregate_send(client, aggregate: UsageAggregate, *, organization) -> str:
     """Step 2 for one aggregate: send it, retrying with exponential backoff
     (``STRIPE_RETRY_BACKOFF_SECONDS`` x 2^n) up to ``STRIPE_MAX_ATTEMPTS`` attempts in all
     (counted over runs).
@@ -58,7 +58,7 @@ def send_aggregate(client, aggregate: UsageAggregate, *, organization) -> str:
     import stripe
 
     if past_resend_window(aggregate):
-        flag_for_reconciliation(organization, aggregate)
+        aggregate_flag_for_reconciliation(organization, aggregate)
         return NEEDS_RECONCILIATION
     timestamp = aggregate.period_start.astimezone(UTC)
     try:
@@ -79,7 +79,7 @@ def send_aggregate(client, aggregate: UsageAggregate, *, organization) -> str:
         if aggregate.first_sent_at is None:
             _mark_first_sent(organization, aggregate)
         elif past_resend_window(aggregate):
-            flag_for_reconciliation(organization, aggregate)
+            aggregate_flag_for_reconciliation(organization, aggregate)
             return NEEDS_RECONCILIATION
         aggregate.attempts += 1
         try:

@@ -31,7 +31,7 @@ from django.conf import settings
 
 def stripe_client():
     """A ``stripe.StripeClient`` for ``STRIPE_API_KEY`` over the ``requests`` HTTP client,
-    with stripe-python's own retries off (``billing.reporting.send.send_aggregate``
+    with stripe-python's own retries off (``billing.reporting.send.aggregate_send``
     retries, counting attempts)."""
     import stripe
 
@@ -44,7 +44,7 @@ def stripe_client():
 
 @dataclass(frozen=True)
 class ErrorVerdict:
-    """How ``billing.reporting.send.send_aggregate`` treats a ``stripe.StripeError``.
+    """How ``billing.reporting.send.aggregate_send`` treats a ``stripe.StripeError``.
 
     ``delivered``: Stripe already has the event (duplicate identifier); ``retry``:
     another attempt may follow; ``new_key``: the next attempt needs a new

@@ -155,7 +155,9 @@ def test_requeue_failed_is_the_one_resend_rule(org, settings):
     inside = outbox_row(org, sequence=2, status="failed", first_sent_hours_ago=4.9)
     past = outbox_row(org, sequence=3, status="failed", first_sent_hours_ago=5.1)
     pending = outbox_row(org, sequence=4, status="pending", first_sent_hours_ago=6)
-    requeued, refused = reconciliation.requeue_failed(aggregates=UsageAggregate.objects.all())
+    requeued, refused = reconciliation.aggregates_requeue_failed(
+        aggregates=UsageAggregate.objects.all()
+    )
     assert (requeued, refused) == (2, [past.identifier])
     statuses = dict(UsageAggregate.objects.values_list("pk", "status"))
     assert statuses == {
@@ -164,7 +166,7 @@ def test_requeue_failed_is_the_one_resend_rule(org, settings):
         past.pk: "failed",
         pending.pk: "pending",
     }
-    # the same rule as a run's: past the window for requeue_failed <=> for send_aggregate
+    # the same rule as a run's: past the window for aggregates_requeue_failed <=> for aggregate_send
     for aggregate in (inside, past):
         assert reconciliation.past_resend_window(aggregate) is (aggregate == past)
 
@@ -174,7 +176,7 @@ def test_reconciled_stripe_has_it_writes_no_intermediate_status(org):
     aggregate (no temporary 'pending' that a concurrent run could pick up and resend)."""
     flagged = outbox_row(org, sequence=1, status="needs_reconciliation", first_sent_hours_ago=30)
     with CaptureQueriesContext(connection) as ctx:
-        assert reconciliation.resolve_reconciliation(
+        assert reconciliation.reconciliation_resolve(
             aggregate=flagged, stripe_has_it=True, by="ops"
         )
     updates = [

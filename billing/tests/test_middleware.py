@@ -366,7 +366,7 @@ def test_event_is_written_inside_the_tenant_context(api, org, settings):
     runs inside the request's tenant context; the same write outside one is refused."""
     from django.db import DatabaseError, transaction
 
-    from billing.services import record_event
+    from billing.services import event_record
     from tenancy.context import tenant_context
 
     settings.RLS_ENABLED = True
@@ -383,6 +383,6 @@ def test_event_is_written_inside_the_tenant_context(api, org, settings):
             "set_config('app.rls_enabled', 'on', true), set_config('app.cross_tenant', '', true)"
         )
     with pytest.raises(DatabaseError), transaction.atomic():
-        record_event(organization=org, event_name="api.request", request_id="no-context")
+        event_record(organization=org, event_name="api.request", request_id="no-context")
     with tenant_context(org):
-        assert record_event(organization=org, event_name="api.request", request_id="ctx")
+        assert event_record(organization=org, event_name="api.request", request_id="ctx")

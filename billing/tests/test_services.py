@@ -10,7 +10,7 @@ from django.test.utils import CaptureQueriesContext
 
 from billing import pricing, services
 from billing.models import BillingEvent
-from billing.services import InvalidBillingEvent, record_event, record_events
+from billing.services import InvalidBillingEvent, event_record, events_record
 from tenancy.context import cross_tenant
 
 pytestmark = pytest.mark.django_db
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.django_db
 
 def test_record_event_creates_priced_row(org, owner, settings):
     settings.USAGE_RATE_CENTS = 3
-    event = record_event(
+    event = event_record(
         organization=org,
         event_name="api.request",
         user=owner,
@@ -39,40 +39,40 @@ def test_record_event_creates_priced_row(org, owner, settings):
 
 
 def test_record_event_duplicate_is_none_and_no_row(org):
-    first = record_event(organization=org, event_name="api.request", request_id="dup")
-    second = record_event(organization=org, event_name="api.request", request_id="dup")
+    first = event_record(organization=org, event_name="api.request", request_id="dup")
+    second = event_record(organization=org, event_name="api.request", request_id="dup")
     assert first is not None
     assert second is None
     assert BillingEvent.objects.count() == 1
 
 
 def test_same_request_id_other_org_or_other_name_is_not_a_duplicate(org, outsider_org):
-    assert record_event(organization=org, event_name="api.request", request_id="x")
-    assert record_event(organization=outsider_org, event_name="api.request", request_id="x")
-    assert record_event(organization=org, event_name="doc.upload", request_id="x", unit="document")
+    assert event_record(organization=org, event_name="api.request", request_id="x")
+    assert event_record(organization=outsider_org, event_name="api.request", request_id="x")
+    assert event_record(organization=org, event_name="doc.upload", request_id="x", unit="document")
     assert BillingEvent.objects.count() == 3
 
 
 def test_events_without_request_id_are_never_deduplicated(org):
-    record_event(organization=org, event_name="doc.processed", unit="page", quantity=2)
-    record_event(organization=org, event_name="doc.processed", unit="page", quantity=2)
+    event_record(organization=org, event_name="doc.processed", unit="page", quantity=2)
+    event_record(organization=org, event_name="doc.processed", unit="page", quantity=2)
     assert BillingEvent.objects.count() == 2
 
 
 def test_duplicate_does_not_abort_the_transaction(org):
     """After a duplicate inside the same transaction, later queries still work."""
-    record_event(organization=org, event_name="api.request", request_id="dup")
-    record_event(organization=org, event_name="api.request", request_id="dup")
-    assert record_event(organization=org, event_name="api.request", request_id="next")
+    event_record(organization=org, event_name="api.request", request_id="dup")
+    event_record(organization=org, event_name="api.request", request_id="dup")
+    assert event_record(organization=org, event_name="api.request", request_id="next")
     assert BillingEvent.objects.count() == 2
 
 
 def test_price_book_wins_over_default_rate(org, settings):
     settings.USAGE_RATE_CENTS = 1
     settings.BILLING_PRICE_BOOK = {"doc.processed": 7}
-    processed = record_event(organization=org, event_name="doc.processed", unit="page", quantity=3)
-    call = record_event(organization=org, event_name="api.request")
-    explicit = record_event(organization=org, event_name="api.request", unit_cost_cents=0)
+    processed = event_record(organization=org, event_name="doc.processed", unit="page", quantity=3)
+    call = event_record(organization=org, event_name="api.request")
+    explicit = event_record(organization=org, event_name="api.request", unit_cost_cents=0)
     assert (processed.unit_cost_cents, call.unit_cost_cents, explicit.unit_cost_cents) == (7, 1, 0)
 
 
@@ -108,7 +108,7 @@ def test_record_events_batch_of_thousand_in_one_query(org, outsider_org):
         for i in range(1000)
     ]
     with CaptureQueriesContext(connection) as ctx:
-        created = record_events(events)
+        created = events_record(events)
     assert len(created) == 1000
     # one INSERT ... RETURNING: the created ids come back with the insert
     assert len(ctx.captured_queries) == 1, [q["sql"][:80] for q in ctx.captured_queries]
@@ -119,8 +119,8 @@ def test_record_events_batch_of_thousand_in_one_query(org, outsider_org):
 
 
 def test_record_events_returns_only_created_and_skips_in_batch_duplicates(org):
-    record_event(organization=org, event_name="api.request", request_id="old")
-    created = record_events(
+    event_record(organization=org, event_name="api.request", request_id="old")
+    created = events_record(
         [
             {"organization": org, "event_name": "api.request", "request_id": "old"},
             {"organization_id": org.pk, "event_name": "api.request", "request_id": "new"},
@@ -137,22 +137,22 @@ def test_record_events_returns_only_created_and_skips_in_batch_duplicates(org):
 
 def test_record_events_bad_item_writes_nothing(org):
     with pytest.raises(InvalidBillingEvent, match="event 1"):
-        record_events(
+        events_record(
             [
                 {"organization": org, "event_name": "api.request"},
                 {"organization": org, "event_name": "api.request", "quantity": "-1"},
             ]
         )
     with pytest.raises(InvalidBillingEvent, match="unknown fields"):
-        record_events([{"organization": org, "event_name": "x", "colour": "red"}])
+        events_record([{"organization": org, "event_name": "x", "colour": "red"}])
     with pytest.raises(InvalidBillingEvent, match="organization"):
-        record_event(organization=None, event_name="api.request")
+        event_record(organization=None, event_name="api.request")
     assert BillingEvent.objects.count() == 0
 
 
 def test_record_events_empty_batch_no_query():
     with CaptureQueriesContext(connection) as ctx:
-        assert record_events([]) == []
+        assert events_record([]) == []
     assert ctx.captured_queries == []
 
 
@@ -178,7 +178,7 @@ def _array_type(field) -> str:
 
 
 def test_raw_insert_columns_stay_in_step_with_the_model():
-    """``record_events`` writes through a hand-written ``INSERT ... SELECT FROM
+    """``events_record`` writes through a hand-written ``INSERT ... SELECT FROM
     unnest(...)`` whose column list is ``services._UNNEST_COLUMNS``: it must name every
     concrete column of BillingEvent (or leave it out on purpose, above), bind each as
     the column's type, and ``_row`` must give the values in the same order."""
@@ -198,7 +198,7 @@ def test_raw_insert_columns_stay_in_step_with_the_model():
     )
     assert "dimensions::jsonb" in services._UNNEST_INSERT
 
-    event = services.build_event(
+    event = services.event_build(
         organization_id=uuid.uuid4(),
         user_id=7,
         event_name="doc.processed",
@@ -218,9 +218,9 @@ def test_raw_insert_columns_stay_in_step_with_the_model():
 
 
 def test_raw_insert_round_trips_every_column(org, owner):
-    """What record_events writes reads back through the ORM as built (every column)."""
+    """What events_record writes reads back through the ORM as built (every column)."""
     created_at = datetime(2025, 11, 5, 12, 30, tzinfo=UTC)
-    [event] = record_events(
+    [event] = events_record(
         [
             {
                 "organization": org,
@@ -243,17 +243,17 @@ def test_raw_insert_round_trips_every_column(org, owner):
         assert getattr(stored, field.attname) == getattr(event, field.attname), field.name
 
 
-# --- insert_event_guarded: the request path's one-round-trip write -------------------------
+# --- event_insert_guarded: the request path's one-round-trip write -------------------------
 
 
 def _built(org, request_id="g-1"):
-    return services.build_event(organization=org, event_name="api.request", request_id=request_id)
+    return services.event_build(organization=org, event_name="api.request", request_id=request_id)
 
 
 def test_guarded_insert_is_one_query_and_idempotent(org):
     with CaptureQueriesContext(connection) as ctx:
-        services.insert_event_guarded(_built(org))
-        services.insert_event_guarded(_built(org))  # the same key: skipped, no error
+        services.event_insert_guarded(_built(org))
+        services.event_insert_guarded(_built(org))  # the same key: skipped, no error
     assert len(ctx.captured_queries) == 2
     assert BillingEvent.objects.filter(request_id="g-1").count() == 1
 
@@ -268,7 +268,7 @@ def test_guarded_insert_refuses_an_already_aborted_transaction_without_sending(o
             cursor.execute("SELECT 1 / 0")
         with CaptureQueriesContext(connection) as ctx:
             with pytest.raises(DatabaseError, match="already aborted"):
-                services.insert_event_guarded(_built(org))
+                services.event_insert_guarded(_built(org))
         assert ctx.captured_queries == []
         transaction.set_rollback(True)
 
@@ -278,10 +278,10 @@ def test_guarded_insert_failure_restores_the_transaction(org, settings):
     to the savepoint: the transaction goes on, an earlier write in it is kept."""
     from django.db import DataError
 
-    record_event(organization=org, event_name="doc.upload", request_id="kept")
+    event_record(organization=org, event_name="doc.upload", request_id="kept")
     settings.BILLING_PRICE_BOOK = {"api.request": 3_000_000_000}
     with pytest.raises(DataError):
-        services.insert_event_guarded(_built(org))
+        services.event_insert_guarded(_built(org))
     assert not connection.needs_rollback
     assert list(BillingEvent.objects.values_list("request_id", flat=True)) == ["kept"]
 
@@ -297,7 +297,7 @@ def test_guarded_insert_whose_savepoint_never_existed_marks_the_transaction_for_
     monkeypatch.setattr(services, "_GUARD_SAVEPOINT", "1 not a name")
     with transaction.atomic():
         with pytest.raises(DatabaseError):
-            services.insert_event_guarded(_built(org))
+            services.event_insert_guarded(_built(org))
         assert connection.needs_rollback
 
 
@@ -307,7 +307,7 @@ def test_guarded_insert_outside_a_transaction_is_refused(org):
 
     assert not connection.in_atomic_block
     with pytest.raises(TransactionManagementError):
-        services.insert_event_guarded(_built(org, request_id="autocommit-1"))
+        services.event_insert_guarded(_built(org, request_id="autocommit-1"))
     with cross_tenant(reason="test: nothing was written in any organization"):
         assert not BillingEvent.objects.filter(request_id="autocommit-1").exists()
 

@@ -194,7 +194,7 @@ def test_x_request_id_does_not_deduplicate_uploads(api, org, settings):
 def test_each_document_is_billed_once_for_its_upload(settings):
     """``doc.upload`` is keyed on the document: recording it again for the same document
     (whatever the request ids) creates nothing."""
-    from billing.services import record_event
+    from billing.services import event_record
 
     with cross_tenant(reason="test set-up"):
         org = OrganizationFactory()
@@ -208,7 +208,7 @@ def test_each_document_is_billed_once_for_its_upload(settings):
             file=SimpleUploadedFile("once.txt", b"line\n", "text/plain"),
             request_id="req-a",
         )
-        again = record_event(
+        again = event_record(
             organization=org,
             event_name="doc.upload",
             resource_id=document.pk,
@@ -308,14 +308,14 @@ def test_permanent_database_error_while_billing_marks_the_document_failed(org, o
 def fail_doc_processed_billing(monkeypatch, message="canceling statement due to statement timeout"):
     """Make the doc.processed billing call raise ``OperationalError`` (an injected
     database failure, e.g. a statement timeout); other billing calls are untouched."""
-    real = services.record_event
+    real = services.event_record
 
-    def record_event(**kwargs):
+    def event_record(**kwargs):
         if kwargs.get("event_name") == "doc.processed":
             raise OperationalError(message)
         return real(**kwargs)
 
-    monkeypatch.setattr(services, "record_event", record_event)
+    monkeypatch.setattr(services, "event_record", event_record)
 
 
 def test_transient_database_error_leaves_the_document_pending_and_the_job_retried(

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from billing.models import MeterReport, MeterReportStatus
 from billing.reporting import identifiers, locks
-from billing.services import record_event
+from billing.services import event_record
 from tenancy.context import tenant_context
 
 HOUR = (
@@ -21,7 +21,7 @@ def add_events(org, specs):
     """``specs``: (event_name, hour offset from HOUR, minute, quantity)."""
     with tenant_context(org):
         for i, (name, hours, minute, quantity) in enumerate(specs):
-            record_event(
+            event_record(
                 organization=org,
                 event_name=name,
                 quantity=Decimal(quantity),

@@ -19,7 +19,7 @@ from billing.reporting import runs
 from billing.tests.reporting.scenario import add_events, ident, make_report
 
 #: ``detail`` a test writes on a report that failed while its run was going on (what a
-#: concurrent attempt's ``fail_report`` would write).
+#: concurrent attempt's ``report_fail`` would write).
 FAILED_MEANWHILE = "RuntimeError: failed by a concurrent attempt"
 
 
@@ -125,7 +125,7 @@ def test_a_report_that_failed_during_its_run_is_not_turned_back(
             status=MeterReportStatus.FAILED, detail=FAILED_MEANWHILE
         )
 
-    real_start, real_send = runs.claim_report, runs.send_aggregate
+    real_start, real_send = runs.report_claim, runs.aggregate_send
 
     def start_then_fail(report, **kwargs):
         claimed = real_start(report, **kwargs)
@@ -137,8 +137,8 @@ def test_a_report_that_failed_during_its_run_is_not_turned_back(
         fail_meanwhile()  # while the run is sending
         return real_send(client, aggregate, **kwargs)
 
-    monkeypatch.setattr(runs, "claim_report", start_then_fail)
-    monkeypatch.setattr(runs, "send_aggregate", fail_then_send)
+    monkeypatch.setattr(runs, "report_claim", start_then_fail)
+    monkeypatch.setattr(runs, "aggregate_send", fail_then_send)
     with caplog.at_level(logging.WARNING, logger="billing.reporting"):
         result = runs.report_usage(organization=customer_org, report=report)
     report.refresh_from_db()

@@ -93,7 +93,9 @@ def test_migration_0006_stamps_first_sent_at_on_aggregates_sent_before_it(custom
         }
         # ... so the rules for sent aggregates apply: past the window the admin's retry
         # refuses them and they can be reconciled; a never-sent failure is queued again
-        requeued, refused = reconciliation.requeue_failed(aggregates=UsageAggregate.objects.all())
+        requeued, refused = reconciliation.aggregates_requeue_failed(
+            aggregates=UsageAggregate.objects.all()
+        )
         assert requeued == 2  # too_many_digits, old_hour_never_sent
         assert sorted(refused) == sorted(
             ident(customer_org, "api_requests", 0, n)
@@ -101,7 +103,7 @@ def test_migration_0006_stamps_first_sent_at_on_aggregates_sent_before_it(custom
             if name in ("failed_after_5xx", "old_hour_after_requests")
         )
         failed = UsageAggregate.objects.get(pk=ids["failed_after_5xx"])
-        assert reconciliation.resolve_reconciliation(aggregate=failed, stripe_has_it=True, by="ops")
+        assert reconciliation.reconciliation_resolve(aggregate=failed, stripe_has_it=True, by="ops")
 
 
 @pytest.mark.rls_raw

@@ -11,7 +11,7 @@ from django.db.models import ProtectedError
 
 from billing.models import BillingEvent, BillingEventStatus, MeterReportStatus, UsageAggregate
 from billing.reporting import runs
-from billing.services import record_events
+from billing.services import events_record
 from billing.tests.reporting.scenario import HOUR, add_events, ident, sent
 from tenancy.context import tenant_context
 
@@ -55,7 +55,7 @@ def test_an_hour_over_15_significant_digits_is_split_exactly(fake_stripe, custom
     which Stripe refuses): sent as two aggregates that each fit, nothing rounded."""
     quantity = Decimal("99999999.9999")
     with tenant_context(customer_org):
-        record_events(
+        events_record(
             {
                 "organization": customer_org,
                 "event_name": "api.request",
@@ -80,7 +80,7 @@ def test_an_hour_over_15_significant_digits_is_split_exactly(fake_stripe, custom
 def test_an_oversized_pending_aggregate_is_split_before_its_first_send(fake_stripe, customer_org):
     """An aggregate left oversized by an earlier version (never sent) is split too."""
     with tenant_context(customer_org):
-        events = record_events(
+        events = events_record(
             {
                 "organization": customer_org,
                 "event_name": "api.request",

@@ -105,7 +105,7 @@ def test_an_unexpected_error_in_the_job_fails_the_report_not_the_request(
     def explode(**kwargs):
         raise RuntimeError("outbox exploded")
 
-    monkeypatch.setattr(runs, "build_aggregates", explode)
+    monkeypatch.setattr(runs, "aggregates_build", explode)
     response = api.post("/api/v1/billing/report-usage/")
     assert response.status_code == 202
     ran = run_jobs(queues=["billing"])
@@ -141,7 +141,7 @@ def test_a_job_whose_report_already_ended_does_nothing(fake_stripe, customer_org
 
 def test_two_report_jobs_of_one_organization_never_run_at_once(fake_stripe, customer_org):
     """The organization's procrastinate lock: while one of its report jobs runs, a second
-    one (deferred by hand: ``queue_report`` would not queue it) is not given to any
+    one (deferred by hand: ``report_queue`` would not queue it) is not given to any
     worker; another organization's job is."""
     first = make_report(customer_org, status=MeterReportStatus.QUEUED)
     defer_report(organization=customer_org, report_id=first.pk)
@@ -227,7 +227,7 @@ def test_a_report_job_that_finds_the_organization_locked_is_skipped(fake_stripe,
 
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_posts_queue_one_report(fake_stripe, customer_org):
-    """A real race on two connections: the first ``queue_report`` runs inside a
+    """A real race on two connections: the first ``report_queue`` runs inside a
     transaction held open after it queued its report and job (uncommitted, invisible to
     others); the second waits on the transaction-level advisory lock (asserted with
     ``pg_blocking_pids``) until the first commits, then finds that report's job and
@@ -235,7 +235,7 @@ def test_two_concurrent_posts_queue_one_report(fake_stripe, customer_org):
 
     def queue():
         with tenant_context(customer_org):
-            return reporting_queue.queue_report(organization=customer_org)
+            return reporting_queue.report_queue(organization=customer_org)
 
     results = race_second_behind_first(queue, queue, what="the second POST")
     assert not isinstance(results["first"], Exception), results["first"]

@@ -52,7 +52,7 @@ def test_an_aggregate_first_sent_past_the_window_is_not_resent(fake_stripe, cust
 def test_the_window_is_a_setting(fake_stripe, stripe_settings, customer_org):
     add_events(customer_org, [("api.request", 0, 1, "1")])
     with tenant_context(customer_org):
-        outbox.build_aggregates(organization=customer_org, until=timezone.now(), report=None)
+        outbox.aggregates_build(organization=customer_org, until=timezone.now(), report=None)
     UsageAggregate.objects.update(first_sent_at=timezone.now() - timedelta(hours=2))
     stripe_settings.STRIPE_RESEND_WINDOW_HOURS = 1
     runs.report_usage(organization=customer_org)

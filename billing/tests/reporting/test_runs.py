@@ -119,7 +119,7 @@ def test_an_error_in_one_organization_does_not_stop_the_others(
     outsider_org.save(update_fields=["stripe_customer_id"])
     add_events(customer_org, [("api.request", 0, 1, "1")])
     add_events(outsider_org, [("api.request", 0, 1, "1")])
-    real_build = runs.build_aggregates
+    real_build = runs.aggregates_build
 
     def build(*, organization, **kwargs):
         if organization.pk == customer_org.pk:
@@ -127,7 +127,7 @@ def test_an_error_in_one_organization_does_not_stop_the_others(
                 cursor.execute("SELECT 1 / 0")  # a real database error, for acme-law only
         return real_build(organization=organization, **kwargs)
 
-    monkeypatch.setattr(runs, "build_aggregates", build)
+    monkeypatch.setattr(runs, "aggregates_build", build)
     out, err = StringIO(), StringIO()
     with caplog.at_level(logging.ERROR, logger="billing.reporting"):
         with pytest.raises(CommandError, match="1 organization"):

@@ -7,7 +7,7 @@ from procrastinate.contrib.django import app
 from procrastinate.contrib.django.models import ProcrastinateJob
 
 from billing.models import BillingEventStatus, MeterReport, UsageAggregate
-from billing.services import record_event
+from billing.services import event_record
 from billing.tasks import schedule_usage_reports
 from billing.tests.reporting.scenario import HOUR, add_events
 from tenancy.context import tenant_context
@@ -48,7 +48,7 @@ def test_one_report_job_per_organization_with_pending_usage_and_no_second_while_
     add_events(unmetered, [("doc.processed", 0, 1, "3")])
     this_hour = org("this-hour")  # the current hour is not complete yet
     with tenant_context(this_hour):
-        record_event(organization=this_hour, event_name="api.request", request_id="now-1")
+        event_record(organization=this_hour, event_name="api.request", request_id="now-1")
     posted = org("posted")
     add_events(posted, [("api.request", 0, 1, "1")])
     with tenant_context(posted):

@@ -18,7 +18,7 @@ from billing.models import (
     UsageAggregateStatus,
 )
 from billing.reporting import runs
-from billing.services import record_event
+from billing.services import event_record
 from billing.tests.fakes import Lost
 from billing.tests.reporting.scenario import add_events, ident, sent
 from tenancy.context import tenant_context
@@ -71,7 +71,7 @@ def test_retries_exhausted_fail_visibly_and_the_command_exits_non_zero(
 
 def test_hours_older_than_35_days_are_not_sent(fake_stripe, customer_org):
     with tenant_context(customer_org):
-        record_event(
+        event_record(
             organization=customer_org,
             event_name="api.request",
             request_id="old",
