@@ -498,7 +498,7 @@ def test_check_isolation_names_each_missing_piece_alone(owner_conn, setup, missi
 def test_the_suite_logs_in_as_the_app_role_and_reset_role_cannot_leave_it(db, capsys):
     """Two logins (DATABASE_OWNER_URL; CI, the embedded database): requests log in as the
     app role itself, so RESET ROLE is a no-op and check_isolation --strict passes."""
-    assert roles.logs_in_as_app_role(), "set DATABASE_OWNER_URL (README: 'Tests')"
+    assert roles.logs_in_as_app_role(), "set DATABASE_OWNER_URL (README, 'Set-up')"
     with connection.cursor() as cursor:
         cursor.execute("RESET ROLE")
         cursor.execute(
