@@ -25,7 +25,8 @@ setup: venv .env
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py setup_demo
 
-# The API (runserver) and one job worker (manage.py procrastinate worker), together: honcho
+# The API (gunicorn: WEB_WORKERS x WEB_THREADS, goldleaves/gunicorn_conf.py) and one job
+# worker (manage.py procrastinate worker), together: honcho
 # runs the two lines of Procfile.dev with the virtualenv first on PATH, prefixes their output
 # (web.1 | ..., worker.1 | ...), and stops both on Ctrl-C or when either exits. Django reads
 # .env itself, so honcho is given none (--env /dev/null).

@@ -7,7 +7,11 @@ import shutil
 
 import pytest
 
-#: Every statement of the suite is checked for organization_id (tenancy/tests/sql_capture.py).
+from tenancy.tests.db_setup import django_db_setup  # noqa: F401 (pytest-django's, replaced)
+
+#: Every statement of the suite is checked for organization_id (tenancy/tests/sql_capture.py);
+#: the test database is created and migrated by the owner, the tests log in as the app role
+#: (tenancy/tests/db_setup.py).
 pytest_plugins = ["tenancy.tests.sql_capture"]
 
 

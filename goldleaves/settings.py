@@ -96,20 +96,45 @@ TEMPLATES = [
 
 # --- Database -------------------------------------------------------------
 # With DATABASE_URL: that PostgreSQL. Without it: an embedded PostgreSQL (pgserver)
-# whose data lives under .data/ (see goldleaves/embedded_db.py).
+# whose data lives under .data/ (see goldleaves/embedded_db.py), with both logins.
+# Two logins (DATABASE_OWNER_URL set): DATABASE_URL logs in as the app role itself and
+# DATABASE_OWNER_URL as the owner (migrate, flush, the test database), always to
+# DATABASE_URL's database. One login (DATABASE_OWNER_URL unset, development only):
+# DATABASE_URL is the owner and connections SET ROLE to DATABASE_APP_ROLE.
+# See tenancy/rls/roles.py and DEPLOY.md ("Database roles").
+DATABASE_APP_ROLE = env.str("DATABASE_APP_ROLE", default="goldleaves_app")
+DATABASE_OWNER_URL = env.str("DATABASE_OWNER_URL", default="")
 if env.str("DATABASE_URL", default=""):
     DATABASES = {"default": env.db_url("DATABASE_URL")}
 else:
     from goldleaves.embedded_db import embedded_database_url
 
     EMBEDDED_DB_DIR = env.str("EMBEDDED_DB_DIR", default="") or str(BASE_DIR / ".data")
-    DATABASES = {"default": env.db_url_config(embedded_database_url(EMBEDDED_DB_DIR))}
+    # The embedded server's own superuser is the owner (DATABASE_OWNER_URL is not read);
+    # the app role logs in as itself (trust on the server's Unix socket).
+    DATABASE_OWNER_URL = embedded_database_url(EMBEDDED_DB_DIR, app_login=DATABASE_APP_ROLE)
+    DATABASES = {"default": env.db_url_config(DATABASE_OWNER_URL)}
+    if DATABASE_APP_ROLE:
+        DATABASES["default"]["USER"] = DATABASE_APP_ROLE
+    else:
+        DATABASE_OWNER_URL = ""
+DATABASE_OWNER = env.db_url_config(DATABASE_OWNER_URL) if DATABASE_OWNER_URL else {}
+if DATABASE_OWNER:
+    _app_login = DATABASES["default"]["USER"]
+    if env.str("DATABASE_APP_ROLE", default=_app_login) not in (_app_login, ""):
+        raise ImproperlyConfigured(
+            f"DATABASE_APP_ROLE={DATABASE_APP_ROLE!r} but DATABASE_URL logs in as "
+            f"{_app_login!r}: with DATABASE_OWNER_URL set, DATABASE_URL's user is the app role."
+        )
+    if _app_login == DATABASE_OWNER["USER"]:
+        raise ImproperlyConfigured(
+            "DATABASE_URL and DATABASE_OWNER_URL log in as the same role; DATABASE_URL must "
+            "log in as the app role (see DEPLOY.md, 'Database roles')."
+        )
+    DATABASE_APP_ROLE = _app_login
 DATABASES["default"]["ENGINE"] = "django.db.backends.postgresql"
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-# Requests run as this non-owner role without BYPASSRLS (SET ROLE after connecting);
-# migrate/flush stay the login (owner) role. Empty: stay the login role. See DEPLOY.md.
-DATABASE_APP_ROLE = env.str("DATABASE_APP_ROLE", default="goldleaves_app")
 # Django's psycopg pool (min_size=max_size=DATABASE_POOL_SIZE) instead of persistent
 # connections; 0 = no pool. The pool resets app.* settings when a connection comes back.
 DATABASE_POOL_SIZE = env.int("DATABASE_POOL_SIZE", default=0)

@@ -1,4 +1,6 @@
+from django.conf import settings
 from django.contrib import admin
+from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import include, path, re_path
 from drf_spectacular.views import (
     SpectacularAPIView,
@@ -39,6 +41,12 @@ urlpatterns = [
     # served route, so never billed; still rate limited (tenancy.ratelimit).
     re_path(r"^api/", not_billed(api_not_found), name="api-not-found"),
 ]
+
+# With DEBUG (make run): static files (the admin's, the API docs' Swagger UI and Redoc) from
+# the apps' static folders, as runserver did; gunicorn serves no files itself. Production
+# serves STATIC_ROOT itself (DEPLOY.md). Empty without DEBUG (Django docs, "staticfiles").
+if settings.DEBUG:
+    urlpatterns += staticfiles_urlpatterns()
 
 handler400 = "core.errors.handler400"
 handler403 = "core.errors.handler403"

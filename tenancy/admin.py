@@ -1,10 +1,13 @@
 """Django admin for organizations, users and memberships (staff's cross-tenant tool, see
-``tenancy.middleware.AdminCrossTenantMiddleware``)."""
+``tenancy.middleware.AdminCrossTenantMiddleware``), and the read-only staff access log
+(``tenancy.audit``)."""
+
+import uuid
 
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from tenancy.models import Membership, Organization, User
+from tenancy.models import Membership, Organization, StaffAccess, User
 
 
 class MembershipInline(admin.TabularInline):
@@ -108,3 +111,67 @@ class MembershipAdmin(admin.ModelAdmin):
     search_fields = ["user__email", "organization__name", "organization__slug"]
     autocomplete_fields = ["user"]
     list_select_related = ["user", "organization"]
+
+
+class StaffAccessOrganizationFilter(admin.SimpleListFilter):
+    """Rows that touched one organization (``organization_ids`` contains it)."""
+
+    title = "organization"
+    parameter_name = "organization"
+
+    def lookups(self, request, model_admin):
+        return [(str(o.pk), o.name) for o in Organization.objects.order_by("name")[:200]]
+
+    def queryset(self, request, queryset):
+        value = self.value()
+        if not value:
+            return queryset
+        try:
+            return queryset.filter(organization_ids__contains=[uuid.UUID(value)])
+        except ValueError:
+            return queryset.none()
+
+
+@admin.register(StaffAccess)
+class StaffAccessAdmin(admin.ModelAdmin):
+    """The staff access log (``tenancy.audit``), read-only: filter by action, model,
+    organization, staff user and date; search request id, object id, email and path.
+    Nobody may add, change or delete a row here (and the database refuses UPDATE and
+    DELETE of the table, migration 0006)."""
+
+    list_display = [
+        "created_at",
+        "staff_email",
+        "action",
+        "model",
+        "object_id",
+        "organizations",
+        "request_id",
+        "status_code",
+    ]
+    list_filter = [
+        "action",
+        "model",
+        StaffAccessOrganizationFilter,
+        "staff_email",
+        ("created_at", admin.DateFieldListFilter),
+    ]
+    search_fields = ["request_id", "object_id", "staff_email", "path", "reason"]
+    date_hierarchy = "created_at"
+    actions = None
+
+    @admin.display(description="organizations")
+    def organizations(self, obj) -> str:
+        return ", ".join(str(o) for o in obj.organization_ids)
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

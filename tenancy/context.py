@@ -38,12 +38,15 @@ transaction's settings enforces row-level security: fail closed on every node.
 
 import contextlib
 import contextvars
+import logging
 import uuid
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 from tenancy.citus import uses_citus
+
+logger = logging.getLogger(__name__)
 
 #: The ``reason`` of the innermost active ``cross_tenant`` block (``None`` elsewhere, also
 #: inside a tenant context opened within one). Set and reset only in this module.
@@ -213,12 +216,17 @@ def cross_tenant(*, reason: str = "", using: str = DEFAULT_DB_ALIAS):
     writes the new organization's owner membership inside that organization's own
     ``tenant_context``.
 
+    Logs ``reason`` at INFO (logger ``tenancy.context``) on entry, so every cross-tenant
+    block leaves a log line with the request id; the Django admin's requests also write a
+    ``StaffAccess`` row (``tenancy.audit``).
+
     Args:
         reason: free text for readers and logs (what the cross-tenant access is for).
     Raises:
         whatever the block raises; the transaction (or savepoint) is rolled back.
     """
     connection = connections[using]
+    logger.info("cross_tenant: %s", reason or "unspecified")
     with connection_settings_restored(using=using), transaction.atomic(using=using):
         _set_local(connection, {"app.cross_tenant": "on"})
         _cross_tenant_reason_var.set(reason or "unspecified")

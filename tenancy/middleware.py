@@ -8,6 +8,7 @@ from django.http import JsonResponse
 from rest_framework import exceptions
 
 from core.db import transaction_aborted
+from tenancy.audit import staff_access_begin, staff_access_record
 from tenancy.authentication import JWT_RESULT_ATTR, TenantJWTAuthentication
 from tenancy.context import (
     connection_settings_restored,
@@ -148,7 +149,8 @@ class AdminCrossTenantMiddleware:
     The admin is staff's cross-tenant tool (organizations, members, usage across
     firms), so under row-level security it reads and writes through the one
     explicit cross-tenant path; everything else, including the admin login page
-    for anonymous users, does not.
+    for anonymous users, does not. Each such request writes its ``StaffAccess`` audit
+    row in the same transaction (``tenancy.audit``); a 5xx is rolled back with its row.
     """
 
     def __init__(self, get_response):
@@ -182,8 +184,11 @@ class AdminCrossTenantMiddleware:
             and user.is_staff
         ):
             with cross_tenant(reason="django admin"):
+                access = staff_access_begin(request)
                 response = self.get_response(request)
                 if response.status_code >= 500:
                     transaction.set_rollback(True)
+                else:
+                    staff_access_record(request=request, response=response, access=access)
                 return response
         return self.get_response(request)

@@ -4,6 +4,7 @@ import uuid
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
 from django.contrib.auth.models import PermissionsMixin
+from django.contrib.postgres.fields import ArrayField
 from django.db import models, transaction
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -308,3 +309,61 @@ class Membership(TenantModel):
 
     def __str__(self) -> str:
         return f"{self.user} @ {self.organization} ({self.role})"
+
+
+class StaffAccessAction(models.TextChoices):
+    """What a staff request under ``cross_tenant`` did (``tenancy.audit``)."""
+
+    VIEW_LIST = "view_list", "view list"
+    VIEW_OBJECT = "view_object", "view object"
+    CHANGE = "change", "change"
+    DELETE = "delete", "delete"
+    EXPORT = "export", "export"
+    OTHER = "other", "other page"
+
+
+class StaffAccess(models.Model):
+    """One staff request made through the cross-tenant path (the Django admin under
+    ``tenancy.context.cross_tenant``), written in that request's transaction
+    (``tenancy.audit.staff_access_record``).
+
+    Append-only: the app never updates or deletes a row, and a trigger installed by
+    migration 0006 refuses ``UPDATE`` and ``DELETE`` for every role (PostgreSQL manual,
+    "CREATE TRIGGER"). Not a tenant table: one row may touch several organizations
+    (``organization_ids``), and it holds no foreign key, so a row outlives the staff user
+    and the organizations it names. ``created_at`` is UTC.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False, db_index=True)
+    staff_user_id = models.BigIntegerField(help_text="The staff user's id (no foreign key).")
+    staff_email = models.CharField(max_length=254)
+    action = models.CharField(max_length=16, choices=StaffAccessAction.choices)
+    model = models.CharField(
+        max_length=200, blank=True, help_text="app_label.model_name; empty for other pages."
+    )
+    object_id = models.CharField(max_length=200, blank=True)
+    object_ids = models.JSONField(
+        default=list, blank=True, help_text="Every object id acted on (list pages, actions)."
+    )
+    organization_ids = ArrayField(
+        models.UUIDField(), default=list, blank=True, help_text="The organizations touched."
+    )
+    request_id = models.CharField(
+        max_length=64, blank=True, help_text="The server request id (X-Server-Request-ID)."
+    )
+    method = models.CharField(max_length=10)
+    path = models.CharField(max_length=2000)
+    status_code = models.PositiveSmallIntegerField(null=True)
+    reason = models.CharField(max_length=200, help_text="The cross_tenant(reason=...) given.")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "staff access"
+        verbose_name_plural = "staff access log"
+        indexes = [
+            models.Index(fields=["staff_user_id", "created_at"], name="staffaccess_user_idx")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.staff_email} {self.action} {self.model or self.path}"

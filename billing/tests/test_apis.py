@@ -12,6 +12,7 @@ from billing.models import BillingEvent, UsageAggregate
 from billing.tests.factories import BillingEventFactory
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.testing import bearer_client
+from tenancy.tests.dburl import owner_analyze
 from tenancy.tests.factories import (
     MembershipFactory,
     OrganizationFactory,
@@ -265,15 +266,12 @@ def realistic_volume(ny_org):
             )
         )
     BillingEvent.objects.bulk_create(events)
-    with connection.cursor() as cursor:
-        # ANALYZE is the owner's (as autovacuum's) job: the app role the tests run as
-        # may not analyze the table and PostgreSQL would skip it with a warning. Switch
-        # to the login role for this statement only (SET LOCAL: the test's transaction).
-        cursor.execute("SELECT current_user")
-        role = cursor.fetchone()[0]
-        cursor.execute("SET LOCAL ROLE NONE")
-        cursor.execute("ANALYZE billing_events")
-        cursor.execute(f'SET LOCAL ROLE "{role}"')
+    with owner_analyze() as analyze, connection.cursor() as cursor:
+        # ANALYZE is the owner's (as autovacuum's) job: the app role the tests log in as
+        # may not analyze the table, and a separate owner connection would not see the
+        # test's uncommitted rows; ``owner_analyze`` runs it as the owner in this very
+        # transaction (a SECURITY DEFINER function that lives for this block only).
+        analyze(cursor, "billing_events")
         cursor.execute("SELECT reltuples FROM pg_class WHERE relname = 'billing_events'")
         assert cursor.fetchone()[0] == 6000  # the statistics saw the rows
     return ny_org

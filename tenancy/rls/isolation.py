@@ -236,13 +236,16 @@ def isolation_problems(using: str = DEFAULT_DB_ALIAS) -> list[str]:
 def isolation_warnings(using: str = DEFAULT_DB_ALIAS) -> list[str]:
     """Findings that do not break isolation by themselves but weaken it (list of lines).
 
-    The login role (``session_user``): when it is a superuser, has BYPASSRLS or is a
-    member of such a role while requests ``SET ROLE`` to the app role, a ``RESET ROLE``
-    (or ``SET ROLE`` back) in any code path restores the bypass. Expected in development
-    and CI (they log in as the local superuser and ``SET ROLE`` the app role); in
-    production the app servers log in as the app role itself, so
-    ``check_isolation --strict`` turns these into failures there (DEPLOY.md).
+    One login (``DATABASE_OWNER_URL`` unset; ``tenancy.rls.roles``): the app logs in as
+    another role (``session_user``) and ``SET ROLE``s to the app role, so a ``RESET ROLE``
+    (or ``SET ROLE`` back) in any code path gets the login role back; worse when that role
+    is a superuser, has BYPASSRLS or is a member of such a role (each is named). Expected
+    in development only; with two logins (production, CI, the embedded database) the app
+    logs in as the app role itself and there is nothing to warn about.
+    ``check_isolation --strict`` turns these into failures (DEPLOY.md).
     """
+    from tenancy.rls.roles import logs_in_as_app_role
+
     warnings: list[str] = []
     with connections[using].cursor() as cursor:
         cursor.execute("SELECT session_user = current_user")
@@ -259,6 +262,12 @@ def isolation_warnings(using: str = DEFAULT_DB_ALIAS) -> list[str]:
         )
         if flag
     ]
+    if not logs_in_as_app_role():
+        warnings.append(
+            f"DATABASE_OWNER_URL is unset: the app logs in as {role} and SET ROLEs to the "
+            "app role (one login, development only); set DATABASE_URL to the app role's "
+            "login and DATABASE_OWNER_URL to the owner's (DEPLOY.md, 'Database roles')"
+        )
     if reasons:
         warnings.append(
             f"login role {role}: {', '.join(reasons)}; requests SET ROLE to the app role, "

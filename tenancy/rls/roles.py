@@ -1,18 +1,27 @@
 """Database roles: requests run as the app role, migrations as the owner.
 
-* The **owner** is the role ``DATABASE_URL`` logs in as when running
-  ``migrate`` / ``flush`` (in development and CI: the local superuser; in
-  production: the schema owner, see DEPLOY.md). It owns the tables.
-* The **app role** (``DATABASE_APP_ROLE``, default ``goldleaves_app``) is not a
-  superuser, owns nothing and has no BYPASSRLS, so PostgreSQL applies every
-  row-level-security policy to it (FORCE covers the owner as well). Every
-  connection of the ``default`` alias switches to it with ``SET ROLE`` right
-  after connecting (``connection_created``), except while ``owner_connection``
-  is active. In production ``DATABASE_URL`` logs in as the app role itself.
+Two ways to log in, chosen by ``DATABASE_OWNER_URL`` (goldleaves/settings.py):
+
+* **Two logins** (``DATABASE_OWNER_URL`` set; production, CI, the embedded database):
+  ``DATABASE_URL`` logs in as the **app role** itself and ``DATABASE_OWNER_URL`` as the
+  **owner**, which owns the tables. ``owner_connection`` points Django's connection at the
+  owner's login for ``migrate`` / ``flush`` / ``citus_distribute`` and the test
+  database's creation; everything else runs as the app role, with no way back to a more
+  privileged role (``RESET ROLE`` returns to the login, the app role).
+* **One login** (``DATABASE_OWNER_URL`` unset; development only): ``DATABASE_URL`` logs in
+  as the owner (e.g. the local superuser) and every connection of the ``default`` alias
+  switches to the app role with ``SET ROLE`` right after connecting
+  (``connection_created``), except while ``owner_connection`` is active. A ``RESET ROLE``
+  would get the owner back, so ``check_isolation --strict`` fails in this mode.
+
+The **app role** (``DATABASE_APP_ROLE``, default ``goldleaves_app``; with two logins the
+user of ``DATABASE_URL``) is not a superuser, owns nothing and has no BYPASSRLS, so
+PostgreSQL applies every row-level-security policy to it (FORCE covers the owner as well).
 * The one cross-tenant path is ``tenancy.context.cross_tenant`` (grep for it).
 
-``ensure_app_role`` (called by ``migrate``) creates the app role when the owner
-may (``CREATEROLE``: the embedded database, CI), grants it DML on every table
+``ensure_app_role`` (called by ``migrate``) creates the app role as a login (with
+``DATABASE_URL``'s password, if any) when the owner may (``CREATEROLE``: the embedded
+database, CI), grants it DML on every table
 and sequence, and writes ``app.rls_enabled = 'on'`` as the database default,
 whatever ``RLS_ENABLED`` says: a session that did not set it (no tenant context, or a
 Citus worker the transaction's settings did not reach) enforces row-level security.
@@ -25,6 +34,7 @@ import contextlib
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, transaction
 from django.db.backends.signals import connection_created
+from django.db.utils import load_backend
 
 from tenancy.rls import RowLevelSecurityError
 
@@ -41,11 +51,62 @@ def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+def owner_login() -> dict:
+    """The owner's login (``DATABASE_OWNER``, parsed from ``DATABASE_OWNER_URL``: ``USER``,
+    ``PASSWORD``, ``HOST``, ``PORT``, ``OPTIONS``), or ``{}`` when the app logs in as the
+    owner and ``SET ROLE``s (one login)."""
+    return getattr(settings, "DATABASE_OWNER", None) or {}
+
+
+def logs_in_as_app_role() -> bool:
+    """True when ``DATABASE_URL`` logs in as the app role itself (``DATABASE_OWNER_URL`` is
+    set), so no ``SET ROLE`` is needed and ``RESET ROLE`` cannot escape."""
+    return bool(owner_login())
+
+
+#: The keys of a ``DATABASES`` entry that say who logs in where.
+_LOGIN_KEYS = ("USER", "PASSWORD", "HOST", "PORT")
+
+
+def owner_settings_dict(settings_dict: dict) -> dict:
+    """``settings_dict`` (a ``DATABASES`` entry, its ``NAME`` kept) with the owner's login
+    in place of the app's, and without a connection pool (the pool holds app-role
+    connections). The same dict, copied, when there is one login."""
+    owner = owner_login()
+    result = dict(settings_dict)
+    if owner:
+        result.update({key: owner.get(key, "") for key in _LOGIN_KEYS})
+        options = {**(settings_dict.get("OPTIONS") or {}), **(owner.get("OPTIONS") or {})}
+    else:
+        options = dict(settings_dict.get("OPTIONS") or {})
+    options.pop("pool", None)
+    result["OPTIONS"] = options
+    return result
+
+
+def owner_connect_kwargs(using: str = DEFAULT_DB_ALIAS) -> dict:
+    """Keyword arguments for ``psycopg.connect`` that log in as the owner to the database
+    ``using`` currently names (the test database during tests): for DDL and catalog
+    reads the app role may not do, on a connection of its own."""
+    s = owner_settings_dict(connections[using].settings_dict)
+    options = s.get("OPTIONS") or {}
+    return {
+        "host": s["HOST"] or options.get("host") or None,
+        "port": s["PORT"] or options.get("port") or None,
+        "dbname": s["NAME"],
+        "user": s["USER"] or None,
+        "password": s["PASSWORD"] or None,
+    }
+
+
 def switch_to_app_role(sender, connection, **kwargs) -> None:
     """``connection_created`` receiver: ``SET ROLE <app role>`` on every new ``default``
-    connection (session-level on purpose: it is the same for every request)."""
+    connection (session-level on purpose: it is the same for every request). Nothing
+    when the connection already logs in as the app role (two logins)."""
     role = app_role()
     if not role or connection.alias != DEFAULT_DB_ALIAS or _owner_mode["on"]:
+        return
+    if connection.settings_dict.get("USER") == role:
         return
     if connection.vendor != "postgresql":
         return
@@ -60,8 +121,12 @@ def connect_signals() -> None:
 
 @contextlib.contextmanager
 def owner_connection(using: str = DEFAULT_DB_ALIAS):
-    """Run the block on a connection that stays the login (owner) role: for ``migrate``
-    and ``flush`` only. Closes the connection before and after.
+    """Run the block on Django's ``using`` connection logged in as the owner: with two
+    logins it connects with ``DATABASE_OWNER_URL``'s login (this thread's connection only;
+    no pool), with one login it stays the login role (no ``SET ROLE``). For ``migrate``,
+    ``flush``, ``citus_distribute`` and creating the test database. Closes the
+    connection before and after. A ``NAME`` changed inside the block through
+    ``settings.DATABASES`` (creating the test database does) is kept.
 
     Raises:
         RowLevelSecurityError: called inside a transaction (closing the connection would
@@ -71,13 +136,41 @@ def owner_connection(using: str = DEFAULT_DB_ALIAS):
     if connection.in_atomic_block:
         raise RowLevelSecurityError("owner_connection() cannot switch roles inside a transaction.")
     previous = _owner_mode["on"]
+    original = connection.settings_dict
     connection.close()
     _owner_mode["on"] = True
+    connection.settings_dict = owner_settings_dict(original)
     try:
         yield connection
     finally:
         connection.close()
+        connection.settings_dict = original
         _owner_mode["on"] = previous
+
+
+@contextlib.contextmanager
+def owner_alias(using: str = DEFAULT_DB_ALIAS, alias: str = "owner"):
+    """A second Django connection (alias ``alias``, added for the block and removed after)
+    logged in as the owner to the database ``using`` currently names: for DDL and catalog
+    reads the app role may not do while ``using`` is inside a transaction (a test's), in
+    a transaction of its own. ``SET LOCAL ROLE <app role>`` in that transaction runs the
+    rest as the app role, seeing the owner's uncommitted DDL. Yields the connection.
+
+    Raises:
+        RowLevelSecurityError: ``alias`` is already configured.
+    """
+    if alias in connections:
+        raise RowLevelSecurityError(f"Database alias {alias!r} is already configured.")
+    settings_dict = owner_settings_dict(connections[using].settings_dict)
+    # Registered in this thread only (not in settings.DATABASES): a connection made for
+    # the block, which Django's test cases allow as a dynamically created one.
+    owner = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, alias)
+    connections[alias] = owner
+    try:
+        yield owner
+    finally:
+        owner.close()
+        del connections[alias]
 
 
 CREATE_ROLE_SQL = (
@@ -112,8 +205,14 @@ def ensure_app_role(connection) -> list[str]:
                     f"{connection.settings_dict['USER']!r} "
                     "may not create it. Create it as shown in DEPLOY.md ('Database roles')."
                 )
-            cursor.execute(CREATE_ROLE_SQL.format(role=_quote(role)))
-            done.append(f"created role {role}")
+            password = settings.DATABASES[connection.alias].get("PASSWORD") or ""
+            if password and logs_in_as_app_role():
+                # Client-side binding (Django's default cursor) quotes the literal.
+                create = CREATE_ROLE_SQL.format(role=_quote(role)) + " PASSWORD %s"
+                cursor.execute(create, [password])
+            else:
+                cursor.execute(CREATE_ROLE_SQL.format(role=_quote(role)))
+            done.append(f"created login role {role}")
         q = _quote(role)
         cursor.execute(f"GRANT USAGE ON SCHEMA public TO {q}")
         cursor.execute(

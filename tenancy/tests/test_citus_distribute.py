@@ -13,10 +13,10 @@ from io import StringIO
 import pytest
 from django.apps import apps
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, transaction
 
 from tenancy import citus
-from tenancy.rls import policies
+from tenancy.rls import policies, roles
 
 TENANT = sorted(e.table for e in policies.tenant_tables(apps.get_models()) if not e.through_parent)
 LINE = re.compile(r"^  (reference|distributed) +(\w+): would run (SELECT .*);$")
@@ -83,14 +83,23 @@ def test_without_citus_it_refuses_to_run_and_runs_nothing(db):
 
 
 @pytest.fixture
-def fake_citus_catalog(db, monkeypatch):
-    """``pg_dist_partition`` and ``column_to_column_name`` as Citus has them, in the test's
-    transaction only (made by the login role: the app role may not create functions)."""
+def owner_db(db):
+    """A second connection, logged in as the owner (``tenancy.rls.roles.owner_alias``), in
+    a transaction rolled back after the test: the app role may not create functions, and
+    the test's own connection logs in as the app role and cannot leave it."""
+    with roles.owner_alias() as owner:
+        with transaction.atomic(using=owner.alias):
+            yield owner
+            transaction.set_rollback(True, using=owner.alias)
+
+
+@pytest.fixture
+def fake_citus_catalog(owner_db, monkeypatch):
+    """``pg_dist_partition`` and ``column_to_column_name`` as Citus has them, in the owner
+    connection's transaction only (``owner_db``), which then runs as the app role (``SET
+    LOCAL ROLE``), as the command does; the tests read the plan on that connection."""
     monkeypatch.setattr(citus, "uses_citus", lambda connection=None: True)
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT current_user")
-        (role,) = cursor.fetchone()
-        cursor.execute("SET LOCAL ROLE NONE")
+    with owner_db.cursor() as cursor:
         cursor.execute(
             "CREATE FUNCTION public.column_to_column_name(regclass, text) RETURNS text "
             "LANGUAGE sql AS $$ SELECT $2 $$"
@@ -99,11 +108,12 @@ def fake_citus_catalog(db, monkeypatch):
             "CREATE TEMP TABLE pg_dist_partition (logicalrelid regclass, partmethod char, "
             "repmodel char, colocationid int, partkey text) ON COMMIT DROP"
         )
+        role = roles.app_role()
         cursor.execute(f'GRANT ALL ON pg_dist_partition TO "{role}"')
         cursor.execute(f'SET LOCAL ROLE "{role}"')
 
     def mark(table, method, repmodel, colocation=1, column="organization_id"):
-        with connection.cursor() as cursor:
+        with owner_db.cursor() as cursor:
             cursor.execute(
                 "INSERT INTO pg_dist_partition VALUES (%s::regclass, %s, %s, %s, %s)",
                 [table, method, repmodel, colocation, column],
@@ -112,12 +122,14 @@ def fake_citus_catalog(db, monkeypatch):
     return mark
 
 
-def test_what_pg_dist_partition_has_is_skipped_so_a_second_run_resumes(fake_citus_catalog):
-    plan = citus.distribution_plan(connection)
+def test_what_pg_dist_partition_has_is_skipped_so_a_second_run_resumes(
+    fake_citus_catalog, owner_db
+):
+    plan = citus.distribution_plan(owner_db)
     anchor = next(s.table for s in plan.steps if s.kind == "distributed")
     fake_citus_catalog("tenancy_organization", "n", "t", 0)
     fake_citus_catalog(anchor, "h", "s")
-    plan = citus.distribution_plan(connection, shard_count=8)
+    plan = citus.distribution_plan(owner_db, shard_count=8)
     done = {s.table: s.done for s in plan.steps if s.done}
     assert done == {
         "tenancy_organization": "already a reference table",
@@ -128,13 +140,20 @@ def test_what_pg_dist_partition_has_is_skipped_so_a_second_run_resumes(fake_citu
     assert any("keeps its shard count" in note for note in plan.notes)
 
 
-def test_a_table_distributed_the_wrong_way_is_refused_not_guessed(fake_citus_catalog):
+def test_a_table_distributed_the_wrong_way_is_refused_not_guessed(fake_citus_catalog, owner_db):
     fake_citus_catalog("cases_client", "h", "s", column="id")
     fake_citus_catalog("tenancy_user", "h", "s")
     fake_citus_catalog("cases_case", "n", "t", 0)
-    problems = citus.distribution_plan(connection).problems
+    problems = citus.distribution_plan(owner_db).problems
     assert "table cases_client: distributed by id, not organization_id" in problems
     assert "table tenancy_user: distributed, but must be a reference table" in problems
     assert "table cases_case: a reference table, but a tenant table" in problems
     with pytest.raises(CommandError, match="3 problem"):
-        call_command("citus_distribute", "--dry-run", stdout=StringIO(), stderr=StringIO())
+        call_command(
+            "citus_distribute",
+            "--dry-run",
+            "--database",
+            owner_db.alias,
+            stdout=StringIO(),
+            stderr=StringIO(),
+        )

@@ -2,8 +2,9 @@
 
 One scratch database (and two scratch roles) per module, created by running the SQL
 block of DEPLOY.md ("Production SQL") with the names replaced, then migrated by real
-``manage.py migrate`` subprocesses logging in as the NOSUPERUSER owner, exactly as in
-production. Dropped (database and roles) at the end.
+``manage.py`` subprocesses with production's two logins (``DATABASE_URL`` the app role,
+``DATABASE_OWNER_URL`` the NOSUPERUSER owner, which ``migrate`` runs as). Dropped
+(database and roles) at the end.
 
 * the DEPLOY.md SQL is enough for ``migrate`` to succeed (it writes the database default
   ``app.rls_enabled = 'on'``), and ``check_isolation --strict`` passes as the app role;
@@ -27,9 +28,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from django.db import connection
 
-from tenancy.tests.dburl import socket_or_host, subprocess_database_url
+from tenancy.rls.roles import owner_connect_kwargs
+from tenancy.tests.dburl import subprocess_database_url
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,16 +50,9 @@ def _statements(sql: str) -> list[str]:
 
 
 def _superuser(dbname: str) -> psycopg.Connection:
-    s = connection.settings_dict
-    host, port = socket_or_host()
-    return psycopg.connect(
-        host=host,
-        port=port,
-        dbname=dbname,
-        user=s["USER"],
-        password=s["PASSWORD"] or None,
-        autocommit=True,
-    )
+    """The suite's owner login (the local superuser), to database ``dbname``."""
+    owner = owner_connect_kwargs()
+    return psycopg.connect(**{**owner, "dbname": dbname}, autocommit=True)
 
 
 class Scratch:
@@ -85,11 +79,17 @@ class Scratch:
             for statement in _statements(after):
                 conn.execute(statement)
 
-    def manage(self, *args, role="owner", rls="false", check=True):
-        user = self.owner if role == "owner" else self.app
+    def manage(self, *args, rls="false", check=True):
+        """``manage.py *args`` with production's two logins: ``DATABASE_URL`` the app role,
+        ``DATABASE_OWNER_URL`` the NOSUPERUSER owner (``migrate`` runs as it)."""
         env = dict(
             os.environ,
-            DATABASE_URL=subprocess_database_url(user=user, name=self.db, password=self.password),
+            DATABASE_URL=subprocess_database_url(
+                user=self.app, name=self.db, password=self.password
+            ),
+            DATABASE_OWNER_URL=subprocess_database_url(
+                user=self.owner, name=self.db, password=self.password
+            ),
             DATABASE_APP_ROLE=self.app,
             RLS_ENABLED=rls,
             PYTHONUNBUFFERED="1",
@@ -174,7 +174,7 @@ def test_deploy_sql_lets_a_non_superuser_owner_migrate(scratch):
     assert scratch.query(
         "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'cases_case'"
     ) == [(scratch.owner,)]
-    result = scratch.manage("check_isolation", "--strict", role="app")
+    result = scratch.manage("check_isolation", "--strict")
     assert "every tenant table is isolated" in result.stdout
 
 
@@ -255,5 +255,5 @@ def test_rls_migrations_go_forwards_backwards_and_forwards_again(scratch):
     for table in ("cases_client", "cases_case", "billing_events", "billing_usageaggregate"):
         enabled, forced, policies = _rls_state(scratch, table)
         assert (enabled, forced) == (True, True) and "tenant_isolation" in policies, table
-    result = scratch.manage("check_isolation", "--strict", role="app")
+    result = scratch.manage("check_isolation", "--strict")
     assert "every tenant table is isolated" in result.stdout

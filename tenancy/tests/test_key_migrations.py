@@ -81,14 +81,14 @@ class Scratch:
         self.conninfo = {"host": host, "port": port}
 
     def connect(self, dbname=None):
-        from django.db import connection
+        from tenancy.rls.roles import owner_connect_kwargs
 
-        s = connection.settings_dict
+        owner = owner_connect_kwargs()  # the owner creates, reads and drops the scratch DB
         return psycopg.connect(
             **self.conninfo,
             dbname=dbname or self.name,
-            user=s["USER"],
-            password=s["PASSWORD"] or None,
+            user=owner["user"],
+            password=owner["password"],
             autocommit=True,
         )
 

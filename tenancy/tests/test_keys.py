@@ -4,10 +4,12 @@ Django keeps ``id`` and writes every statement for a row with its organization
 (``TenantForeignKey`` joins and fetches, ``TenantModel`` saves, deletes and refreshes).
 ``check_isolation`` names a table that breaks the rule."""
 
+import contextlib
+
 import pytest
 from django.apps import apps
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import CompositePrimaryKey, ProtectedError
 from django.test.utils import CaptureQueriesContext
 
@@ -18,6 +20,7 @@ from tenancy import keys
 from tenancy.fields import TenantForeignKey
 from tenancy.rls import policies
 from tenancy.rls.isolation import isolation_problems
+from tenancy.rls.roles import app_role, owner_alias
 from tenancy.tests import sql_capture
 
 ENTRIES = policies.tenant_tables(apps.get_models())
@@ -149,10 +152,25 @@ def test_deletes_cascade_protect_and_set_null_inside_the_organization(org, state
     assert aggregate.report_id is None
 
 
+@contextlib.contextmanager
+def owner_ddl():
+    """A cursor of a second connection logged in as the owner (``owner_alias``), in a
+    transaction rolled back at the end: the test's own connection logs in as the app role
+    and may not run DDL. Yields ``(cursor, alias)``; ``app_role(cursor)`` then makes the
+    rest of that transaction run as the app role, seeing the DDL."""
+    with owner_alias() as owner, transaction.atomic(using=owner.alias):
+        with owner.cursor() as cursor:
+            yield cursor, owner.alias
+        transaction.set_rollback(True, using=owner.alias)
+
+
+def as_app_role(cursor) -> None:
+    cursor.execute(f'SET LOCAL ROLE "{app_role()}"')
+
+
 @pytest.mark.django_db
 def test_check_isolation_names_each_key_that_keeps_a_table_from_being_distributed():
-    with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL ROLE NONE")  # the login role: DDL, rolled back with the test
+    with owner_ddl() as (cursor, alias):
         cursor.execute("ALTER TABLE cases_document DROP CONSTRAINT cases_document_pkey")
         cursor.execute("ALTER TABLE cases_document ADD CONSTRAINT doc_id_pk PRIMARY KEY (id)")
         cursor.execute("CREATE UNIQUE INDEX case_id_only ON cases_case (id)")
@@ -165,8 +183,8 @@ def test_check_isolation_names_each_key_that_keeps_a_table_from_being_distribute
             "CONSTRAINT notes_case_fk FOREIGN KEY (org, case_id) "
             "REFERENCES cases_case (organization_id, id))"
         )
-        problems = isolation_problems()
-        cursor.execute("SET LOCAL ROLE goldleaves_app")
+        as_app_role(cursor)
+        problems = isolation_problems(alias)
     expected = [
         "table cases_document: primary key (id) does not include organization_id "
         "(tenancy.keys.TenantPrimaryKeys)",
@@ -183,13 +201,12 @@ def test_check_isolation_names_each_key_that_keeps_a_table_from_being_distribute
 
 @pytest.mark.django_db
 def test_check_isolation_fails_on_a_primary_key_without_organization_id(capsys):
-    with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL ROLE NONE")
+    with owner_ddl() as (cursor, alias):
         cursor.execute("ALTER TABLE tenancy_membership DROP CONSTRAINT tenancy_membership_pkey")
         cursor.execute("ALTER TABLE tenancy_membership ADD PRIMARY KEY (id)")
-        cursor.execute("SET LOCAL ROLE goldleaves_app")
-    with pytest.raises(CommandError, match="problem"):
-        call_command("check_isolation")
+        as_app_role(cursor)
+        with pytest.raises(CommandError, match="problem"):
+            call_command("check_isolation", "--database", alias)
     assert "table tenancy_membership: primary key (id) does not include" in capsys.readouterr().err
 
 

@@ -413,24 +413,28 @@ def test_check_isolation_flags_a_connection_that_is_not_the_app_role(db, setting
 
 @pytest.fixture
 def scratch_role(owner_conn, settings):
-    """Create a scratch role with the given attributes, ``SET LOCAL ROLE`` to it in the
-    test's transaction (the suite logs in as a superuser, so it may), drop it after."""
+    """Create a scratch role with the given attributes and ``SET LOCAL ROLE`` to it on a
+    second connection logged in as the owner (``roles.owner_alias``, in a transaction
+    rolled back after the test): the test's own connection logs in as the app role and
+    may not switch. ``scratch_role.alias`` names that connection; the roles are dropped
+    after."""
     created = []
+    with roles.owner_alias() as owner, transaction.atomic(using=owner.alias):
 
-    def make(attributes: str, member_of: str | None = None) -> str:
-        name = f"gl_scratch_{len(created)}_{uuid.uuid4().hex[:6]}"
-        owner_conn.execute(f"CREATE ROLE {name} NOLOGIN {attributes}")
-        created.append(name)
-        if member_of:
-            owner_conn.execute(f"GRANT {member_of} TO {name}")
-        settings.DATABASE_APP_ROLE = name
-        with connection.cursor() as cursor:
-            cursor.execute(f"SET LOCAL ROLE {name}")
-        return name
+        def make(attributes: str, member_of: str | None = None) -> str:
+            name = f"gl_scratch_{len(created)}_{uuid.uuid4().hex[:6]}"
+            owner_conn.execute(f"CREATE ROLE {name} NOLOGIN {attributes}")
+            created.append(name)
+            if member_of:
+                owner_conn.execute(f"GRANT {member_of} TO {name}")
+            settings.DATABASE_APP_ROLE = name
+            with owner.cursor() as cursor:
+                cursor.execute(f"SET LOCAL ROLE {name}")
+            return name
 
-    yield make
-    with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL ROLE goldleaves_app")
+        make.alias = owner.alias
+        yield make
+        transaction.set_rollback(True, using=owner.alias)
     for name in reversed(created):
         owner_conn.execute(f"DROP ROLE {name}")
 
@@ -449,7 +453,7 @@ def test_check_isolation_flags_an_app_role_that_could_bypass(
     if member_of:
         member_of = scratch_role("NOSUPERUSER BYPASSRLS")
     role = scratch_role(attributes, member_of)
-    problems = isolation_problems()
+    problems = isolation_problems(scratch_role.alias)
     assert f"role {role}: {expected}" in " | ".join(problems), problems
     assert not any("expected the app role" in p for p in problems)
 
@@ -457,7 +461,8 @@ def test_check_isolation_flags_an_app_role_that_could_bypass(
 def test_check_isolation_passes_for_a_plain_scratch_role(scratch_role):
     """The control for the test above: the same set-up without the bypass is clean."""
     role = scratch_role("NOSUPERUSER NOBYPASSRLS")
-    assert not [p for p in isolation_problems() if p.startswith(("role", f"role {role}"))]
+    problems = isolation_problems(scratch_role.alias)
+    assert not [p for p in problems if p.startswith(("role", f"role {role}"))]
 
 
 @pytest.mark.parametrize(
@@ -490,22 +495,45 @@ def test_check_isolation_names_each_missing_piece_alone(owner_conn, setup, missi
         owner_conn.execute("DROP TABLE leaky_parts")
 
 
-def test_check_isolation_warns_about_a_bypassing_login_role_and_fails_if_strict(db, capsys):
-    """The suite logs in as a superuser and SET ROLEs to the app role: RESET ROLE would
-    restore the bypass. A warning by default (development, CI), a failure with --strict."""
+def test_the_suite_logs_in_as_the_app_role_and_reset_role_cannot_leave_it(db, capsys):
+    """Two logins (DATABASE_OWNER_URL; CI, the embedded database): requests log in as the
+    app role itself, so RESET ROLE is a no-op and check_isolation --strict passes."""
+    assert roles.logs_in_as_app_role(), "set DATABASE_OWNER_URL (README, 'Set-up')"
     with connection.cursor() as cursor:
+        cursor.execute("RESET ROLE")
         cursor.execute(
-            "SELECT session_user <> current_user, rolsuper FROM pg_roles "
-            "WHERE rolname = session_user"
+            "SELECT session_user, current_user, rolsuper, rolbypassrls FROM pg_roles "
+            "WHERE rolname = current_user"
         )
-        assert cursor.fetchone() == (True, True)
-    warnings = isolation_warnings()
-    assert len(warnings) == 1 and "RESET ROLE would restore the bypass" in warnings[0]
-    call_command("check_isolation")
-    assert "warning: login role" in capsys.readouterr().err
-    with pytest.raises(CommandError, match="1 problem"):
-        call_command("check_isolation", "--strict")
-    assert "(strict) login role" in capsys.readouterr().err
+        assert cursor.fetchone() == (roles.app_role(), roles.app_role(), False, False)
+    assert isolation_warnings() == []
+    call_command("check_isolation", "--strict")
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_one_login_is_a_warning_and_a_failure_if_strict(db, settings, capsys):
+    """One login (DATABASE_OWNER_URL unset): the app logs in as the superuser and SET ROLEs
+    to the app role, so RESET ROLE would restore the bypass. Simulated on an owner
+    connection that SET ROLEs: a warning by default, a failure with --strict."""
+    with roles.owner_alias() as owner, transaction.atomic(using=owner.alias):
+        settings.DATABASE_OWNER = {}  # after owner_alias() has logged in as the owner
+        with owner.cursor() as cursor:
+            cursor.execute(f'SET LOCAL ROLE "{roles.app_role()}"')
+            cursor.execute(
+                "SELECT session_user <> current_user, rolsuper FROM pg_roles "
+                "WHERE rolname = session_user"
+            )
+            assert cursor.fetchone() == (True, True)
+        warnings = isolation_warnings(owner.alias)
+        assert len(warnings) == 2, warnings
+        assert "DATABASE_OWNER_URL is unset" in warnings[0]
+        assert "RESET ROLE would restore the bypass" in warnings[1]
+        call_command("check_isolation", "--database", owner.alias)
+        assert "warning: login role" in capsys.readouterr().err
+        with pytest.raises(CommandError, match="2 problem"):
+            call_command("check_isolation", "--database", owner.alias, "--strict")
+        assert "(strict) DATABASE_OWNER_URL is unset" in capsys.readouterr().err
+        transaction.set_rollback(True, using=owner.alias)
 
 
 def _policy_oids():

@@ -156,6 +156,10 @@ def test_a_session_that_sent_an_unscoped_statement_fails_naming_test_and_sql(tmp
     statement: the run exits 1 and says which test sent what."""
     test_file = tmp_path / "test_bad_query.py"
     test_file.write_text(textwrap.dedent(BAD_TEST))
+    # the test database is created by the owner; the tests log in as the app role
+    (tmp_path / "conftest.py").write_text(
+        "from tenancy.tests.db_setup import django_db_setup  # noqa: F401\n"
+    )
     env = dict(
         os.environ,
         DATABASE_URL=subprocess_database_url(),

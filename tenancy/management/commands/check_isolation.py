@@ -14,9 +14,9 @@ class Command(BaseCommand):
         "key has no composite same-organization twin or is a single-column one, if a table "
         "that is not a tenant table references one (both keep Citus from distributing by "
         "organization_id), or if the database default app.rls_enabled is not 'on'. Connects "
-        "as the app role, like the requests. Warnings (e.g. a login "
-        "role that could bypass RLS after RESET ROLE) are printed; --strict makes them fail "
-        "too (production: DEPLOY.md)."
+        "as the app role, like the requests. Warnings (one login: DATABASE_OWNER_URL unset, so "
+        "the app SET ROLEs and RESET ROLE would return to a login role that may bypass RLS) "
+        "are printed; --strict makes them fail too (production and CI: DEPLOY.md)."
     )
 
     def add_arguments(self, parser):
@@ -24,7 +24,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--strict",
             action="store_true",
-            help="Fail on warnings too (production, where the app logs in as the app role).",
+            help="Fail on warnings too (production and CI: the app logs in as the app role).",
         )
 
     def handle(self, *args, **opts):
