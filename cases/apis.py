@@ -13,6 +13,8 @@ from cases.serializers import (
     DocumentSerializer,
     DocumentUpdateSerializer,
 )
+from cases.uploads import DocumentMultiPartParser
+from core.parsers import BoundedJSONParser
 from tenancy.permissions import MembersWriteAdminsDelete
 from tenancy.viewsets import TenantModelViewSet
 
@@ -105,7 +107,8 @@ class DocumentViewSet(_ServiceViewSet):
     ``422`` (``idempotency_key_reused``)."""
 
     model = Document
-    parser_classes = [parsers.MultiPartParser, parsers.FormParser, parsers.JSONParser]
+    # Multipart with the streaming size limit (cases.uploads), and the strict JSON parser.
+    parser_classes = [DocumentMultiPartParser, parsers.FormParser, BoundedJSONParser]
     filterset_class = DocumentFilter
     search_fields = ["original_filename"]
     ordering_fields = ["uploaded_at", "size_bytes", "original_filename"]

@@ -176,6 +176,16 @@ REST_FRAMEWORK = {
         "rest_framework.filters.SearchFilter",
         "rest_framework.filters.OrderingFilter",
     ],
+    # JSON only (the browsable API with DEBUG alone), whatever Accept says (core.negotiation);
+    # bodies bounded and JSON strict (core.parsers).
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
+    + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "core.negotiation.JSONContentNegotiation",
+    "DEFAULT_PARSER_CLASSES": [
+        "core.parsers.BoundedJSONParser",
+        "core.parsers.BoundedFormParser",
+        "core.parsers.BoundedMultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "core.openapi.TaggedAutoSchema",
     "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
     # Plan-tier rate limits are a middleware (tenancy.ratelimit.RateLimitMiddleware), so that
@@ -202,6 +212,36 @@ SIMPLE_JWT = {
     "ROTATE_REFRESH_TOKENS": True,
     "BLACKLIST_AFTER_ROTATION": True,
 }
+# Request bodies (core.parsers, cases.uploads): JSON, form and multipart bodies of the API
+# at most API_MAX_JSON_BYTES (413 body_too_large); a document upload at most
+# DOCUMENT_MAX_BYTES (413 file_too_large, refused while it streams), of a type detected from
+# its bytes in DOCUMENT_ALLOWED_TYPES (415).
+API_MAX_JSON_BYTES = env.int("API_MAX_JSON_BYTES", default=1024 * 1024)
+DOCUMENT_MAX_BYTES = env.int("DOCUMENT_MAX_BYTES", default=50 * 1024 * 1024)
+DOCUMENT_ALLOWED_TYPES = env.list(
+    "DOCUMENT_ALLOWED_TYPES",
+    default=[
+        "application/pdf",
+        "text/plain",
+        "application/rtf",
+        "application/msword",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/vnd.ms-excel",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/vnd.ms-powerpoint",
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "application/vnd.oasis.opendocument.text",
+        "application/vnd.oasis.opendocument.spreadsheet",
+        "application/vnd.oasis.opendocument.presentation",
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/tiff",
+        "image/heic",
+    ],
+)
+
 # Login throttling of the token endpoints (tenancy.login_throttle): requests per
 # LOGIN_RATE_PERIOD_SECONDS per (address, email), per email, per client address; 0 = off.
 LOGIN_RATE_PERIOD_SECONDS = env.int("LOGIN_RATE_PERIOD_SECONDS", default=300)

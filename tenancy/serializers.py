@@ -4,7 +4,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
-from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
+from rest_framework_simplejwt.serializers import PasswordField, TokenObtainPairSerializer
 
 from tenancy.context import user_context
 from tenancy.models import Membership, Organization
@@ -31,6 +31,13 @@ class OrganizationTokenObtainPairSerializer(TokenObtainPairSerializer):
     The refresh token is recorded as outstanding (blacklistable, ``tenancy.tokens``)."""
 
     token_class = RefreshToken
+
+    def __init__(self, *args, **kwargs):
+        """simplejwt's fields with a maximum length: the email 254 characters (RFC 5321's
+        path limit), the password 4096 (the API's text limits; a 400 beyond)."""
+        super().__init__(*args, **kwargs)
+        self.fields[self.username_field] = serializers.CharField(write_only=True, max_length=254)
+        self.fields["password"] = PasswordField(max_length=4096)
 
     @classmethod
     def get_token(cls, user):
