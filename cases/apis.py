@@ -1,7 +1,7 @@
 """Case-management API: thin viewsets over ``cases.selectors`` and ``cases.services``."""
 
 from django.db.models import ProtectedError
-from rest_framework import exceptions, parsers
+from rest_framework import exceptions
 from rest_framework.permissions import IsAuthenticated
 
 from cases import selectors, services
@@ -107,8 +107,7 @@ class DocumentViewSet(_ServiceViewSet):
     ``422`` (``idempotency_key_reused``)."""
 
     model = Document
-    # Multipart with the streaming size limit (cases.uploads), and the strict JSON parser.
-    parser_classes = [DocumentMultiPartParser, parsers.FormParser, BoundedJSONParser]
+
     filterset_class = DocumentFilter
     search_fields = ["original_filename"]
     ordering_fields = ["uploaded_at", "size_bytes", "original_filename"]
@@ -125,6 +124,15 @@ class DocumentViewSet(_ServiceViewSet):
         keeps it in the ``doc.upload`` event's dimensions (the event itself is keyed on
         the document)."""
         return {"request_id": self.request.request_id}
+
+    def get_parsers(self):
+        """An upload (``POST``) is multipart, limited while it streams
+        (``cases.uploads.DocumentMultiPartParser``); an update (moving a document to
+        another case) is JSON (``core.parsers.BoundedJSONParser``)."""
+        request = getattr(self, "request", None)
+        if request is not None and request.method == "POST":
+            return [DocumentMultiPartParser()]
+        return [BoundedJSONParser()]
 
     def get_serializer_class(self):
         if self.action in ("update", "partial_update"):

@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from cases.models import Case, Client, Document
 from cases.uploads import document_type_detect, file_too_large, max_document_bytes
+from core.serializers import StrictModelSerializer
 from tenancy.viewsets import TenantPrimaryKeyRelatedField
 
 
@@ -32,7 +33,7 @@ from tenancy.viewsets import TenantPrimaryKeyRelatedField
         ),
     ]
 )
-class ClientSerializer(serializers.ModelSerializer):
+class ClientSerializer(StrictModelSerializer):
     """A client as JSON: ``{"id": uuid, "name": str, "email": str, "phone": str,
     "notes": str, "created_at": ISO 8601 UTC}``; ``id`` and ``created_at`` are read-only.
     ``name`` is required (max 200 characters); ``email`` must be a valid address or ``""``;
@@ -65,7 +66,7 @@ _NEW_CASE = {
         ),
     ]
 )
-class CaseSerializer(serializers.ModelSerializer):
+class CaseSerializer(StrictModelSerializer):
     """A case as JSON: ``{"id": uuid, "client": client uuid, "title": str,
     "reference_number": str, "status": "open"|"pending"|"closed", "description": str,
     "opened_at": ISO 8601 UTC, "closed_at": ISO 8601 UTC or null}``.
@@ -136,7 +137,7 @@ class CaseSerializer(serializers.ModelSerializer):
         )
     ]
 )
-class DocumentSerializer(serializers.ModelSerializer):
+class DocumentSerializer(StrictModelSerializer):
     """A document as JSON; created by a multipart upload of ``case`` (uuid) and ``file``.
 
     Output: ``{"id", "case", "download_url", "original_filename", "content_type",

@@ -122,3 +122,16 @@ def handler400(request, exception=None):
     """400 page (e.g. ``SuspiciousOperation`` or a disallowed host raised outside DRF):
     JSON ``{"detail": "Bad request.", "code": "bad_request"}``."""
     return json_error("Bad request.", "bad_request", status.HTTP_400_BAD_REQUEST)
+
+
+def csrf_failure(request, reason=""):
+    """``CSRF_FAILURE_VIEW``: under ``/api/`` the API's JSON 403 (``csrf_failed``; API
+    clients authenticate with bearer tokens, only session-authenticated requests can fail
+    it); elsewhere (the admin) Django's own page."""
+    if request.path.startswith("/api/"):
+        return json_error(
+            f"CSRF verification failed: {reason}", "csrf_failed", status.HTTP_403_FORBIDDEN
+        )
+    from django.views.csrf import csrf_failure as django_csrf_failure
+
+    return django_csrf_failure(request, reason=reason)

@@ -76,6 +76,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "goldleaves.urls"
+# A CSRF refusal under /api/ is the API's JSON 403 (core.errors); the admin keeps Django's.
+CSRF_FAILURE_VIEW = "core.errors.csrf_failure"
 WSGI_APPLICATION = "goldleaves.wsgi.application"
 
 TEMPLATES = [
@@ -177,15 +179,13 @@ REST_FRAMEWORK = {
         "rest_framework.filters.OrderingFilter",
     ],
     # JSON only (the browsable API with DEBUG alone), whatever Accept says (core.negotiation);
-    # bodies bounded and JSON strict (core.parsers).
+    # bodies bounded and strict (core.parsers).
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
     + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "core.negotiation.JSONContentNegotiation",
-    "DEFAULT_PARSER_CLASSES": [
-        "core.parsers.BoundedJSONParser",
-        "core.parsers.BoundedFormParser",
-        "core.parsers.BoundedMultiPartParser",
-    ],
+    # JSON bodies only (the document upload alone is multipart: cases.apis).
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.BoundedJSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "DEFAULT_SCHEMA_CLASS": "core.openapi.TaggedAutoSchema",
     "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
     # Plan-tier rate limits are a middleware (tenancy.ratelimit.RateLimitMiddleware), so that
@@ -273,6 +273,8 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "billing.schema.document_idempotency_key",
+        # 400/401/403/404/413/415/429 and the RateLimit headers of every operation
+        "core.openapi.document_error_responses",
     ],
 }
 
