@@ -113,9 +113,11 @@ def max_document_bytes() -> int:
 
 
 def allowed_types() -> frozenset[str]:
-    """``settings.DOCUMENT_ALLOWED_TYPES`` (MIME types, lower case)."""
-    configured = getattr(settings, "DOCUMENT_ALLOWED_TYPES", None) or DEFAULT_ALLOWED_TYPES
-    return frozenset(t.strip().lower() for t in configured if t.strip())
+    """``settings.DOCUMENT_ALLOWED_TYPES`` (MIME types, lower case); empty or unset:
+    ``DEFAULT_ALLOWED_TYPES``."""
+    configured = getattr(settings, "DOCUMENT_ALLOWED_TYPES", None) or []
+    types = frozenset(t.strip().lower() for t in configured if t.strip())
+    return types or frozenset(DEFAULT_ALLOWED_TYPES)
 
 
 def file_too_large(limit: int) -> PayloadTooLarge:

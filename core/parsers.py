@@ -18,10 +18,11 @@ anything reaches a serializer:
 * a lone surrogate (U+D800-U+DFFF, not valid Unicode scalar values, RFC 8259 8.2): 400
   ``json_lone_surrogate``.
 
-``BoundedFormParser`` and ``BoundedMultiPartParser`` hold form and multipart bodies to the
-same ``API_MAX_JSON_BYTES`` (413 ``body_too_large``); the multipart one stops reading
-while the body streams in (``MaxSizeUploadHandler``), and a subclass may set another limit
-(``cases.uploads.DocumentMultiPartParser``: ``DOCUMENT_MAX_BYTES``).
+The API parses JSON only (``DEFAULT_PARSER_CLASSES``; another ``Content-Type`` is DRF's
+415 ``unsupported_media_type``), except the document upload:
+``BoundedMultiPartParser`` stops reading a multipart body while it streams in
+(``MaxSizeUploadHandler``) past its ``limit()`` (``API_MAX_JSON_BYTES`` here;
+``cases.uploads.DocumentMultiPartParser``: ``DOCUMENT_MAX_BYTES``).
 """
 
 import json
@@ -154,23 +155,6 @@ def declared_length(request) -> int:
         return max(int(request.META.get("CONTENT_LENGTH") or 0), 0)
     except (TypeError, ValueError):
         return 0
-
-
-class BoundedFormParser(parsers.FormParser):
-    """DRF's ``FormParser`` (which reads the whole stream) limited to
-    ``API_MAX_JSON_BYTES``. Raises ``PayloadTooLarge`` (413 ``body_too_large``)."""
-
-    def parse(self, stream, media_type=None, parser_context=None):
-        limit = max_json_bytes()
-        if declared_length(parser_context["request"]) > limit:
-            raise body_too_large(limit)
-        raw = stream.read(limit + 1)
-        if len(raw) > limit:
-            raise body_too_large(limit)
-        encoding = parser_context.get("encoding", settings.DEFAULT_CHARSET)
-        from django.http import QueryDict
-
-        return QueryDict(raw, encoding=encoding)
 
 
 class MaxSizeUploadHandler(FileUploadHandler):
