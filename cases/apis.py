@@ -13,8 +13,8 @@ from cases.serializers import (
     DocumentSerializer,
     DocumentUpdateSerializer,
 )
-from cases.uploads import DocumentMultiPartParser
-from core.parsers import BoundedJSONParser
+from cases.uploads import DocumentMultiPartParser, file_too_large
+from core.parsers import BoundedJSONParser, upload_limit_exceeded
 from tenancy.permissions import MembersWriteAdminsDelete
 from tenancy.viewsets import TenantModelViewSet
 
@@ -124,6 +124,15 @@ class DocumentViewSet(_ServiceViewSet):
         keeps it in the ``doc.upload`` event's dimensions (the event itself is keyed on
         the document)."""
         return {"request_id": self.request.request_id}
+
+    def initial(self, request, *args, **kwargs):
+        """Answer 413 ``file_too_large`` for an upload that ``MaxSizeUploadHandler``
+        already stopped while the body was parsed before the view (the
+        ``Idempotency-Key`` fingerprint reads multipart bodies with Django's parser)."""
+        super().initial(request, *args, **kwargs)
+        limit = upload_limit_exceeded(request)
+        if limit is not None:
+            raise file_too_large(limit)
 
     def get_parsers(self):
         """An upload (``POST``) is multipart, limited while it streams

@@ -120,7 +120,15 @@ def handler403(request, exception=None):
 
 def handler400(request, exception=None):
     """400 page (e.g. ``SuspiciousOperation`` or a disallowed host raised outside DRF):
-    JSON ``{"detail": "Bad request.", "code": "bad_request"}``."""
+    JSON ``{"detail": "Bad request.", "code": "bad_request"}``; Django's
+    ``RequestDataTooBig`` (a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` read by a
+    middleware) is a 413 ``body_too_large``."""
+    if isinstance(exception, RequestDataTooBig):
+        return json_error(
+            ContentTooLarge.default_detail,
+            "body_too_large",
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
     return json_error("Bad request.", "bad_request", status.HTTP_400_BAD_REQUEST)
 
 

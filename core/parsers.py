@@ -157,15 +157,27 @@ def declared_length(request) -> int:
         return 0
 
 
+#: Attribute set on the Django request when ``MaxSizeUploadHandler`` stopped its upload:
+#: the limit (int, bytes).
+UPLOAD_EXCEEDED_ATTR = "upload_limit_exceeded"
+
+DEFAULT_MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+
+
 class MaxSizeUploadHandler(FileUploadHandler):
     """Counts the file bytes of one request (all its files) and stops the upload past
-    ``limit`` (int, bytes): Django's ``StopUpload(connection_reset=True)`` ends the
-    parsing, closes the partial files and reads no more of the body. ``exceeded`` (bool)
-    tells the parser to answer 413. Goes first in ``request.upload_handlers``, so the
-    bytes past the limit never reach the spooling handlers."""
+    ``limit`` (int, bytes; default ``settings.DOCUMENT_MAX_BYTES``, the largest upload the
+    API takes): Django's ``StopUpload(connection_reset=True)`` ends the parsing, closes the
+    partial files and reads no more of the body, and the request gets
+    ``UPLOAD_EXCEEDED_ATTR`` (the limit) for the view to answer 413. First in
+    ``settings.FILE_UPLOAD_HANDLERS``, so it also guards a body parsed before the view
+    (the ``Idempotency-Key`` fingerprint), and the bytes past the limit never reach the
+    spooling handlers."""
 
-    def __init__(self, request=None, limit: int = DEFAULT_MAX_JSON_BYTES):
+    def __init__(self, request=None, limit: int | None = None):
         super().__init__(request)
+        if limit is None:
+            limit = int(getattr(settings, "DOCUMENT_MAX_BYTES", DEFAULT_MAX_UPLOAD_BYTES))
         self.limit = limit
         self.received = 0
         self.exceeded = False
@@ -174,11 +186,20 @@ class MaxSizeUploadHandler(FileUploadHandler):
         self.received += len(raw_data)
         if self.received > self.limit:
             self.exceeded = True
+            if self.request is not None:
+                setattr(self.request, UPLOAD_EXCEEDED_ATTR, self.limit)
             raise StopUpload(connection_reset=True)
         return raw_data
 
     def file_complete(self, file_size: int):
         return None  # the next handler builds the file
+
+
+def upload_limit_exceeded(request) -> int | None:
+    """The limit (bytes) ``MaxSizeUploadHandler`` stopped ``request``'s upload at (a DRF
+    or Django request), or ``None``."""
+    django_request = getattr(request, "_request", request)
+    return getattr(django_request, UPLOAD_EXCEEDED_ATTR, None)
 
 
 class BoundedMultiPartParser(parsers.MultiPartParser):
@@ -208,9 +229,9 @@ class BoundedMultiPartParser(parsers.MultiPartParser):
         request = parser_context["request"]
         if declared_length(request) > limit + self.overhead_bytes:
             raise self.too_large(limit)
-        guard = MaxSizeUploadHandler(request, limit=limit)
+        guard = MaxSizeUploadHandler(getattr(request, "_request", request), limit=limit)
         request.upload_handlers.insert(0, guard)
         result = super().parse(stream, media_type, parser_context)
-        if guard.exceeded:
+        if guard.exceeded or upload_limit_exceeded(request) is not None:
             raise self.too_large(limit)
         return result

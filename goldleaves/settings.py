@@ -218,6 +218,14 @@ SIMPLE_JWT = {
 # its bytes in DOCUMENT_ALLOWED_TYPES (415).
 API_MAX_JSON_BYTES = env.int("API_MAX_JSON_BYTES", default=1024 * 1024)
 DOCUMENT_MAX_BYTES = env.int("DOCUMENT_MAX_BYTES", default=50 * 1024 * 1024)
+# Django's own limits: form fields (also the Idempotency-Key fingerprint's read of a body)
+# no larger than a JSON body; file bytes counted first by core.parsers.MaxSizeUploadHandler.
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_JSON_BYTES
+FILE_UPLOAD_HANDLERS = [
+    "core.parsers.MaxSizeUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 DOCUMENT_ALLOWED_TYPES = env.list(
     "DOCUMENT_ALLOWED_TYPES",
     default=[

@@ -179,3 +179,31 @@ def test_an_outsider_upload_to_our_case_is_refused_before_its_bytes_matter(
     assert response.status_code in (400, 415)
     assert not Document.objects.exists()
     assert not _stored_files(_media)
+
+
+def test_an_upload_with_an_idempotency_key_is_stopped_too(api, org, settings, _media):
+    """With ``Idempotency-Key`` the body is parsed before the view (the fingerprint), by
+    Django's handlers: ``MaxSizeUploadHandler`` is first among them."""
+    settings.DOCUMENT_MAX_BYTES = 1000
+    case = CaseFactory(organization=org)
+    response = api.post(
+        "/api/v1/documents/",
+        {"case": str(case.pk), "file": SimpleUploadedFile("big.txt", b"a" * 5000, "text/plain")},
+        format="multipart",
+        HTTP_IDEMPOTENCY_KEY="upload-1",
+    )
+    _assert_refused(response, 413, "file_too_large", org, _media)
+
+
+def test_a_json_body_over_the_limit_with_an_idempotency_key_is_a_413(api, org, settings):
+    settings.API_MAX_JSON_BYTES = 1000
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = api.post(
+        "/api/v1/clients/", {"name": "x" * 5000}, format="json", HTTP_IDEMPOTENCY_KEY="k-1"
+    )
+    assert response.status_code == 413, response.content
+    assert response.json()["code"] == "body_too_large"
+    assert not Document.objects.exists()
+    from cases.models import Client
+
+    assert not Client.objects.filter(organization=org).exists()
