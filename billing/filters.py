@@ -4,6 +4,7 @@ import django_filters
 from drf_spectacular.utils import extend_schema_field
 
 from billing.models import BillingEvent, BillingEventStatus
+from core.filters import UTCIsoDateTimeFilter
 
 #: ``?status=`` accepts the stored value (``0``, ``1``) and the name the API shows in
 #: ``status`` (``pending``, ``posted``); both map to the stored small integer.
@@ -38,8 +39,8 @@ class BillingEventFilter(django_filters.FilterSet):
 
     event_name = django_filters.CharFilter()
     status = StatusFilter()
-    start = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    end = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    start = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    end = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = BillingEvent

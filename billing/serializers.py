@@ -1,10 +1,12 @@
 """Serializers of the billing API (output shapes, and the period query parameters)."""
 
+from datetime import UTC, timedelta
+
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
 from billing.models import BillingEvent, MeterReport
-from billing.selectors import GROUP_BY_CHOICES, parse_period_bound
+from billing.selectors import GROUP_BY_CHOICES, billing_zone, parse_period_bound
 
 
 class BillingEventSerializer(serializers.ModelSerializer):
@@ -35,13 +37,21 @@ class PeriodQuerySerializer(serializers.Serializer):
     """``start``/``end``: ``YYYY-MM-DD`` (midnight in the organization's billing time zone)
     or ISO 8601 datetimes; both optional (default: the current billing month)."""
 
-    start = serializers.CharField(required=False)
-    end = serializers.CharField(required=False)
+    start = serializers.CharField(required=False, max_length=64)
+    end = serializers.CharField(required=False, max_length=64)
 
     def _bound(self, value):
+        """The bound as an aware ``datetime``; an offset PostgreSQL cannot take (over
+        ±15:59, PostgreSQL manual 8.5.1.3) is moved to the billing time zone, the same
+        instant. ``ValidationError`` for a malformed value or one outside years 1-9999."""
+        organization = self.context["organization"]
         try:
-            return parse_period_bound(value, self.context["organization"])
-        except ValueError:
+            bound = parse_period_bound(value, organization)
+            bound.astimezone(UTC)  # OverflowError: leaves Python's range in UTC
+            if abs(bound.utcoffset()) >= timedelta(hours=16):
+                bound = bound.astimezone(billing_zone(organization))
+            return bound
+        except (ValueError, OverflowError):
             raise serializers.ValidationError(
                 "Use YYYY-MM-DD or an ISO 8601 datetime (e.g. 2026-11-01T00:00:00Z)."
             ) from None

@@ -1,7 +1,7 @@
 """Case-management API: thin viewsets over ``cases.selectors`` and ``cases.services``."""
 
 from django.db.models import ProtectedError
-from rest_framework import exceptions, parsers
+from rest_framework import exceptions
 from rest_framework.permissions import IsAuthenticated
 
 from cases import selectors, services
@@ -13,6 +13,8 @@ from cases.serializers import (
     DocumentSerializer,
     DocumentUpdateSerializer,
 )
+from cases.uploads import DocumentMultiPartParser, file_too_large
+from core.parsers import BoundedJSONParser, upload_limit_exceeded
 from tenancy.permissions import MembersWriteAdminsDelete
 from tenancy.viewsets import TenantModelViewSet
 
@@ -105,7 +107,7 @@ class DocumentViewSet(_ServiceViewSet):
     ``422`` (``idempotency_key_reused``)."""
 
     model = Document
-    parser_classes = [parsers.MultiPartParser, parsers.FormParser, parsers.JSONParser]
+
     filterset_class = DocumentFilter
     search_fields = ["original_filename"]
     ordering_fields = ["uploaded_at", "size_bytes", "original_filename"]
@@ -122,6 +124,24 @@ class DocumentViewSet(_ServiceViewSet):
         keeps it in the ``doc.upload`` event's dimensions (the event itself is keyed on
         the document)."""
         return {"request_id": self.request.request_id}
+
+    def initial(self, request, *args, **kwargs):
+        """Answer 413 ``file_too_large`` for an upload that ``MaxSizeUploadHandler``
+        already stopped while the body was parsed before the view (the
+        ``Idempotency-Key`` fingerprint reads multipart bodies with Django's parser)."""
+        super().initial(request, *args, **kwargs)
+        limit = upload_limit_exceeded(request)
+        if limit is not None:
+            raise file_too_large(limit)
+
+    def get_parsers(self):
+        """An upload (``POST``) is multipart, limited while it streams
+        (``cases.uploads.DocumentMultiPartParser``); an update (moving a document to
+        another case) is JSON (``core.parsers.BoundedJSONParser``)."""
+        request = getattr(self, "request", None)
+        if request is not None and request.method == "POST":
+            return [DocumentMultiPartParser()]
+        return [BoundedJSONParser()]
 
     def get_serializer_class(self):
         if self.action in ("update", "partial_update"):

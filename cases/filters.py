@@ -3,6 +3,7 @@
 import django_filters
 
 from cases.models import Case, CaseStatus, Client, Document
+from core.filters import UTCIsoDateTimeFilter
 
 
 class ClientFilter(django_filters.FilterSet):
@@ -12,8 +13,8 @@ class ClientFilter(django_filters.FilterSet):
 
     name = django_filters.CharFilter(lookup_expr="icontains")
     email = django_filters.CharFilter(lookup_expr="iexact")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UTCIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Client
@@ -26,8 +27,8 @@ class CaseFilter(django_filters.FilterSet):
 
     status = django_filters.ChoiceFilter(choices=CaseStatus.choices)
     client = django_filters.UUIDFilter(field_name="client_id")
-    opened_after = django_filters.IsoDateTimeFilter(field_name="opened_at", lookup_expr="gte")
-    opened_before = django_filters.IsoDateTimeFilter(field_name="opened_at", lookup_expr="lt")
+    opened_after = UTCIsoDateTimeFilter(field_name="opened_at", lookup_expr="gte")
+    opened_before = UTCIsoDateTimeFilter(field_name="opened_at", lookup_expr="lt")
 
     class Meta:
         model = Case
@@ -41,8 +42,8 @@ class DocumentFilter(django_filters.FilterSet):
 
     case = django_filters.UUIDFilter(field_name="case_id")
     content_type = django_filters.CharFilter()
-    uploaded_after = django_filters.IsoDateTimeFilter(field_name="uploaded_at", lookup_expr="gte")
-    uploaded_before = django_filters.IsoDateTimeFilter(field_name="uploaded_at", lookup_expr="lt")
+    uploaded_after = UTCIsoDateTimeFilter(field_name="uploaded_at", lookup_expr="gte")
+    uploaded_before = UTCIsoDateTimeFilter(field_name="uploaded_at", lookup_expr="lt")
 
     class Meta:
         model = Document

@@ -4,25 +4,38 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Length
+from django.db.models.lookups import LessThanOrEqual
 from django.utils import timezone
 
 from tenancy.fields import TenantForeignKey
 from tenancy.models import TenantModel
 
+#: Characters of a free-text field (``Client.notes``, ``Case.description``): enforced by the
+#: serializers (400) and by a CHECK constraint in the database.
+MAX_TEXT_LENGTH = 10_000
+
 
 class Client(TenantModel):
-    """A firm's client (person or company)."""
+    """A firm's client (person or company). ``notes``: at most ``MAX_TEXT_LENGTH``
+    characters."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=200)
     email = models.EmailField(blank=True, default="")
     phone = models.CharField(max_length=40, blank=True, default="")
-    notes = models.TextField(blank=True, default="")
+    notes = models.TextField(blank=True, default="", max_length=MAX_TEXT_LENGTH)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
         ordering = ["name"]
         indexes = [models.Index(fields=["organization", "name"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=LessThanOrEqual(Length("notes"), MAX_TEXT_LENGTH),
+                name="cases_client_notes_max_length",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -38,14 +51,15 @@ class CaseStatus(models.TextChoices):
 
 
 class Case(TenantModel):
-    """A matter for a client; ``reference_number`` is unique within the organization."""
+    """A matter for a client; ``reference_number`` is unique within the organization;
+    ``description``: at most ``MAX_TEXT_LENGTH`` characters."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     client = TenantForeignKey(Client, on_delete=models.PROTECT, related_name="cases")
     title = models.CharField(max_length=255)
     reference_number = models.CharField(max_length=64)
     status = models.CharField(max_length=16, choices=CaseStatus.choices, default=CaseStatus.OPEN)
-    description = models.TextField(blank=True, default="")
+    description = models.TextField(blank=True, default="", max_length=MAX_TEXT_LENGTH)
     opened_at = models.DateTimeField(default=timezone.now)
     closed_at = models.DateTimeField(null=True, blank=True)
 
@@ -55,7 +69,11 @@ class Case(TenantModel):
             models.UniqueConstraint(
                 fields=["organization", "reference_number"],
                 name="cases_case_org_reference_unique",
-            )
+            ),
+            models.CheckConstraint(
+                condition=LessThanOrEqual(Length("description"), MAX_TEXT_LENGTH),
+                name="cases_case_description_max_length",
+            ),
         ]
         indexes = [models.Index(fields=["organization", "status", "-opened_at"])]
 

@@ -7,9 +7,9 @@ from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
 from cases.models import Case, Client, Document
+from cases.uploads import document_type_detect, file_too_large, max_document_bytes
+from core.serializers import StrictModelSerializer
 from tenancy.viewsets import TenantPrimaryKeyRelatedField
-
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 
 
 @extend_schema_serializer(
@@ -33,11 +33,12 @@ MAX_UPLOAD_BYTES = 50 * 1024 * 1024
         ),
     ]
 )
-class ClientSerializer(serializers.ModelSerializer):
+class ClientSerializer(StrictModelSerializer):
     """A client as JSON: ``{"id": uuid, "name": str, "email": str, "phone": str,
     "notes": str, "created_at": ISO 8601 UTC}``; ``id`` and ``created_at`` are read-only.
-    ``name`` is required (max 200 characters); ``email`` must be a valid address or ``""``.
-    Invalid input is a DRF ``ValidationError`` (400, field errors)."""
+    ``name`` is required (max 200 characters); ``email`` must be a valid address or ``""``;
+    ``phone`` max 40 and ``notes`` max 10,000 characters (``MAX_TEXT_LENGTH``); no string
+    may contain NUL (U+0000). Invalid input is a DRF ``ValidationError`` (400, field errors)."""
 
     class Meta:
         model = Client
@@ -65,14 +66,16 @@ _NEW_CASE = {
         ),
     ]
 )
-class CaseSerializer(serializers.ModelSerializer):
+class CaseSerializer(StrictModelSerializer):
     """A case as JSON: ``{"id": uuid, "client": client uuid, "title": str,
     "reference_number": str, "status": "open"|"pending"|"closed", "description": str,
     "opened_at": ISO 8601 UTC, "closed_at": ISO 8601 UTC or null}``.
 
     ``id`` and ``closed_at`` are read-only (``closed_at`` follows ``status``, set by
-    ``cases.services``). Needs ``context["organization"]`` (an ``Organization``; the
-    tenant views' ``get_serializer_context`` puts the request's there).
+    ``cases.services``). ``title`` max 255, ``reference_number`` max 64, ``description``
+    max 10,000 characters (``MAX_TEXT_LENGTH``). Needs ``context["organization"]`` (an
+    ``Organization``; the tenant views' ``get_serializer_context`` puts the request's
+    there).
     Raises ``ValidationError`` (400) for a ``client`` of another organization ("does not
     exist") or a ``reference_number`` already used in this organization.
     """
@@ -134,7 +137,7 @@ class CaseSerializer(serializers.ModelSerializer):
         )
     ]
 )
-class DocumentSerializer(serializers.ModelSerializer):
+class DocumentSerializer(StrictModelSerializer):
     """A document as JSON; created by a multipart upload of ``case`` (uuid) and ``file``.
 
     Output: ``{"id", "case", "download_url", "original_filename", "content_type",
@@ -142,8 +145,13 @@ class DocumentSerializer(serializers.ModelSerializer):
     UTC), "processing_status" ("pending"|"processed"|"failed"),
     "processing_failure_reason", "page_count" (int or null), "processed_at"}``; ``file``
     is write-only and every field but ``case`` is read-only (set by ``cases.services``).
-    Raises ``ValidationError`` (400) for a ``case`` of another organization, a missing
-    file, or a file over ``MAX_UPLOAD_BYTES`` (50 MiB).
+    ``content_type`` is the type detected from the bytes (``cases.uploads``), never the
+    client's.
+
+    Raises ``ValidationError`` (400) for a ``case`` of another organization or a missing
+    or empty file; ``PayloadTooLarge`` (413 ``file_too_large``) for a file over
+    ``DOCUMENT_MAX_BYTES`` (refused while streaming, by ``cases.uploads``);
+    ``UnsupportedFileType`` (415 ``unsupported_file_type`` / ``file_type_mismatch``).
     """
 
     case = TenantPrimaryKeyRelatedField(queryset=Case.objects.all())
@@ -186,11 +194,13 @@ class DocumentSerializer(serializers.ModelSerializer):
         return obj.file.url if obj.file else ""
 
     def validate_file(self, value):
-        """Refuse a file larger than ``MAX_UPLOAD_BYTES`` (``ValidationError``)."""
-        if value.size > MAX_UPLOAD_BYTES:
-            raise serializers.ValidationError(
-                f"File too large: the limit is {MAX_UPLOAD_BYTES} bytes."
-            )
+        """Refuse a file over ``DOCUMENT_MAX_BYTES`` (413; the parser refuses it earlier
+        while streaming) or of a type not accepted (415, ``document_type_detect``); set its
+        ``content_type`` to the detected type, which the service stores."""
+        limit = max_document_bytes()
+        if value.size > limit:
+            raise file_too_large(limit)
+        value.content_type = document_type_detect(value)
         return value
 
 

@@ -129,8 +129,9 @@ def document_create(
     """Store ``file`` through the default storage, record it against ``case`` and bill it
     once (``doc.upload``).
 
-    Records the original filename, the client-declared content type and the size in
-    bytes. Every call creates a new document: a retried upload is recognised by its
+    Records the original filename, ``file.content_type`` (through the API: the type
+    detected from the bytes, ``cases.uploads.document_type_detect``, never the client's)
+    and the size in bytes. Every call creates a new document: a retried upload is recognised by its
     ``Idempotency-Key`` before the view runs (``billing.idempotency``: same key and same
     bytes replay the first answer; other bytes are a 422), never here, and never by the
     client's ``X-Request-ID``.

@@ -4,20 +4,74 @@ Every API error body is either ``{"detail": str, "code": str}`` or, for
 validation errors, ``{"detail": "Invalid input.", "code": "invalid",
 "errors": {field: [messages]}}``. API paths (``/api/``) never get an HTML page,
 not even for a 404 or 500 raised outside DRF with ``DEBUG`` off.
+
+Stable codes beyond DRF's own (``parse_error``, ``not_authenticated``,
+``permission_denied``, ``not_found``, ``method_not_allowed``, ``unsupported_media_type``,
+``throttled``, ...): ``body_too_large`` and ``file_too_large`` (413), the strict JSON
+parser's ``json_*`` codes (400, ``core.parsers``), ``unsupported_file_type`` and
+``file_type_mismatch`` (415, ``cases.uploads``), ``invalid_value`` (400: a value the
+database refused, ``DataError``), ``too_many_fields`` (400), ``bad_request`` (400:
+e.g. a disallowed ``Host``), ``server_error`` (500).
 """
 
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import (
+    PermissionDenied as DjangoPermissionDenied,
+)
+from django.core.exceptions import (
+    RequestDataTooBig,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
+from django.db import DataError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.views import exception_handler
 
+from core.db import transaction_aborted
+
+
+class InvalidValue(exceptions.APIException):
+    """400 ``invalid_value``: a value that passed validation but that PostgreSQL refused
+    (``DataError``, SQLSTATE class 22, PostgreSQL manual, Appendix A), e.g. a date
+    outside the range of ``timestamptz`` once its offset is applied."""
+
+    status_code = 400
+    default_detail = "A value in the request is out of range or invalid."
+    default_code = "invalid_value"
+
+
+class ContentTooLarge(exceptions.APIException):
+    """413 ``body_too_large`` (Django's ``RequestDataTooBig``: form fields over
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE``)."""
+
+    status_code = 413
+    default_detail = "Request body too large."
+    default_code = "body_too_large"
+
+
+def _translate(exc):
+    """Django and database exceptions that DRF leaves to Django (a 500 or an HTML page),
+    as the ``APIException`` the client should see; ``exc`` itself otherwise."""
+    if isinstance(exc, Http404):
+        return exceptions.NotFound()
+    if isinstance(exc, DjangoPermissionDenied):
+        return exceptions.PermissionDenied()
+    if isinstance(exc, RequestDataTooBig):
+        return ContentTooLarge()
+    if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
+        return exceptions.ParseError("Too many fields or files.", code="too_many_fields")
+    if isinstance(exc, DataError) and not transaction_aborted():
+        # only when the statement's effects are gone (rolled back to the view's savepoint,
+        # tenancy.viewsets, or no transaction): else the request must fail as a whole (500)
+        return InvalidValue()
+    return exc
+
 
 def api_exception_handler(exc, context):
-    """DRF exception handler that adds a machine-readable ``code`` to every error."""
-    if isinstance(exc, Http404):
-        exc = exceptions.NotFound()
-    elif isinstance(exc, DjangoPermissionDenied):
-        exc = exceptions.PermissionDenied()
+    """DRF exception handler that adds a machine-readable ``code`` to every error
+    (``exc``: the exception a view raised; ``context``: DRF's). Returns the ``Response``,
+    or ``None`` for an exception that stays a 500 (DRF re-raises it)."""
+    exc = _translate(exc)
     response = exception_handler(exc, context)
     if response is None:
         return None
@@ -66,5 +120,26 @@ def handler403(request, exception=None):
 
 def handler400(request, exception=None):
     """400 page (e.g. ``SuspiciousOperation`` or a disallowed host raised outside DRF):
-    JSON ``{"detail": "Bad request.", "code": "bad_request"}``."""
+    JSON ``{"detail": "Bad request.", "code": "bad_request"}``; Django's
+    ``RequestDataTooBig`` (a body over ``DATA_UPLOAD_MAX_MEMORY_SIZE`` read by a
+    middleware) is a 413 ``body_too_large``."""
+    if isinstance(exception, RequestDataTooBig):
+        return json_error(
+            ContentTooLarge.default_detail,
+            "body_too_large",
+            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
     return json_error("Bad request.", "bad_request", status.HTTP_400_BAD_REQUEST)
+
+
+def csrf_failure(request, reason=""):
+    """``CSRF_FAILURE_VIEW``: under ``/api/`` the API's JSON 403 (``csrf_failed``; API
+    clients authenticate with bearer tokens, only session-authenticated requests can fail
+    it); elsewhere (the admin) Django's own page."""
+    if request.path.startswith("/api/"):
+        return json_error(
+            f"CSRF verification failed: {reason}", "csrf_failed", status.HTTP_403_FORBIDDEN
+        )
+    from django.views.csrf import csrf_failure as django_csrf_failure
+
+    return django_csrf_failure(request, reason=reason)

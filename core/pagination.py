@@ -2,7 +2,7 @@
 over an order that is always total."""
 
 from django.db.models import QuerySet
-from rest_framework import pagination
+from rest_framework import exceptions, pagination
 
 
 def _term_name(term) -> str | None:
@@ -46,6 +46,30 @@ class PageNumberPagination(pagination.PageNumberPagination):
 
     page_size_query_param = "page_size"
     max_page_size = 100
+
+    def get_page_size(self, request) -> int:
+        """``?page_size=`` (an integer 1-``max_page_size``; empty or absent: the default
+        ``PAGE_SIZE``). Raises ``ValidationError`` (400) for anything else, rather than
+        silently using the default as DRF does."""
+        raw = request.query_params.get(self.page_size_query_param, "")
+        if raw == "":
+            return self.page_size
+        if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
+            raise exceptions.ValidationError(
+                {self.page_size_query_param: [f"An integer from 1 to {self.max_page_size}."]}
+            )
+        return int(raw)
+
+    def get_schema_operation_parameters(self, view):
+        """DRF's ``page`` and ``page_size`` parameters, with ``page_size``'s bounds and
+        ``page`` at least 1."""
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"].update(minimum=1, maximum=self.max_page_size)
+            elif parameter["name"] == self.page_query_param:
+                parameter["schema"].update(minimum=1)
+        return parameters
 
     def paginate_queryset(self, queryset, request, view=None):
         """DRF's page of ``stable_order(queryset)`` (see the class doc)."""

@@ -76,6 +76,8 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "goldleaves.urls"
+# A CSRF refusal under /api/ is the API's JSON 403 (core.errors); the admin keeps Django's.
+CSRF_FAILURE_VIEW = "core.errors.csrf_failure"
 WSGI_APPLICATION = "goldleaves.wsgi.application"
 
 TEMPLATES = [
@@ -201,6 +203,14 @@ REST_FRAMEWORK = {
         "rest_framework.filters.SearchFilter",
         "rest_framework.filters.OrderingFilter",
     ],
+    # JSON only (the browsable API with DEBUG alone), whatever Accept says (core.negotiation);
+    # bodies bounded and strict (core.parsers).
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"]
+    + (["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "core.negotiation.JSONContentNegotiation",
+    # JSON bodies only (the document upload alone is multipart: cases.apis).
+    "DEFAULT_PARSER_CLASSES": ["core.parsers.BoundedJSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
     "DEFAULT_SCHEMA_CLASS": "core.openapi.TaggedAutoSchema",
     "EXCEPTION_HANDLER": "core.errors.api_exception_handler",
     # Plan-tier rate limits are a middleware (tenancy.ratelimit.RateLimitMiddleware), so that
@@ -227,6 +237,44 @@ SIMPLE_JWT = {
     "ROTATE_REFRESH_TOKENS": True,
     "BLACKLIST_AFTER_ROTATION": True,
 }
+# Request bodies (core.parsers, cases.uploads): JSON, form and multipart bodies of the API
+# at most API_MAX_JSON_BYTES (413 body_too_large); a document upload at most
+# DOCUMENT_MAX_BYTES (413 file_too_large, refused while it streams), of a type detected from
+# its bytes in DOCUMENT_ALLOWED_TYPES (415).
+API_MAX_JSON_BYTES = env.int("API_MAX_JSON_BYTES", default=1024 * 1024)
+DOCUMENT_MAX_BYTES = env.int("DOCUMENT_MAX_BYTES", default=50 * 1024 * 1024)
+# Django's own limits: form fields (also the Idempotency-Key fingerprint's read of a body)
+# no larger than a JSON body; file bytes counted first by core.parsers.MaxSizeUploadHandler.
+DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_JSON_BYTES
+FILE_UPLOAD_HANDLERS = [
+    "core.parsers.MaxSizeUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
+DOCUMENT_ALLOWED_TYPES = env.list(
+    "DOCUMENT_ALLOWED_TYPES",
+    default=[
+        "application/pdf",
+        "text/plain",
+        "application/rtf",
+        "application/msword",
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "application/vnd.ms-excel",
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "application/vnd.ms-powerpoint",
+        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+        "application/vnd.oasis.opendocument.text",
+        "application/vnd.oasis.opendocument.spreadsheet",
+        "application/vnd.oasis.opendocument.presentation",
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/tiff",
+        "image/heic",
+    ],
+)
+
 # Login throttling of the token endpoints (tenancy.login_throttle): requests per
 # LOGIN_RATE_PERIOD_SECONDS per (address, email), per email, per client address; 0 = off.
 LOGIN_RATE_PERIOD_SECONDS = env.int("LOGIN_RATE_PERIOD_SECONDS", default=300)
@@ -258,6 +306,8 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "billing.schema.document_idempotency_key",
+        # 400/401/403/404/413/415/429 and the RateLimit headers of every operation
+        "core.openapi.document_error_responses",
     ],
 }
 

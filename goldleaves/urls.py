@@ -2,6 +2,7 @@ from django.conf import settings
 from django.contrib import admin
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import include, path, re_path
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.views import (
     SpectacularAPIView,
     SpectacularRedocView,
@@ -39,7 +40,9 @@ urlpatterns = [
     path("api/v1/", include(api_v1)),
     # Unknown API paths: JSON 404 even with DEBUG on (no HTML page on an API path). Not a
     # served route, so never billed; still rate limited (tenancy.ratelimit).
-    re_path(r"^api/", not_billed(api_not_found), name="api-not-found"),
+    # csrf_exempt: a 404 for every method (Django's CSRF check would answer an unsafe
+    # method with its HTML 403 first).
+    re_path(r"^api/", csrf_exempt(not_billed(api_not_found)), name="api-not-found"),
 ]
 
 # With DEBUG (make run): static files (the admin's, the API docs' Swagger UI and Redoc) from

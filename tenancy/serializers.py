@@ -4,8 +4,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
-from rest_framework_simplejwt.serializers import TokenObtainPairSerializer
+from rest_framework_simplejwt.serializers import PasswordField, TokenObtainPairSerializer
 
+from core.serializers import StrictCharField, StrictModelSerializer
 from tenancy.context import user_context
 from tenancy.models import Membership, Organization
 from tenancy.tokens import RefreshToken
@@ -31,6 +32,17 @@ class OrganizationTokenObtainPairSerializer(TokenObtainPairSerializer):
     The refresh token is recorded as outstanding (blacklistable, ``tenancy.tokens``)."""
 
     token_class = RefreshToken
+
+    def __init__(self, *args, **kwargs):
+        """simplejwt's fields with a maximum length: the email 254 characters (RFC 5321's
+        path limit), the password 4096 (the API's text limits; a 400 beyond). Neither is
+        trimmed: a password is compared as typed (Django's own login form does not strip
+        it either), and an email with spaces is simply not a user's (401)."""
+        super().__init__(*args, **kwargs)
+        self.fields[self.username_field] = StrictCharField(
+            write_only=True, max_length=254, trim_whitespace=False
+        )
+        self.fields["password"] = PasswordField(max_length=4096, trim_whitespace=False)
 
     @classmethod
     def get_token(cls, user):
@@ -86,7 +98,7 @@ class CurrentOrganizationSerializer(OrganizationSerializer):
         read_only_fields = fields
 
 
-class OrganizationSettingsSerializer(serializers.ModelSerializer):
+class OrganizationSettingsSerializer(StrictModelSerializer):
     """The settings an owner may change, all optional (PATCH): ``{"name": str (1-200
     characters, stripped), "billing_timezone": IANA zone name, e.g. "Europe/Berlin"}``.
     The plan tier is not among them (it follows the subscription)."""

@@ -33,6 +33,8 @@ from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, Ou
 
 REVOKED_CODE = "token_revoked"
 REVOKED_DETAIL = "Token was issued before the user's password change or deactivation."
+#: Characters of a token in a request body (a JWT of ours is about 300; a 400 beyond).
+MAX_TOKEN_LENGTH = 4096
 
 
 class _PreciseIssuedAt:
@@ -111,7 +113,7 @@ class RotatingTokenRefreshSerializer(serializers.Serializer):
             before the user's ``tokens_valid_after``.
     """
 
-    refresh = serializers.CharField()
+    refresh = serializers.CharField(max_length=MAX_TOKEN_LENGTH)
     access = serializers.CharField(read_only=True)
 
     default_error_messages = {"no_active_account": "No active account found for the given token."}
@@ -152,7 +154,7 @@ class LogoutSerializer(serializers.Serializer):
             already blacklisted.
     """
 
-    refresh = serializers.CharField(write_only=True)
+    refresh = serializers.CharField(write_only=True, max_length=MAX_TOKEN_LENGTH)
 
     def validate(self, attrs: dict) -> dict:
         try:

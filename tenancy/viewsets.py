@@ -11,6 +11,7 @@ memberships, in every organization) implement ``dangerously_get_queryset()`` ins
 grep that name to audit them.
 """
 
+from django.db import DataError, connection, transaction
 from rest_framework import exceptions, serializers, viewsets
 
 from tenancy.context import request_organization
@@ -41,6 +42,7 @@ class TenantAPIMixin:
     """
 
     model = None
+    _savepoint = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -72,6 +74,26 @@ class TenantAPIMixin:
         """The caller's ``Membership`` of ``organization`` (set by ``TenantMiddleware``
         with it), or ``None`` when there is no organization."""
         return getattr(self.request, "membership", None)
+
+    def initial(self, request, *args, **kwargs):
+        """DRF's ``initial`` (authentication, permissions), after a savepoint in the
+        request's transaction (``TenantMiddleware``'s; none outside a transaction): a
+        ``DataError`` the database raises for bad input (an out-of-range date, a number
+        too large) rolls back to it in ``handle_exception`` and answers 400, while the
+        transaction stays usable for the request's billing event. One round trip; the
+        savepoint is released with the transaction."""
+        if connection.in_atomic_block:
+            self._savepoint = transaction.savepoint()
+        super().initial(request, *args, **kwargs)
+
+    def handle_exception(self, exc):
+        """Roll back to the view's savepoint on a ``DataError`` (the error handler,
+        ``core.errors.api_exception_handler``, then answers 400 ``invalid_value``), then
+        DRF's handling."""
+        if isinstance(exc, DataError) and self._savepoint is not None:
+            transaction.savepoint_rollback(self._savepoint)
+            self._savepoint = None
+        return super().handle_exception(exc)
 
     def check_permissions(self, request):
         """DRF's permission classes, then the organization: an unauthenticated request is

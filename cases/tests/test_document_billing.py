@@ -235,7 +235,6 @@ def test_text_pages(api, org):
     [
         ("fake.pdf", b"%PDF-1.7 this is not really a pdf", "application/pdf", "unreadable PDF"),
         ("photo.png", b"\x89PNG\r\n\x1a\n....", "image/png", "unsupported document type"),
-        ("latin.txt", "caf\xe9".encode("latin-1"), "text/plain", "not valid UTF-8"),
     ],
 )
 def test_unprocessable_document_is_failed_and_not_billed_for_processing(
@@ -252,6 +251,21 @@ def test_unprocessable_document_is_failed_and_not_billed_for_processing(
     assert document.page_count is None
     assert not BillingEvent.objects.filter(event_name="doc.processed").exists()
     assert BillingEvent.objects.filter(event_name="doc.upload").count() == 1
+
+
+def test_a_stored_text_that_is_not_utf8_fails_processing(org, owner):
+    """The upload refuses such bytes (415, ``cases.uploads``); a document stored by other
+    code, or before that check, still fails processing cleanly."""
+    case = CaseFactory(organization=org)
+    latin = SimpleUploadedFile("latin.txt", "caf\xe9".encode("latin-1"), "text/plain")
+    with tenant_context(org):
+        services.document_create(
+            organization=org, acting_user=owner, case=case, file=latin, request_id=None
+        )
+    assert [(r.outcome, r.result) for r in run_jobs()] == [("succeeded", "failed")]
+    document = Document.objects.get()
+    assert "not valid UTF-8" in document.processing_failure_reason
+    assert not BillingEvent.objects.filter(event_name="doc.processed").exists()
 
 
 def test_unexpected_processing_error_marks_failed_logs_and_does_not_bill(
