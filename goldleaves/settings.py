@@ -263,6 +263,40 @@ USAGE_RATE_CENTS = env.int("USAGE_RATE_CENTS", default=1)
 # Metering (billing.middleware.UsageMiddleware, billing.pricing): see .env.example.
 BILLING_METERING_ENABLED = env.bool("BILLING_METERING_ENABLED", default=True)
 BILLING_PRICE_BOOK = env.json("BILLING_PRICE_BOOK", default={})
+# Plans (billing.plans): per tier its rate limit and, per meter, included units and graduated
+# tiers in cents per unit. The default is the settings it replaces: TIER_RATE_LIMITS' limits
+# and one open tier at BILLING_PRICE_BOOK[meter] (else USAGE_RATE_CENTS), nothing included.
+BILLING_PLANS = env.json(
+    "BILLING_PLANS",
+    default={
+        _tier: {
+            "name": _tier.capitalize(),
+            "rate_limit": (TIER_RATE_LIMITS if isinstance(TIER_RATE_LIMITS, dict) else {}).get(
+                _tier, {}
+            ),
+            "meters": {
+                _meter: {
+                    "stripe_price_id": "",
+                    "included": "0",
+                    "tiers": [
+                        {
+                            "up_to": None,
+                            "unit_amount_decimal": str(
+                                BILLING_PRICE_BOOK.get(_meter, USAGE_RATE_CENTS)
+                                if isinstance(BILLING_PRICE_BOOK, dict)
+                                else USAGE_RATE_CENTS
+                            ),
+                        }
+                    ],
+                }
+                for _meter in ("api.request", "doc.upload", "doc.processed")
+            },
+        }
+        for _tier in ("starter", "pro", "enterprise")
+    },
+)
+# ISO 4217 currency (lowercase) of the Stripe prices manage.py stripe_setup creates.
+BILLING_CURRENCY = env.str("BILLING_CURRENCY", default="usd")
 BILLING_UNBILLED_STATUSES = env.list(
     "BILLING_UNBILLED_STATUSES", default=["401", "403", "429", "5xx"]
 )
