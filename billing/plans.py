@@ -116,9 +116,9 @@ def _tiers(raw, path: str, problems: list) -> tuple[Tier, ...]:
         if item["up_to"] is None:
             if not last:
                 problems.append((f"{where}.up_to", "may be null only in the last tier"))
+        elif last:
+            problems.append((f"{where}.up_to", "must be null in the last tier (open-ended)"))
         else:
-            if last:
-                problems.append((f"{where}.up_to", "must be null in the last tier (open-ended)"))
             up_to = _decimal(item["up_to"], f"{where}.up_to", problems, whole=True)
             if up_to is not None and up_to <= previous:
                 problems.append((f"{where}.up_to", f"must be greater than {previous}"))
