@@ -229,7 +229,10 @@ SPECTACULAR_SETTINGS = {
         {"name": "Clients", "description": "Clients of the active organization."},
         {"name": "Cases", "description": "Cases (matters) of the active organization."},
         {"name": "Documents", "description": "Documents of a case: upload and processing."},
-        {"name": "Billing", "description": "Metered usage: events, summaries, reports, the upcoming invoice."},
+        {
+            "name": "Billing",
+            "description": "Metered usage: events, summaries, reports, the upcoming invoice.",
+        },
     ],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
