@@ -21,6 +21,7 @@ from rest_framework.views import APIView
 
 from billing import invoice_preview, selectors, usage
 from billing.filters import BillingEventFilter
+from billing.invoice_serializers import UpcomingInvoiceQuerySerializer, UpcomingInvoiceSerializer
 from billing.middleware import write_failures
 from billing.models import BillingEvent, MeterReport
 from billing.reporting.queue import report_queue
@@ -31,8 +32,6 @@ from billing.serializers import (
     MeterReportSerializer,
     PeriodQuerySerializer,
     ReportQuerySerializer,
-    UpcomingInvoiceQuerySerializer,
-    UpcomingInvoiceSerializer,
     UsageReportSerializer,
     UsageSummarySerializer,
 )
