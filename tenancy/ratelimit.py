@@ -228,9 +228,12 @@ def redis_state() -> str:
 def tier_limit(organization, scope: str = SCOPE) -> int | None:
     """Requests per minute for ``organization``'s plan (``BILLING_PLANS[plan_tier]
     ["rate_limit"][scope]``); ``None`` = unlimited (no plan, or no limit for ``scope``)."""
-    plan = (getattr(settings, "BILLING_PLANS", None) or {}).get(organization.plan_tier) or {}
-    limit = (plan.get("rate_limit") or {}).get(scope)
-    return int(limit) if limit else None
+    plans = getattr(settings, "BILLING_PLANS", None)
+    plan = plans.get(organization.plan_tier) if isinstance(plans, dict) else None
+    limits = plan.get("rate_limit") if isinstance(plan, dict) else None
+    limit = limits.get(scope) if isinstance(limits, dict) else None
+    # A malformed value is refused at start-up (system check billing.E005); never a 500 here.
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
 
 
 def warn_unavailable(exc: Exception) -> None:
