@@ -6,7 +6,7 @@ generate_series``, month by month in time order, as events arrive), then times
 for one organization, 100 runs each, p50/p99 in ms:
 
 * the month's usage summary and the usage report grouped by day through the
-  real selectors (``billing.selectors``), with the cache cold (cleared before
+  real selectors (``billing.usage``), with the cache cold (cleared before
   every run) and warm, when the metering issue's selectors are present;
 * beside them, the same aggregates as a plain ``GROUP BY`` over the raw table
   (the baseline: what the database does with the indexes the model declares).
@@ -299,16 +299,16 @@ def _rows(section, label: str, cold: list[float], warm: list[float], baseline=No
 
 
 def _selector_rows(section, org_id, cold_orgs, start, end, raw) -> None:
-    """Time ``billing.selectors.usage_summary`` and ``usage_report(group_by="day")``, the
+    """Time ``billing.usage.usage_summary`` and ``usage_report(group_by="day")``, the
     functions the API calls, cold (a different organization each run) and warm. They keep
     no application cache, so "cache" here is PostgreSQL's and the OS's page cache."""
-    from billing.selectors import usage_report, usage_summary
+    from billing.usage import usage_report, usage_summary
     from tenancy.models import Organization
 
     orgs = Organization.objects.in_bulk([org_id, *cold_orgs])
     calls = (
-        ("usage-summary (month), billing.selectors", usage_summary, {}, "summary"),
-        ("usage-report by day, billing.selectors", usage_report, {"group_by": "day"}, "by_day"),
+        ("usage-summary (month), billing.usage", usage_summary, {}, "summary"),
+        ("usage-report by day, billing.usage", usage_report, {"group_by": "day"}, "by_day"),
     )
     for label, fn, extra, key in calls:
 

@@ -16,7 +16,8 @@ from billing.formatting import format_cents, format_quantity
 from billing.models import BillingEvent, MeterReport, UsageAggregate
 from billing.pricing import line_cost_cents
 from billing.reporting import reconciliation
-from billing.selectors import month_period, usage_by_day, usage_by_organization, usage_summary
+from billing.selectors import month_period, usage_by_day, usage_by_organization
+from billing.usage import usage_summary
 from tenancy.admin import OrganizationAdmin
 from tenancy.context import tenant_context
 from tenancy.models import Organization

@@ -1,4 +1,5 @@
-"""Billing API (``/api/v1/billing/``): events, usage summary and report, pipeline health.
+"""Billing API (``/api/v1/billing/``): events, usage summary and report, the upcoming
+invoice, pipeline health.
 
 Thin views over ``billing.selectors``. The summary and report take an organization
 id in the path: the caller must be a member of it (staff: any organization), else
@@ -13,12 +14,14 @@ enabled, applies to the target rows.
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics
+from rest_framework.exceptions import APIException
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing import selectors
+from billing import invoice_preview, selectors, usage
 from billing.filters import BillingEventFilter
+from billing.invoice_serializers import UpcomingInvoiceQuerySerializer, UpcomingInvoiceSerializer
 from billing.middleware import write_failures
 from billing.models import BillingEvent, MeterReport
 from billing.reporting.queue import report_queue
@@ -60,7 +63,8 @@ class BillingEventListApi(TenantAPIMixin, generics.ListAPIView):
 
 class _UsageApi(TenantAPIMixin, APIView):
     """A period view of the organization named in the URL (``organization_id``), which
-    ``IsMemberOfTargetOrganization`` resolves into ``self.target_organization``."""
+    ``IsMemberOfTargetOrganization`` resolves into ``self.target_organization``. Amounts:
+    ``billing.usage`` (a plan meter's from the plan's rating)."""
 
     permission_classes = [IsAuthenticated, IsMemberOfTargetOrganization, AdminsOnly]
     query_serializer_class = PeriodQuerySerializer
@@ -98,7 +102,7 @@ class UsageSummaryApi(_UsageApi):
     @extend_schema(parameters=_PERIOD_PARAMS, responses=UsageSummarySerializer)
     def get(self, request, organization_id):
         def build(organization, start, end, params):
-            lines = selectors.usage_summary(organization=organization, start=start, end=end)
+            lines = usage.usage_summary(organization=organization, start=start, end=end)
             return {"lines": lines, "total_cost_cents": sum(line["cost_cents"] for line in lines)}
 
         body = self.period_response(request, build)
@@ -114,14 +118,14 @@ class UsageReportApi(_UsageApi):
     @extend_schema(
         parameters=[
             *_PERIOD_PARAMS,
-            OpenApiParameter("group_by", OpenApiTypes.STR, enum=list(selectors.GROUP_BY_CHOICES)),
+            OpenApiParameter("group_by", OpenApiTypes.STR, enum=list(usage.GROUP_BY_CHOICES)),
         ],
         responses=UsageReportSerializer,
     )
     def get(self, request, organization_id):
         def build(organization, start, end, params):
             group_by = params["group_by"]
-            rows = selectors.usage_report(
+            rows = usage.usage_report(
                 organization=organization, start=start, end=end, group_by=group_by
             )
             serializer = REPORT_ROW_SERIALIZERS[group_by](rows, many=True)
@@ -197,3 +201,71 @@ class ReportUsageDetailApi(TenantAPIMixin, generics.RetrieveAPIView):
         """The organization's ``MeterReport``s only, so a report of another organization
         is a 404, never a 403 (no enumeration)."""
         return MeterReport.objects.for_organization(organization)
+
+
+class PlanNotConfigured(APIException):
+    """409: ``BILLING_PLANS`` has no plan for the organization's ``plan_tier``."""
+
+    status_code = 409
+    default_code = "plan_not_configured"
+    default_detail = "No plan is configured for this organization's plan tier."
+
+
+class UpcomingInvoiceApi(TenantAPIMixin, APIView):
+    """``GET upcoming-invoice/[?compare=stripe]``: what the active organization will pay for
+    its current billing period (the Stripe subscription's current period when the
+    organization has one, else the calendar month in its billing time zone): per meter of
+    its plan the quantity used, included, billable, per-tier amounts and the total in
+    integer cents, from ``billing.rating`` over the usage recorded here
+    (``billing.usage.upcoming_invoice``). Admins and owners (``AdminsOnly``).
+
+    ``?compare=stripe`` adds Stripe's invoice preview for the organization's customer
+    (``billing.invoice_preview``) and every difference. Errors (JSON ``{"detail",
+    "code"}``): 409 ``stripe_not_configured`` (no ``STRIPE_API_KEY``), 409
+    ``stripe_customer_missing`` (no ``stripe_customer_id``; 409, not 400, because the
+    request is right and the organization's state is what is missing), 502
+    ``stripe_unavailable`` (Stripe answered an error), 409 ``plan_not_configured``, 400
+    ``invalid`` for another ``compare``."""
+
+    permission_classes = [IsAuthenticated, AdminsOnly]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter(
+                "compare",
+                OpenApiTypes.STR,
+                enum=["stripe"],
+                description="stripe: add Stripe's invoice preview and the differences",
+            )
+        ],
+        responses={
+            200: UpcomingInvoiceSerializer,
+            409: OpenApiTypes.OBJECT,
+            502: OpenApiTypes.OBJECT,
+        },
+    )
+    def get(self, request):
+        query = UpcomingInvoiceQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        organization = self.organization
+        plan = usage.organization_plan(organization)
+        if plan is None:
+            raise PlanNotConfigured()
+        start, end, source = usage.billing_period(organization)
+        body = {
+            "organization": organization.pk,
+            "timezone": str(selectors.billing_zone(organization)),
+            "start": start,
+            "end": end,
+            "period_source": source,
+            **usage.upcoming_invoice(organization=organization, plan=plan, start=start, end=end),
+        }
+        if query.validated_data.get("compare") == "stripe":
+            preview = invoice_preview.stripe_preview(
+                organization=organization, meters=body["meters"]
+            )
+            differences = invoice_preview.compare(
+                invoice=body, preview=preview, check_period=source == "subscription"
+            )
+            body.update(stripe=preview, differences=differences, matches_stripe=not differences)
+        return Response(UpcomingInvoiceSerializer(body).data)

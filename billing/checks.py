@@ -20,12 +20,20 @@ IDs:
   ``billing.reporting.reconciliation``).
 * ``billing.E004``: ``IDEMPOTENCY_KEY_TTL_HOURS`` is not a whole number of hours of at
   least 1: a key that expires at once would let every retry run again.
+* ``billing.E005``: ``BILLING_PLANS`` is malformed (one error per problem that
+  ``billing.plans.parse_plans`` finds: a missing tier or meter, a bound that is not a
+  whole number, tiers not ascending, a last tier that is not open-ended, ...), or its
+  tiers are not exactly ``tenancy.models.PlanTier``'s.
+* ``billing.E006``: a plan prices a meter that ``STRIPE_METERS`` does not report: the
+  upcoming invoice would show a charge that Stripe never bills.
+* ``billing.E007``: one Stripe price id is configured for two plan meters: a subscription's
+  prices could not name its plan (``billing.plans.tier_for_price_ids``).
 """
 
 from django.conf import settings
 from django.core.checks import Error, register
 
-from billing import pricing
+from billing import plans, pricing
 
 TAG = "billing"
 _IDS = {"BILLING_PRICE_BOOK": "billing.E001", "USAGE_RATE_CENTS": "billing.E002"}
@@ -84,3 +92,52 @@ def check_idempotency_ttl(app_configs=None, **kwargs) -> list[Error]:
             id="billing.E004",
         )
     ]
+
+
+@register(TAG)
+def check_plans(app_configs=None, **kwargs) -> list[Error]:
+    """``billing.E005`` per problem of ``settings.BILLING_PLANS`` (``plans.parse_plans``,
+    and its tiers against ``tenancy.models.PlanTier``), ``billing.E006`` per plan meter
+    missing from ``settings.STRIPE_METERS``, ``billing.E007`` per Stripe price id used
+    twice; ``[]`` when the plans are valid."""
+    from tenancy.models import PlanTier
+
+    parsed, problems = plans.parse_plans(getattr(settings, "BILLING_PLANS", None))
+    hint = (
+        "See billing/plans.py for the shape of BILLING_PLANS (decimal strings; whole "
+        "numbers for included and up_to; the last tier's up_to null)."
+    )
+    errors = [
+        Error(f"BILLING_PLANS{'.' if path else ''}{path} {message}", hint=hint, id="billing.E005")
+        for path, message in problems
+    ]
+    if set(PlanTier.values) != set(plans.TIERS):
+        errors.append(
+            Error(
+                f"BILLING_PLANS tiers {sorted(plans.TIERS)} are not PlanTier's "
+                f"{sorted(PlanTier.values)}",
+                hint="Keep billing.plans.TIERS and tenancy.models.PlanTier the same.",
+                id="billing.E005",
+            )
+        )
+    reported = getattr(settings, "STRIPE_METERS", None) or {}
+    for tier, plan in parsed.items():
+        for meter in plan.meters:
+            if meter not in reported:
+                errors.append(
+                    Error(
+                        f"BILLING_PLANS.{tier}.meters.{meter} is not in STRIPE_METERS: "
+                        "it would be rated here and never reported to Stripe",
+                        hint="Add the meter to STRIPE_METERS or remove it from the plan.",
+                        id="billing.E006",
+                    )
+                )
+    for price_id, where in plans.duplicate_price_ids(parsed).items():
+        errors.append(
+            Error(
+                f"BILLING_PLANS stripe_price_id {price_id!r} is used by {', '.join(where)}",
+                hint="Each plan meter needs its own Stripe price (manage.py stripe_setup).",
+                id="billing.E007",
+            )
+        )
+    return errors

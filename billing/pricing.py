@@ -7,10 +7,13 @@ Rules:
   the event name (``settings.BILLING_PRICE_BOOK``, a JSON object
   ``{"event_name": cents_per_unit}``) or else ``settings.USAGE_RATE_CENTS``. A later
   change of the settings does not reprice events already written.
-* A summary line's cost is ``sum(quantity * unit_cost_cents)`` computed exactly in
-  ``Decimal`` and rounded ONCE, half-up, to whole cents (``line_cost_cents``).
-  Events with no ``unit_cost_cents`` (written by hand, not through the services)
-  count as free.
+* Where the stored price is the cost (an event name that no plan in ``BILLING_PLANS``
+  prices, and the staff usage dashboard), a line's cost is ``sum(quantity *
+  unit_cost_cents)`` computed exactly in ``Decimal`` and rounded ONCE, half-up, to whole
+  cents (``line_cost_cents``). Events with no ``unit_cost_cents`` (written by hand, not
+  through the services) count as free. A plan meter's amount comes from the plan's
+  rating instead (``billing.rating``, ``billing.usage``); the default plans are these
+  same prices, so the two agree to the cent for events written under them.
 """
 
 from decimal import ROUND_HALF_UP, Decimal

@@ -1,16 +1,13 @@
-"""Reads of billing events: event lists, usage summaries and reports, pipeline health.
+"""Reads of billing events: event lists, billing periods, pipeline health, the staff
+usage dashboard. The usage summary, report and upcoming invoice (amounts from the plans'
+rating) are in ``billing.usage``.
 
 Periods are half-open ``[start, end)`` of aware datetimes (stored and compared in
 UTC). The default period is the current calendar month in the organization's
-``billing_timezone`` (IANA name, ``zoneinfo``). Money is integer cents: a line's
-cost is ``sum(quantity * unit_cost_cents)`` summed exactly by PostgreSQL
-(``numeric``) and rounded once, half-up, by ``billing.pricing.line_cost_cents``.
-
-Every summary/report is ONE query over the ``(organization_id, created_at)``
-index ``billing_ev_org_created_idx`` (see
-``billing/tests/test_apis.py::test_summary_and_report_use_the_organization_created_at_index``,
-which EXPLAINs the exact SQL of ``usage_summary`` and of ``usage_report`` for each
-``group_by`` on 6,000 analysed rows and asserts that index, and no other, is used).
+``billing_timezone`` (IANA name, ``zoneinfo``). Money is integer cents: the staff
+dashboard's cost is ``sum(quantity * unit_cost_cents)`` (the prices fixed on the events)
+summed exactly by PostgreSQL (``numeric``) and rounded once, half-up, by
+``billing.pricing.line_cost_cents``.
 """
 
 from datetime import date, datetime, time, timedelta
@@ -34,7 +31,7 @@ from django.db.models import (
     When,
 )
 from django.db.models.fields.json import KT
-from django.db.models.functions import Cast, TruncDate
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from billing.models import (
@@ -46,8 +43,6 @@ from billing.models import (
 )
 from billing.pricing import line_cost_cents
 from tenancy.models import Organization
-
-GROUP_BY_CHOICES = ("day", "route", "user")
 
 _LINE_COST = ExpressionWrapper(
     F("quantity") * F("unit_cost_cents"),
@@ -105,70 +100,10 @@ def event_list(
     return queryset.order_by("-created_at", "-id")
 
 
-def _period_events(organization, start: datetime, end: datetime) -> QuerySet[BillingEvent]:
-    return BillingEvent.objects.filter(
-        organization_id=organization.pk, created_at__gte=start, created_at__lt=end
-    )
-
-
 def _line(row: dict) -> dict:
     row["quantity"] = row.pop("total_quantity")
     row["cost_cents"] = line_cost_cents(row.pop("exact_cost"))
     return row
-
-
-def usage_summary(*, organization, start: datetime, end: datetime) -> list[dict]:
-    """Totals per event name for ``[start, end)``, one query.
-
-    Returns:
-        ``[{"event_name": str, "count": int, "quantity": Decimal, "cost_cents": int}]``
-        sorted by event_name; ``cost_cents`` rounded once, half-up, per line.
-    """
-    rows = (
-        _period_events(organization, start, end)
-        .values("event_name")
-        .annotate(count=Count("id"), total_quantity=Sum("quantity"), exact_cost=Sum(_LINE_COST))
-        .order_by("event_name")
-    )
-    return [_line(row) for row in rows]
-
-
-def usage_report(*, organization, start: datetime, end: datetime, group_by: str) -> list[dict]:
-    """Breakdown of ``[start, end)`` by ``group_by`` and event name, one query.
-
-    ``group_by``: ``day`` (calendar day in the billing time zone, ``"YYYY-MM-DD"``),
-    ``route`` (the ``dimensions.route`` URL pattern; ``None`` for domain events) or
-    ``user`` (``user_id`` and ``user_email``; ``None`` when the event had no user).
-
-    Returns:
-        ``[{<group key(s)>, "event_name", "count", "quantity", "cost_cents"}]``, sorted
-        by the group key then event name.
-    Raises:
-        ValueError: ``group_by`` is not one of ``GROUP_BY_CHOICES``.
-    """
-    events = _period_events(organization, start, end)
-    if group_by == "day":
-        events = events.annotate(day=TruncDate("created_at", tzinfo=billing_zone(organization)))
-        keys = ["day"]
-    elif group_by == "route":
-        events = events.annotate(route=KT("dimensions__route"))
-        keys = ["route"]
-    elif group_by == "user":
-        events = events.annotate(user_email=F("user__email"))
-        keys = ["user_id", "user_email"]
-    else:
-        raise ValueError(f"group_by must be one of {', '.join(GROUP_BY_CHOICES)}")
-    rows = (
-        events.values(*keys, "event_name")
-        .annotate(count=Count("id"), total_quantity=Sum("quantity"), exact_cost=Sum(_LINE_COST))
-        .order_by(*keys, "event_name")
-    )
-    result = []
-    for row in rows:
-        if group_by == "day":
-            row["day"] = row["day"].isoformat()
-        result.append(_line(row))
-    return result
 
 
 def pipeline_health(*, organization=None, now: datetime | None = None) -> dict:

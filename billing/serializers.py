@@ -6,7 +6,8 @@ from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
 from billing.models import BillingEvent, MeterReport
-from billing.selectors import GROUP_BY_CHOICES, billing_zone, parse_period_bound
+from billing.selectors import billing_zone, parse_period_bound
+from billing.usage import GROUP_BY_CHOICES
 
 
 class BillingEventSerializer(serializers.ModelSerializer):
@@ -80,12 +81,18 @@ class ReportQuerySerializer(PeriodQuerySerializer):
 
 
 class UsageLineSerializer(serializers.Serializer):
-    """A summary line: events, total quantity (decimal string) and cost in integer cents."""
+    """A summary line: events, total quantity (decimal string), the included (free) and
+    billable part of it, and the cost in integer cents; ``pricing`` says where the cost
+    comes from: ``plan`` (the plan's included units and tiers, ``billing.rating``) or
+    ``event_price`` (an event name no plan prices: the price fixed on each event)."""
 
     event_name = serializers.CharField()
     count = serializers.IntegerField()
     quantity = serializers.DecimalField(max_digits=24, decimal_places=4)
+    included = serializers.DecimalField(max_digits=24, decimal_places=4)
+    billable = serializers.DecimalField(max_digits=24, decimal_places=4)
     cost_cents = serializers.IntegerField()
+    pricing = serializers.ChoiceField(choices=["plan", "event_price"])
 
 
 def _row_serializer(name: str, **keys) -> type[serializers.Serializer]:
@@ -144,18 +151,24 @@ class UsagePeriodSerializer(serializers.Serializer):
                 "lines": [
                     {
                         "event_name": "api.request",
-                        "count": 1234,
-                        "quantity": "1234.0000",
-                        "cost_cents": 1234,
+                        "count": 12001,
+                        "quantity": "12001.0000",
+                        "included": "1000.0000",
+                        "billable": "11001.0000",
+                        "cost_cents": 5000,
+                        "pricing": "plan",
                     },
                     {
                         "event_name": "doc.upload",
                         "count": 12,
                         "quantity": "12.0000",
+                        "included": "0.0000",
+                        "billable": "12.0000",
                         "cost_cents": 600,
+                        "pricing": "plan",
                     },
                 ],
-                "total_cost_cents": 1834,
+                "total_cost_cents": 5600,
             },
             response_only=True,
         )

@@ -15,6 +15,7 @@ urlpatterns = [
         name="billing-usage-report",
     ),
     path("health/", apis.BillingHealthApi.as_view(), name="billing-health"),
+    path("upcoming-invoice/", apis.UpcomingInvoiceApi.as_view(), name="billing-upcoming-invoice"),
     path("report-usage/", apis.ReportUsageApi.as_view(), name="billing-report-usage"),
     path(
         "report-usage/<uuid:pk>/",

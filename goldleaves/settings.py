@@ -5,6 +5,7 @@
 present; real environment variables win over it.
 """
 
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -301,7 +302,10 @@ SPECTACULAR_SETTINGS = {
         {"name": "Clients", "description": "Clients of the active organization."},
         {"name": "Cases", "description": "Cases (matters) of the active organization."},
         {"name": "Documents", "description": "Documents of a case: upload and processing."},
-        {"name": "Billing", "description": "Metered usage: events, summaries, reports."},
+        {
+            "name": "Billing",
+            "description": "Metered usage: events, summaries, reports, the upcoming invoice.",
+        },
     ],
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
@@ -338,6 +342,44 @@ USAGE_RATE_CENTS = env.int("USAGE_RATE_CENTS", default=1)
 # Metering (billing.middleware.UsageMiddleware, billing.pricing): see .env.example.
 BILLING_METERING_ENABLED = env.bool("BILLING_METERING_ENABLED", default=True)
 BILLING_PRICE_BOOK = env.json("BILLING_PRICE_BOOK", default={})
+# Plans (billing.plans): per tier its rate limit and, per meter, included units and graduated
+# tiers in cents per unit. The default is the settings it replaces: TIER_RATE_LIMITS' limits
+# and one open tier at BILLING_PRICE_BOOK[meter] (else USAGE_RATE_CENTS), nothing included.
+_BILLING_PLANS_JSON = env.str("BILLING_PLANS", default="").strip()
+if _BILLING_PLANS_JSON:
+    try:
+        BILLING_PLANS = json.loads(_BILLING_PLANS_JSON)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"BILLING_PLANS is not valid JSON: {exc}") from None
+else:
+    BILLING_PLANS = {
+        _tier: {
+            "name": _tier.capitalize(),
+            "rate_limit": (TIER_RATE_LIMITS if isinstance(TIER_RATE_LIMITS, dict) else {}).get(
+                _tier, {}
+            ),
+            "meters": {
+                _meter: {
+                    "stripe_price_id": "",
+                    "included": "0",
+                    "tiers": [
+                        {
+                            "up_to": None,
+                            "unit_amount_decimal": str(
+                                BILLING_PRICE_BOOK.get(_meter, USAGE_RATE_CENTS)
+                                if isinstance(BILLING_PRICE_BOOK, dict)
+                                else USAGE_RATE_CENTS
+                            ),
+                        }
+                    ],
+                }
+                for _meter in ("api.request", "doc.upload", "doc.processed")
+            },
+        }
+        for _tier in ("starter", "pro", "enterprise")
+    }
+# ISO 4217 currency (lowercase) of the Stripe prices manage.py stripe_setup creates.
+BILLING_CURRENCY = env.str("BILLING_CURRENCY", default="usd")
 BILLING_UNBILLED_STATUSES = env.list(
     "BILLING_UNBILLED_STATUSES", default=["401", "403", "429", "5xx"]
 )

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 
 class PlanTier(models.TextChoices):
-    """An organization's plan: selects its rate limits (``TIER_RATE_LIMITS``)."""
+    """An organization's plan: selects its plan in ``BILLING_PLANS`` (rate limit, prices)."""
 
     STARTER = "starter", "Starter"
     PRO = "pro", "Pro"

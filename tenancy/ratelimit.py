@@ -1,7 +1,9 @@
 """Plan-tier rate limits: requests per minute per organization and scope.
 
-The limit comes from ``settings.TIER_RATE_LIMITS`` (``{"starter": {"api": 60}, ...}``)
-and the organization's *current* ``plan_tier`` (read with the membership on every
+The limit comes from the ``rate_limit`` of the organization's plan in
+``settings.BILLING_PLANS`` (``{"starter": {"rate_limit": {"api": 60}, ...}, ...}``; see
+``billing.plans``, read here as a setting because tenancy imports no billing code) and
+the organization's *current* ``plan_tier`` (read with the membership on every
 request, so a plan change takes effect without a restart); a tier or scope that is
 not listed is unlimited.
 
@@ -33,8 +35,8 @@ of a missing object or of an unrouted path, an ``Idempotency-Key`` replay or ref
 
 Which responses carry NO RateLimit headers, on purpose:
 
-* An organization whose tier (or scope) has no limit in ``TIER_RATE_LIMITS``, e.g.
-  ``enterprise``: the fields advertise a quota policy that applies to the request
+* An organization whose plan has no limit for the scope in its ``rate_limit`` (the
+  default ``enterprise`` plan): the fields advertise a quota policy that applies to the request
   (draft -06, whose field names these are), they are not a mandatory part of every
   response, and with no quota there is nothing to advertise; a made-up limit would
   invite clients to throttle themselves for nothing. Clients read "no RateLimit
@@ -224,9 +226,14 @@ def redis_state() -> str:
 
 
 def tier_limit(organization, scope: str = SCOPE) -> int | None:
-    """Requests per minute for ``organization``'s plan tier and ``scope``; ``None`` = unlimited."""
-    limit = settings.TIER_RATE_LIMITS.get(organization.plan_tier, {}).get(scope)
-    return int(limit) if limit else None
+    """Requests per minute for ``organization``'s plan (``BILLING_PLANS[plan_tier]
+    ["rate_limit"][scope]``); ``None`` = unlimited (no plan, or no limit for ``scope``)."""
+    plans = getattr(settings, "BILLING_PLANS", None)
+    plan = plans.get(organization.plan_tier) if isinstance(plans, dict) else None
+    limits = plan.get("rate_limit") if isinstance(plan, dict) else None
+    limit = limits.get(scope) if isinstance(limits, dict) else None
+    # A malformed value is refused at start-up (system check billing.E005); never a 500 here.
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else None
 
 
 def warn_unavailable(exc: Exception) -> None:

@@ -27,3 +27,10 @@ def bearer_client(user, organization=None) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token(user, organization)}")
     return client
+
+
+def with_rate_limits(plans: dict, limits: dict) -> dict:
+    """A copy of ``plans`` (a ``BILLING_PLANS`` value) whose plans' ``rate_limit`` are
+    ``limits[tier]`` (``{tier: {scope: requests per minute}}``); a tier not in ``limits``
+    gets ``{}`` (unlimited). For tests: ``settings.BILLING_PLANS = with_rate_limits(...)``."""
+    return {tier: {**plan, "rate_limit": limits.get(tier, {})} for tier, plan in plans.items()}

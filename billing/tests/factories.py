@@ -39,3 +39,20 @@ class UsageAggregateFactory(factory.django.DjangoModelFactory):
     identifier = factory.LazyAttribute(
         lambda o: f"gl-{o.organization.pk}-{o.meter_event_name}-{o.sequence}"
     )
+
+
+def flat_prices(plans: dict, cents: dict[str, str]) -> dict:
+    """A copy of ``plans`` (a ``BILLING_PLANS`` value) where, in every plan, each meter named
+    in ``cents`` (``{event name: cents per unit, a decimal string}``) costs that flat price:
+    nothing included, one open tier. For ``settings.BILLING_PLANS = flat_prices(...)``."""
+    flat = {}
+    for tier, plan in plans.items():
+        meters = dict(plan["meters"])
+        for name, price in cents.items():
+            meters[name] = {
+                "stripe_price_id": "",
+                "included": "0",
+                "tiers": [{"up_to": None, "unit_amount_decimal": price}],
+            }
+        flat[tier] = {**plan, "meters": meters}
+    return flat

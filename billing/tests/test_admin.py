@@ -9,7 +9,7 @@ from django.utils import timezone
 from billing.models import BillingEvent, UsageAggregate
 from billing.reporting import reconciliation
 from billing.reporting.identifiers import aggregate_identifier
-from billing.tests.factories import BillingEventFactory
+from billing.tests.factories import BillingEventFactory, flat_prices
 from tenancy.context import tenant_context
 from tenancy.tests.factories import UserFactory
 
@@ -57,7 +57,8 @@ def test_billing_event_admin_is_read_only(admin_client, org):
     assert BillingEvent.objects.filter(pk=event.pk).exists()
 
 
-def test_organization_admin_shows_current_period_usage(admin_client, org, outsider_org):
+def test_organization_admin_shows_current_period_usage(admin_client, org, outsider_org, settings):
+    settings.BILLING_PLANS = flat_prices(settings.BILLING_PLANS, {"api.request": "4"})
     BillingEventFactory.create_batch(3, organization=org, unit_cost_cents=4)
     BillingEventFactory(organization=outsider_org, unit_cost_cents=98765)
     response = admin_client.get(f"/admin/tenancy/organization/{org.pk}/change/")

@@ -7,9 +7,9 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from procrastinate.contrib.django import app
 
-from billing import selectors
+from billing import selectors, usage
 from billing.models import BillingEvent, UsageAggregate
-from billing.tests.factories import BillingEventFactory
+from billing.tests.factories import BillingEventFactory, flat_prices
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.testing import bearer_client
 from tenancy.tests.dburl import owner_analyze
@@ -37,8 +37,12 @@ def ny_org(org):
 
 
 @pytest.fixture
-def month_fixture(ny_org, owner, outsider_org):
-    """Events around the November 2025 boundaries, in New York time."""
+def month_fixture(ny_org, owner, outsider_org, settings):
+    """Events around the November 2025 boundaries, in New York time; the plans price
+    api.request at 2 cents (the price on the events of the month) and doc.processed at 1."""
+    settings.BILLING_PLANS = flat_prices(
+        settings.BILLING_PLANS, {"api.request": "2", "doc.processed": "1"}
+    )
     make = BillingEventFactory
     # 31 Oct 23:30 EDT = 1 Nov 03:30 UTC: October for New York (excluded)
     make(organization=ny_org, created_at=utc(2025, 11, 1, 3, 30), unit_cost_cents=100)
@@ -95,13 +99,30 @@ def test_summary_over_a_month_in_new_york(api, month_fixture):
     assert body["start"] == "2025-11-01T04:00:00Z"
     assert body["end"] == "2025-12-01T05:00:00Z"
     assert body["lines"] == [
-        {"event_name": "api.request", "count": 3, "quantity": "3.0000", "cost_cents": 6},
-        {"event_name": "doc.processed", "count": 3, "quantity": "1.5000", "cost_cents": 2},
+        {
+            "event_name": "api.request",
+            "count": 3,
+            "quantity": "3.0000",
+            "included": "0.0000",
+            "billable": "3.0000",
+            "cost_cents": 6,
+            "pricing": "plan",
+        },
+        {
+            "event_name": "doc.processed",
+            "count": 3,
+            "quantity": "1.5000",
+            "included": "0.0000",
+            "billable": "1.5000",
+            "cost_cents": 2,
+            "pricing": "plan",
+        },
     ]
     assert body["total_cost_cents"] == 8
 
 
-def test_summary_defaults_to_the_current_billing_month(api, ny_org):
+def test_summary_defaults_to_the_current_billing_month(api, ny_org, settings):
+    settings.BILLING_PLANS = flat_prices(settings.BILLING_PLANS, {"api.request": "5"})
     BillingEventFactory(organization=ny_org, unit_cost_cents=5)
     body = api.get(summary_url(ny_org)).json()
     start, end = selectors.month_period(ny_org)
@@ -109,7 +130,15 @@ def test_summary_defaults_to_the_current_billing_month(api, ny_org):
     assert body["end"] == end.astimezone(UTC).isoformat().replace("+00:00", "Z")
     # the fixture event only: this GET's own api.request is written after the view
     assert body["lines"] == [
-        {"event_name": "api.request", "count": 1, "quantity": "1.0000", "cost_cents": 5}
+        {
+            "event_name": "api.request",
+            "count": 1,
+            "quantity": "1.0000",
+            "included": "0.0000",
+            "billable": "1.0000",
+            "cost_cents": 5,
+            "pricing": "plan",
+        }
     ]
 
 
@@ -313,12 +342,12 @@ def test_summary_and_report_use_the_organization_created_at_index(realistic_volu
     if group_by == "summary":
 
         def call():
-            return selectors.usage_summary(organization=org, start=start, end=end)
+            return usage.usage_summary(organization=org, start=start, end=end)
 
     else:
 
         def call():
-            return selectors.usage_report(organization=org, start=start, end=end, group_by=group_by)
+            return usage.usage_report(organization=org, start=start, end=end, group_by=group_by)
 
     nodes = _explain_selector(org, call)
     on_events = [n for n in nodes if n.get("Relation Name") == "billing_events"]

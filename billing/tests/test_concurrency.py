@@ -31,11 +31,10 @@ def test_concurrent_requests_are_each_billed_once_whatever_their_x_request_id(
     # in a few seconds, which only stayed under the factory's 'pro' tier (300/min) by
     # luck of the numbers. Pin both organizations to 'enterprise' and make sure that
     # tier has no limit (tenancy.ratelimit: no limit configured = unlimited), so a 429
-    # can never replace a billable 200 whatever THREADS or TIER_RATE_LIMITS become.
-    settings.TIER_RATE_LIMITS = {
-        tier: limits
-        for tier, limits in settings.TIER_RATE_LIMITS.items()
-        if tier != PlanTier.ENTERPRISE
+    # can never replace a billable 200 whatever THREADS or the plans' rate limits become.
+    settings.BILLING_PLANS = {
+        **settings.BILLING_PLANS,
+        PlanTier.ENTERPRISE: {**settings.BILLING_PLANS[PlanTier.ENTERPRISE], "rate_limit": {}},
     }
     orgs = [OrganizationFactory(plan_tier=PlanTier.ENTERPRISE) for _ in range(2)]
     assert all(tier_limit(org) is None for org in orgs)

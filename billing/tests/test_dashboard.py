@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing import selectors
-from billing.tests.factories import BillingEventFactory, UsageAggregateFactory
+from billing.tests.factories import BillingEventFactory, UsageAggregateFactory, flat_prices
 from tenancy.context import tenant_context
 from tenancy.tests.factories import OrganizationFactory, UserFactory
 
@@ -293,7 +293,11 @@ def test_organization_list_shows_usage_this_period_without_n_plus_one(staff_clie
     assert _queries(staff_client, url) == few
 
 
-def test_organization_page_shows_lines_in_currency_and_the_chart(staff_client, org):
+def test_organization_page_shows_lines_in_currency_and_the_chart(staff_client, org, settings):
+    # the plans price the meters as the events do (the summary rates plan meters)
+    settings.BILLING_PLANS = flat_prices(
+        settings.BILLING_PLANS, {"api.request": "4", "doc.upload": "5"}
+    )
     BillingEventFactory.create_batch(3, organization=org, unit_cost_cents=4)
     BillingEventFactory(
         organization=org,

@@ -16,7 +16,7 @@ from billing.models import BillingEvent, IdempotencyKey
 from cases.models import Case, Client
 from tenancy import ratelimit
 from tenancy.context import cross_tenant, tenant_context
-from tenancy.testing import bearer_client
+from tenancy.testing import bearer_client, with_rate_limits
 from tenancy.tests.factories import OrganizationFactory, member_of
 
 pytestmark = pytest.mark.django_db
@@ -279,7 +279,7 @@ def test_an_answer_that_cannot_be_stored_fails_the_request(api, acme_client, mon
 
 
 def test_replays_count_against_the_rate_limit(settings, db):
-    settings.TIER_RATE_LIMITS = {"starter": {"api": 3}}
+    settings.BILLING_PLANS = with_rate_limits(settings.BILLING_PLANS, {"starter": {"api": 3}})
     settings.REDIS_URL = ""
     ratelimit.reset_limiter()
     try:

@@ -55,6 +55,7 @@ MATRIX = {
     ("/api/v1/billing/usage-summary/{organization_id}/", "GET"): ADMIN,
     ("/api/v1/billing/usage-report/{organization_id}/", "GET"): ADMIN,
     ("/api/v1/billing/health/", "GET"): ADMIN,
+    ("/api/v1/billing/upcoming-invoice/", "GET"): ADMIN,
     ("/api/v1/billing/report-usage/", "POST"): ADMIN,
     ("/api/v1/billing/report-usage/{id}/", "GET"): ADMIN,
 }

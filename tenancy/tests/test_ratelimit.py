@@ -18,7 +18,7 @@ from billing.models import BillingEvent
 from cases.tests.factories import CaseFactory
 from tenancy import ratelimit
 from tenancy.context import cross_tenant, request_organization
-from tenancy.testing import bearer_client
+from tenancy.testing import bearer_client, with_rate_limits
 from tenancy.tests.factories import OrganizationFactory, member_of
 
 LIMITS = {"starter": {"api": 5}, "pro": {"api": 50}}
@@ -26,7 +26,7 @@ LIMITS = {"starter": {"api": 5}, "pro": {"api": 50}}
 
 @pytest.fixture
 def small_limits(settings):
-    settings.TIER_RATE_LIMITS = LIMITS
+    settings.BILLING_PLANS = with_rate_limits(settings.BILLING_PLANS, LIMITS)
     return LIMITS
 
 
@@ -155,7 +155,7 @@ def test_plan_change_takes_effect_without_restart(redis_limiter, db):
     response = client.get("/api/v1/cases/")
     assert response.status_code == 200
     assert response["RateLimit-Limit"] == "50"
-    org.plan_tier = "enterprise"  # not in TIER_RATE_LIMITS: unlimited, no headers
+    org.plan_tier = "enterprise"  # no rate_limit in its plan: unlimited, no headers
     org.save(update_fields=["plan_tier"])
     unlimited = client.get("/api/v1/cases/")
     assert unlimited.status_code == 200
@@ -359,7 +359,7 @@ def test_unrouted_api_paths_are_counted_and_refused_over_the_limit(local_limiter
 
 
 def test_unlimited_tiers_get_no_headers_even_on_errors(local_limiter, db):
-    org = OrganizationFactory(plan_tier="enterprise")  # not in TIER_RATE_LIMITS
+    org = OrganizationFactory(plan_tier="enterprise")  # no rate_limit in its plan
     client = bearer_client(member_of(org))
     for response in (client.get("/api/v1/cases/"), client.get(f"/api/v1/cases/{uuid.uuid4()}/")):
         assert response.status_code in (200, 404)
