@@ -22,9 +22,10 @@ from tenancy.viewsets import TenantAPIMixin
 class SubscriptionApi(TenantAPIMixin, APIView):
     """``POST subscription/`` ``{"plan_tier": "pro"}``: owners only (403 ``role_forbidden``
     otherwise). Asks Stripe, through a job, to move the subscription to that plan's prices
-    (Stripe's proration applies); 202 at once. The organization's ``plan_tier`` changes
-    when Stripe's webhook confirms, never before. 400 ``plan_tier_unknown``; 409
-    ``stripe_disabled``, ``plan_not_priced``, ``subscription_missing``."""
+    (Stripe's proration applies), or to create the customer and a subscription when there
+    is none (or only a canceled one); 202 at once. The organization's ``plan_tier`` changes
+    when Stripe confirms, never before. 400 ``plan_tier_unknown``; 409 ``stripe_disabled``,
+    ``plan_not_priced``."""
 
     permission_classes = [IsAuthenticated, OwnersOnly]
 
@@ -33,9 +34,7 @@ class SubscriptionApi(TenantAPIMixin, APIView):
         responses={
             202: SubscriptionChangeResultSerializer,
             400: OpenApiResponse(description="plan_tier_unknown, or a missing plan_tier"),
-            409: OpenApiResponse(
-                description="stripe_disabled, plan_not_priced or subscription_missing"
-            ),
+            409: OpenApiResponse(description="stripe_disabled or plan_not_priced"),
         },
     )
     def post(self, request):

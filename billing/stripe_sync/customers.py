@@ -21,7 +21,11 @@ import logging
 from django.conf import settings
 
 from billing.stripe_sync.prices import UnknownPlanTier, plan_price_ids
-from billing.stripe_sync.subscriptions import from_timestamp, subscription_apply
+from billing.stripe_sync.subscriptions import (
+    FINAL_STATUSES,
+    from_timestamp,
+    subscription_apply,
+)
 from tenancy.models import Organization
 
 logger = logging.getLogger(__name__)
@@ -61,9 +65,14 @@ def _metadata(organization: Organization) -> dict:
     return {"organization_id": str(organization.pk), "organization_slug": organization.slug}
 
 
-def customer_subscription_ensure(*, organization: Organization, client) -> list[str]:
+def customer_subscription_ensure(
+    *, organization: Organization, client, plan_tier: str | None = None, change_id: str = ""
+) -> list[str]:
     """Create the organization's Stripe customer, then its subscription to the prices of
-    its plan tier (``prices.plan_price_ids``), each only if the organization has none.
+    ``plan_tier`` (default: its plan tier; ``prices.plan_price_ids``), each only if the
+    organization has none, or, for the subscription, only a final one (canceled,
+    ``incomplete_expired``: a firm that resubscribes through a plan change, ``change_id``,
+    which then names the new subscription's Idempotency-Key).
 
     Requests (Stripe API reference): ``POST /v1/customers`` (``name``, ``metadata``
     ``organization_id`` and ``organization_slug``), then ``POST /v1/subscriptions``
@@ -88,29 +97,36 @@ def customer_subscription_ensure(*, organization: Organization, client) -> list[
         )
         organization.refresh_from_db()
         lines.append(f"customer {organization.stripe_customer_id}")
-    if organization.stripe_subscription_id:
+    replacing = organization.subscription_status in FINAL_STATUSES and bool(change_id)
+    if organization.stripe_subscription_id and not replacing:
         return lines
+    tier = plan_tier or organization.plan_tier
     try:
-        prices = plan_price_ids(organization.plan_tier)
+        prices = plan_price_ids(tier)
     except UnknownPlanTier:
         prices = {}
     if not prices:
         logger.warning(
             "%s: plan %s has no Stripe price ids (BILLING_PLANS): no subscription created",
             organization.slug,
-            organization.plan_tier,
+            tier,
         )
-        lines.append(f"no subscription: plan {organization.plan_tier} has no Stripe prices")
+        lines.append(f"no subscription: plan {tier} has no Stripe prices")
         return lines
     customer_id = organization.stripe_customer_id
+    key = subscription_idempotency_key(organization.pk, customer_id)
+    if replacing:
+        key = f"gl-{organization.pk}-subscription-{change_id}"
     subscription = client.v1.subscriptions.create(
         params={
             "customer": customer_id,
             "items": [{"price": prices[meter]} for meter in sorted(prices)],
-            "metadata": {**_metadata(organization), "plan_tier": organization.plan_tier},
+            "metadata": {**_metadata(organization), "plan_tier": tier},
         },
-        options={"idempotency_key": subscription_idempotency_key(organization.pk, customer_id)},
+        options={"idempotency_key": key},
     ).to_dict()
+    # A first subscription is recorded at once; a replacement is adopted by
+    # subscription_apply (a live subscription newer than the final one held).
     Organization.objects.filter(pk=organization.pk, stripe_subscription_id="").update(
         stripe_subscription_id=subscription["id"]
     )

@@ -157,7 +157,10 @@ class SubscriptionChangeRefused(Exception):
 
 def subscription_change_request(*, organization: Organization, acting_user, plan_tier: str) -> dict:
     """Ask Stripe, through a job, to move ``organization``'s subscription to the prices of
-    ``plan_tier``. The local plan is unchanged until Stripe's webhook confirms it.
+    ``plan_tier``, or, when it has none yet (onboarded while Stripe was off) or only a
+    canceled one, to create its customer (if missing) and a subscription to those prices.
+    The local plan is unchanged until Stripe confirms it (the webhook, or Stripe's answer
+    to the subscription's creation).
 
     Defers ``billing.stripe_subscription_change`` in the caller's transaction (the
     request's) with the organization's lock (changes run one at a time, in order) and a
@@ -170,8 +173,7 @@ def subscription_change_request(*, organization: Organization, acting_user, plan
     Raises:
         SubscriptionChangeRefused: 400 ``plan_tier_unknown`` (not in ``BILLING_PLANS``);
             409 ``stripe_disabled`` (``STRIPE_API_KEY`` unset), ``plan_not_priced`` (the
-            tier has no Stripe price ids), ``subscription_missing`` (no Stripe
-            subscription yet).
+            tier has no Stripe price ids).
     """
     from billing.stripe_sync.tasks import subscription_change_job, subscription_lock
 
@@ -194,12 +196,6 @@ def subscription_change_request(*, organization: Organization, acting_user, plan
         raise SubscriptionChangeRefused(
             f"Plan {plan_tier!r} has no Stripe prices configured (BILLING_PLANS).",
             code="plan_not_priced",
-            status=409,
-        )
-    if not organization.stripe_subscription_id:
-        raise SubscriptionChangeRefused(
-            "The organization has no Stripe subscription yet.",
-            code="subscription_missing",
             status=409,
         )
     change_id = str(uuid.uuid4())
@@ -258,9 +254,21 @@ def subscription_prices_change(
     """The job's work: read the subscription from Stripe and update its items to
     ``plan_tier``'s prices with ``proration_behavior=create_prorations`` (Stripe's
     proration applies) and ``metadata[plan_tier]``, under the Idempotency-Key
-    ``gl-<organization id>-plan-change-<change_id>``. Returns a line: what was sent, or
-    that nothing had to change. Raises ``stripe.StripeError`` (the job retries transient
-    ones)."""
+    ``gl-<organization id>-plan-change-<change_id>``. Without a subscription, or with a
+    final one, ``customers.customer_subscription_ensure`` creates one at ``plan_tier``.
+    Returns a line: what was sent, or that nothing had to change. Raises
+    ``stripe.StripeError`` (the job retries transient ones)."""
+    from billing.stripe_sync.customers import customer_subscription_ensure
+
+    organization.refresh_from_db()
+    if (
+        not organization.stripe_subscription_id
+        or organization.subscription_status in FINAL_STATUSES
+    ):
+        lines = customer_subscription_ensure(
+            organization=organization, client=client, plan_tier=plan_tier, change_id=change_id
+        )
+        return f"{organization.slug}: " + (", ".join(lines) or "nothing to create")
     sub_id = organization.stripe_subscription_id
     subscription = client.v1.subscriptions.retrieve(sub_id).to_dict()
     items = subscription_items_for(subscription, plan_tier)

@@ -244,10 +244,21 @@ def _finish(event: StripeWebhookEvent, status: str, detail: str, **fields) -> bo
     )
 
 
-def _fetch_subscription(sub_id: str) -> tuple[dict, object]:
+def _fetch_subscription(sub_id: str) -> tuple[dict, datetime] | None:
+    """The subscription as Stripe has it now, and now (UTC); None when Stripe answers 404
+    (no such subscription in this account or mode): the payload is used instead."""
+    import stripe
+
     from billing.reporting.stripe_api import stripe_client
 
-    return stripe_client().v1.subscriptions.retrieve(sub_id).to_dict(), timezone.now()
+    fetched_at = timezone.now()
+    try:
+        return stripe_client().v1.subscriptions.retrieve(sub_id).to_dict(), fetched_at
+    except stripe.InvalidRequestError as exc:
+        if exc.http_status == 404:
+            logger.warning("subscription %s: Stripe has no such subscription (404)", sub_id)
+            return None
+        raise
 
 
 def webhook_process(*, event_pk: int) -> str:
@@ -291,11 +302,13 @@ def webhook_process(*, event_pk: int) -> str:
     else:
         sub_id = _invoice_subscription(obj)
         detail = _invoice_detail(kind, obj)
-    subscription, as_of = obj, event.stripe_created_at
-    if settings.STRIPE_API_KEY and sub_id:
-        subscription, as_of = _fetch_subscription(sub_id)
+    fetched = _fetch_subscription(sub_id) if settings.STRIPE_API_KEY and sub_id else None
+    if fetched is not None:
+        subscription, as_of = fetched
     elif kind in INVOICE_EVENTS:
-        subscription = None  # the payload is an invoice: nothing to apply without Stripe
+        subscription, as_of = None, None  # an invoice: no subscription state to apply
+    else:
+        subscription, as_of = obj, event.stripe_created_at
     if subscription is not None:
         outcome = subscription_apply(
             organization=organization, subscription=subscription, as_of=as_of

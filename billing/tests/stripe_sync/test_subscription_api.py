@@ -119,11 +119,43 @@ def test_stripe_off_is_409(plans, subscribed, api):
     assert response.json()["code"] == "stripe_disabled"
 
 
-def test_no_subscription_is_409(stripe_api, org, api):
+def test_without_a_subscription_the_job_creates_customer_and_subscription(stripe_api, org, api):
+    """An organization onboarded while Stripe was off gets both through a plan change."""
+    org.plan_tier = "starter"
+    org.save()
     response = api.post(URL, {"plan_tier": "pro"}, format="json")
-    assert response.status_code == 409
-    assert response.json()["code"] == "subscription_missing"
-    assert change_jobs().count() == 0
+    assert response.status_code == 202
+    assert [r.outcome for r in run_jobs(queues=["billing"])] == ["succeeded"]
+    customer, created = stripe_api.calls
+    assert customer.path == "/v1/customers"
+    assert created.params["items[0][price]"] == "price_pro_api"
+    assert created.params["metadata[plan_tier]"] == "pro"
+    assert created.idempotency_key == f"gl-{org.pk}-subscription-cus_fake1"
+    org.refresh_from_db()
+    assert (org.stripe_subscription_id, org.subscription_status, org.plan_tier) == (
+        "sub_fake2",
+        "active",
+        "pro",  # Stripe's answer to the creation confirms it
+    )
+
+
+def test_a_canceled_firm_resubscribes_with_a_new_subscription(stripe_api, subscribed, api):
+    subscribed.subscription_status = "canceled"
+    subscribed.save()
+    response = api.post(URL, {"plan_tier": "enterprise"}, format="json")
+    assert response.status_code == 202  # billing/ stays writable while canceled
+    run_jobs(queues=["billing"])
+    (created,) = stripe_api.calls  # the customer exists: only the subscription
+    assert created.path == "/v1/subscriptions"
+    assert created.params["customer"] == "cus_acme"
+    change_id = response.json()["change_id"]
+    assert created.idempotency_key == f"gl-{subscribed.pk}-subscription-{change_id}"
+    subscribed.refresh_from_db()
+    assert (subscribed.stripe_subscription_id, subscribed.subscription_status) == (
+        "sub_fake1",
+        "active",
+    )
+    assert subscribed.plan_tier == "enterprise"
 
 
 def test_a_plan_without_prices_is_409(stripe_api, subscribed, api, settings):
@@ -148,9 +180,10 @@ def test_no_token_is_401_and_an_outsider_acts_on_its_own_organization(
 ):
     assert anon_api.post(URL, {"plan_tier": "pro"}, format="json").status_code == 401
     response = outsider_api.post(URL, {"plan_tier": "pro"}, format="json")
-    assert response.status_code == 409  # the outsider's organization has no subscription
-    assert response.json()["code"] == "subscription_missing"
-    assert change_jobs().count() == 0
+    assert response.status_code == 202
+    job = change_jobs().get()  # for the outsider's own organization, never ours
+    assert job.args["organization_id"] == str(outsider_org.pk)
+    assert str(subscribed.pk) not in response.content.decode()
 
 
 def test_the_change_request_is_billed_as_any_request(stripe_api, subscribed, api):

@@ -215,3 +215,13 @@ def test_stripe_down_while_fetching_retries_the_job(stripe_api, deliver, custome
     send(deliver, "evt_1", "customer.subscription.updated", sub(), created=T0)
     assert [r.outcome for r in run_jobs(queues=["billing"])] == ["retry"]
     assert StripeWebhookEvent.objects.get().status == "received"
+
+
+def test_a_subscription_stripe_no_longer_has_is_applied_from_the_payload(
+    stripe_api, deliver, customer_org
+):
+    send(deliver, "evt_1", "customer.subscription.updated", sub("past_due"), created=T0)
+    assert processed() == [("succeeded", "processed")]  # the fake answers 404 for sub_acme
+    customer_org.refresh_from_db()
+    assert customer_org.subscription_status == "past_due"
+    assert customer_org.subscription_updated_at == datetime.fromtimestamp(T0, tz=UTC)
