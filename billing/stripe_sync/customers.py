@@ -50,14 +50,19 @@ def subscription_idempotency_key(organization_id, customer_id: str) -> str:
 def organization_onboarded_receiver(sender, organization, plan_tier, **kwargs) -> str:
     """``tenancy.signals.organization_onboarded`` receiver: defer
     ``billing.stripe_customer_sync`` for the new organization in the onboarding
-    transaction, or, without ``STRIPE_API_KEY``, defer nothing. Returns the operator's
-    line (``OnboardResult.notes``)."""
+    transaction, with the organization's plan-change lock (``tasks.subscription_lock``);
+    without ``STRIPE_API_KEY``, defer nothing. Returns the operator's line
+    (``OnboardResult.notes``)."""
     if not settings.STRIPE_API_KEY:
         logger.info(STRIPE_OFF.format(slug=organization.slug))
         return STRIPE_OFF.format(slug=organization.slug)
-    from billing.stripe_sync.tasks import customer_sync_job
+    from billing.stripe_sync.tasks import customer_sync_job, subscription_lock
 
-    job_id = customer_sync_job.defer(organization_id=str(organization.pk))
+    # The lock of plan changes: an owner's first plan change never runs beside this job
+    # (both could create a subscription).
+    job_id = customer_sync_job.configure(lock=subscription_lock(organization.pk)).defer(
+        organization_id=str(organization.pk)
+    )
     return f"Stripe: customer and subscription job {job_id} queued for {organization.slug}."
 
 

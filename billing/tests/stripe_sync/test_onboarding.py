@@ -25,7 +25,9 @@ def test_onboarding_defers_the_job_and_the_job_creates_customer_and_subscription
     result = onboard()
     org = result.organization
     assert stripe_api.calls == []  # onboarding itself never calls Stripe
-    assert sync_jobs().get().args == {"organization_id": str(org.pk)}
+    job = sync_jobs().get()
+    assert job.args == {"organization_id": str(org.pk)}
+    assert job.lock == f"stripe-subscription:{org.pk}"  # never beside a plan change
     assert result.notes[0].startswith("Stripe: customer and subscription job ")
 
     assert [r.outcome for r in run_jobs(queues=["billing"])] == ["succeeded"]

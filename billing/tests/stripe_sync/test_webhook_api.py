@@ -150,3 +150,13 @@ def test_each_of_several_secrets_verifies_its_own_deliveries(plans, deliver):
     third = body("evt_c")
     response = deliver(third, signature=sign(third, secret="whsec_neither"))
     assert response.json()["code"] == "signature_invalid"
+
+
+def test_no_csrf_token_is_needed(plans):
+    from django.test import Client
+
+    payload = body()
+    response = Client(enforce_csrf_checks=True).post(
+        URL, payload, content_type="application/json", HTTP_STRIPE_SIGNATURE=sign(payload)
+    )
+    assert response.status_code == 200, response.content
