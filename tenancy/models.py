@@ -44,9 +44,10 @@ class Organization(models.Model):
     stripe_customer_id = models.CharField(max_length=255, blank=True, default="")
     # The Stripe subscription, kept in step by billing.stripe_sync (onboarding job, webhooks);
     # read-only in the admin.
-    stripe_subscription_id = models.CharField(max_length=255, blank=True, default="")
+    # db_default: set-based INSERTs that predate these columns (tenancy.backfill) get "".
+    stripe_subscription_id = models.CharField(max_length=255, blank=True, default="", db_default="")
     subscription_status = models.CharField(
-        max_length=20, choices=SubscriptionStatus.choices, blank=True, default=""
+        max_length=20, choices=SubscriptionStatus.choices, blank=True, default="", db_default=""
     )
     subscription_updated_at = models.DateTimeField(
         null=True,

@@ -281,6 +281,7 @@ def webhook_process(*, event_pk: int) -> str:
         return WebhookEventStatus.IGNORED
     customer_id = _id(obj.get("customer"))
     metadata = obj.get("metadata") if kind in SUBSCRIPTION_EVENTS else None
+    metadata = metadata if isinstance(metadata, dict) else None
     organization = organization_for_customer(customer_id=customer_id, metadata=metadata)
     if organization is None:
         logger.warning(
