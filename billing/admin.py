@@ -17,6 +17,7 @@ from billing.models import BillingEvent, MeterReport, UsageAggregate
 from billing.pricing import line_cost_cents
 from billing.reporting import reconciliation
 from billing.selectors import month_period, usage_by_day, usage_by_organization
+from billing.stripe_sync import admin as stripe_sync_admin  # noqa: F401 - registers its admins
 from billing.usage import usage_summary
 from tenancy.admin import OrganizationAdmin
 from tenancy.context import tenant_context

@@ -87,7 +87,7 @@ def stripe_preview(*, organization, meters: list[dict], client_factory=stripe_cl
     if not organization.stripe_customer_id:
         raise StripeCustomerMissing()
     params = {"customer": organization.stripe_customer_id}
-    subscription = getattr(organization, "stripe_subscription_id", "")
+    subscription = organization.stripe_subscription_id
     if subscription:
         params["subscription"] = subscription
     try:

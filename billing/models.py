@@ -319,3 +319,11 @@ class IdempotencyKey(TenantModel):
 
     def __str__(self) -> str:
         return f"{self.key} ({self.organization_id})"
+
+
+# The Stripe webhook event store and reconciliation runs live with their package.
+from billing.stripe_sync.models import (  # noqa: E402, F401
+    StripeWebhookEvent,
+    UsageReconciliation,
+    WebhookEventStatus,
+)

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from billing import apis
+from billing.stripe_sync import apis as stripe_apis
 
 urlpatterns = [
     path("events/", apis.BillingEventListApi.as_view(), name="billing-events"),
@@ -22,4 +23,6 @@ urlpatterns = [
         apis.ReportUsageDetailApi.as_view(),
         name="billing-report-usage-detail",
     ),
+    path("subscription/", stripe_apis.SubscriptionApi.as_view(), name="billing-subscription"),
+    path("stripe/webhook/", stripe_apis.stripe_webhook_view, name="billing-stripe-webhook"),
 ]

@@ -162,12 +162,12 @@ def usage_report(*, organization, start: datetime, end: datetime, group_by: str)
 
 def billing_period(organization, *, now: datetime | None = None) -> tuple[datetime, datetime, str]:
     """The organization's current billing period ``(start, end, source)``: the Stripe
-    subscription's current period when the organization has both
-    ``subscription_current_period_start`` and ``..._end`` set (``source`` ``"subscription"``),
+    subscription's current period when the organization has both ``current_period_start``
+    and ``current_period_end`` (kept from Stripe's subscription webhooks) set (``source``
+    ``"subscription"``),
     else the calendar month of ``now`` in its billing time zone (``"calendar_month"``,
     ``billing.selectors.month_period``). Half-open ``[start, end)``, aware datetimes."""
-    start = getattr(organization, "subscription_current_period_start", None)
-    end = getattr(organization, "subscription_current_period_end", None)
+    start, end = organization.current_period_start, organization.current_period_end
     if start is not None and end is not None and start < end:
         return start, end, "subscription"
     start, end = month_period(organization, now=now)

@@ -72,6 +72,7 @@ MIDDLEWARE = [
     "tenancy.middleware.TenantMiddleware",
     "tenancy.middleware.AdminCrossTenantMiddleware",
     "tenancy.ratelimit.RateLimitMiddleware",
+    "billing.stripe_sync.entitlement.EntitlementMiddleware",
     "billing.idempotency.middleware.IdempotencyMiddleware",
     "billing.middleware.UsageMiddleware",
 ]
@@ -398,10 +399,16 @@ STRIPE_RETRY_BACKOFF_SECONDS = env.float("STRIPE_RETRY_BACKOFF_SECONDS", default
 STRIPE_TIMEOUT_SECONDS = env.float("STRIPE_TIMEOUT_SECONDS", default=30.0)
 # Hours after its first send an aggregate may still be resent (billing.E003: whole hours 1-23).
 STRIPE_RESEND_WINDOW_HOURS = env.int("STRIPE_RESEND_WINDOW_HOURS", default=23)
+# Stripe webhooks (billing.stripe_sync.webhooks): the signing secret(s) (whsec_..., several
+# comma-separated, one per Stripe destination; empty: deliveries are refused with 400
+# webhook_not_configured) and the tolerance, in
+# seconds, between the signature's timestamp and now.
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_WEBHOOK_TOLERANCE_SECONDS = env.int("STRIPE_WEBHOOK_TOLERANCE_SECONDS", default=300)
 
 # --- Background jobs: procrastinate on the same PostgreSQL (see DEPLOY.md, "Background jobs")
 # Tasks live in each app's tasks.py (discovered) and in goldleaves/housekeeping.py.
-PROCRASTINATE_IMPORT_PATHS = ["goldleaves.housekeeping"]
+PROCRASTINATE_IMPORT_PATHS = ["goldleaves.housekeeping", "billing.stripe_sync.tasks"]
 # The worker's own connection logs in as the app role too (tenancy.jobs.on_app_ready).
 PROCRASTINATE_ON_APP_READY = "tenancy.jobs.on_app_ready"
 # Seconds between a worker's heartbeats, and without one after which its running jobs are

@@ -32,12 +32,24 @@ class OrganizationAdmin(admin.ModelAdmin):
         "plan_tier",
         "billing_timezone",
         "stripe_customer_id",
+        "subscription_status",
         "created_at",
     ]
-    list_filter = ["plan_tier", "created_at"]
-    search_fields = ["name", "slug", "stripe_customer_id"]
+    list_filter = ["plan_tier", "subscription_status", "created_at"]
+    search_fields = ["name", "slug", "stripe_customer_id", "stripe_subscription_id"]
     prepopulated_fields = {"slug": ["name"]}
-    readonly_fields = ["id", "created_at"]
+    # The Stripe ids and the subscription's state are written by billing.stripe_sync (the
+    # onboarding job and Stripe's webhooks), never by hand.
+    readonly_fields = [
+        "id",
+        "created_at",
+        "stripe_customer_id",
+        "stripe_subscription_id",
+        "subscription_status",
+        "subscription_updated_at",
+        "current_period_start",
+        "current_period_end",
+    ]
     inlines = [MembershipInline]
 
 

@@ -18,6 +18,23 @@ class PlanTier(models.TextChoices):
     ENTERPRISE = "enterprise", "Enterprise"
 
 
+class SubscriptionStatus(models.TextChoices):
+    """``Organization.subscription_status``: the status of its Stripe subscription as Stripe
+    names it (Stripe API reference, "The Subscription object", ``status``), or ``""``: no
+    subscription. ``unpaid`` and ``canceled`` make the tenant API read-only
+    (``billing.stripe_sync.entitlement``); ``past_due`` changes nothing yet."""
+
+    NONE = "", "No subscription"
+    INCOMPLETE = "incomplete", "Incomplete"
+    INCOMPLETE_EXPIRED = "incomplete_expired", "Incomplete, expired"
+    TRIALING = "trialing", "Trialing"
+    ACTIVE = "active", "Active"
+    PAST_DUE = "past_due", "Past due"
+    CANCELED = "canceled", "Canceled"
+    UNPAID = "unpaid", "Unpaid"
+    PAUSED = "paused", "Paused"
+
+
 class Organization(models.Model):
     """A law firm: the tenant. Every tenant-owned row carries its ``organization_id``."""
 
@@ -26,6 +43,22 @@ class Organization(models.Model):
     slug = models.SlugField(max_length=100, unique=True)
     plan_tier = models.CharField(max_length=20, choices=PlanTier.choices, default=PlanTier.STARTER)
     stripe_customer_id = models.CharField(max_length=255, blank=True, default="")
+    # The Stripe subscription, kept in step by billing.stripe_sync (onboarding job, webhooks);
+    # read-only in the admin.
+    # db_default: set-based INSERTs that predate these columns (tenancy.backfill) get "".
+    stripe_subscription_id = models.CharField(max_length=255, blank=True, default="", db_default="")
+    subscription_status = models.CharField(
+        max_length=20, choices=SubscriptionStatus.choices, blank=True, default="", db_default=""
+    )
+    subscription_updated_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="UTC; the Stripe timestamp of the subscription state applied here (the "
+        "newest wins).",
+    )
+    current_period_start = models.DateTimeField(null=True, blank=True, editable=False)
+    current_period_end = models.DateTimeField(null=True, blank=True, editable=False)
     billing_timezone = models.CharField(
         max_length=64,
         default="UTC",

@@ -101,6 +101,12 @@ class MembersReadOwnersWrite(RolePermission):
     minimum_roles = {"GET": MEMBER, "PUT": OWNER, "PATCH": OWNER}
 
 
+class OwnersOnly(RolePermission):
+    """The subscription (plan changes): owners only, like the organization's settings."""
+
+    minimum_roles = _every_method(OWNER)
+
+
 class MembersOnly(RolePermission):
     """Every member (the caller's own memberships)."""
 

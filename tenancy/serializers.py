@@ -62,12 +62,22 @@ class OrganizationTokenObtainPairSerializer(TokenObtainPairSerializer):
 
 class OrganizationSerializer(serializers.ModelSerializer):
     """An organization as JSON, read-only: ``{"id": uuid, "name": str, "slug": str,
-    "plan_tier": "starter"|"pro"|"enterprise", "billing_timezone": IANA name,
-    "created_at": ISO 8601 UTC}``. Never exposes ``stripe_customer_id``."""
+    "plan_tier": "starter"|"pro"|"enterprise", "subscription_status": Stripe's status of
+    its subscription ("active", "past_due", "unpaid", "canceled", ...; "" without one),
+    "billing_timezone": IANA name, "created_at": ISO 8601 UTC}``. Never exposes the Stripe
+    ids. ``plan_tier`` and ``subscription_status`` follow Stripe (webhooks), never a client."""
 
     class Meta:
         model = Organization
-        fields = ["id", "name", "slug", "plan_tier", "billing_timezone", "created_at"]
+        fields = [
+            "id",
+            "name",
+            "slug",
+            "plan_tier",
+            "subscription_status",
+            "billing_timezone",
+            "created_at",
+        ]
         read_only_fields = fields
 
 
@@ -80,6 +90,7 @@ class OrganizationSerializer(serializers.ModelSerializer):
                 "name": "Demo Law LLP",
                 "slug": "demo-law",
                 "plan_tier": "pro",
+                "subscription_status": "active",
                 "billing_timezone": "America/New_York",
                 "created_at": "2026-01-05T14:30:00Z",
                 "role": "owner",

@@ -18,6 +18,9 @@ class OnboardResult:
     organization_created: bool
     owner_created: bool
     membership_created: bool
+    #: Lines for the operator from the ``organization_onboarded`` receivers (e.g. "Stripe is
+    #: off"); empty when nothing was created.
+    notes: tuple[str, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -94,10 +97,13 @@ def organization_onboard(
     names share a slug ("Smith & Jones", "Smith Jones") must never share an owner's
     access. For a new organization the owner user is created if missing (or reused,
     matched case-insensitively) and gets the organization as default if they had none.
-    All in one transaction. Two onboardings of the same new slug at once: the slug's
-    unique index makes the later INSERT wait for the earlier transaction and fail once it
-    commits; that one is then judged like an existing organization (unchanged for the
-    same owner, ``OnboardingError`` for another), never an ``IntegrityError``.
+    All in one transaction, which also sends ``tenancy.signals.organization_onboarded``
+    for a new organization (billing defers its Stripe customer and subscription job there,
+    so the job commits with the organization and never runs for a rolled-back one; Stripe
+    itself is called by the job, never here). Two onboardings of the same new slug at
+    once: the slug's unique index makes the later INSERT wait for the earlier transaction
+    and fail once it commits; that one is then judged like an existing organization
+    (unchanged for the same owner, ``OnboardingError`` for another), never an ``IntegrityError``.
 
     Args:
         name: the firm's display name; its slug (``organization_slug(name)``) must be
@@ -162,4 +168,10 @@ def organization_onboard(
             Membership.objects.create(
                 organization=organization, user=owner, role=MembershipRole.OWNER
             )
-    return OnboardResult(organization, owner, True, owner_created, True)
+        from tenancy.signals import organization_onboarded
+
+        responses = organization_onboarded.send(
+            sender=Organization, organization=organization, plan_tier=plan_tier
+        )
+    notes = tuple(answer for _receiver, answer in responses if isinstance(answer, str))
+    return OnboardResult(organization, owner, True, owner_created, True, notes)

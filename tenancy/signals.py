@@ -9,9 +9,19 @@ deleted user's token is a 401 (``user_not_found``).
 """
 
 from django.db.models.signals import post_delete, pre_delete
+from django.dispatch import Signal
 
 from tenancy.models import Membership, User
 from tenancy.tokens import revoke_refresh_tokens
+
+#: Sent by ``tenancy.services.organization_onboard`` for a NEW organization, inside the
+#: onboarding transaction, after its owner membership was written: ``sender`` the
+#: ``Organization`` class, ``organization`` the new row, ``plan_tier`` its tier. The hook of
+#: higher layers (billing defers the job that creates the Stripe customer and subscription,
+#: in this same transaction). A receiver may return a ``str``: one line for the operator,
+#: shown by ``onboard_tenant`` (``OnboardResult.notes``). A receiver must not call an outside
+#: service: onboarding never waits for, or fails because of, one.
+organization_onboarded = Signal()
 
 
 def _user_deleted(sender, instance, **kwargs):

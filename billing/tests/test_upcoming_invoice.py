@@ -12,7 +12,7 @@ import responses
 from billing.tests.factories import BillingEventFactory
 from billing.usage import usage_report, usage_summary
 from tenancy.context import tenant_context
-from tenancy.models import MembershipRole
+from tenancy.models import MembershipRole, Organization
 from tenancy.testing import bearer_client
 from tenancy.tests.factories import member_of
 
@@ -134,29 +134,12 @@ def test_an_event_name_no_plan_prices_keeps_its_stored_price_and_is_not_invoiced
     assert "custom.export" not in meters(api.get(URL).json())
 
 
-def test_the_subscription_period_when_the_organization_has_one(api, usage, monkeypatch):
-    """``subscription_current_period_start``/``_end`` (set from Stripe) decide the period."""
-    from billing import usage as usage_module
-
-    class Subscribed:
-        billing_timezone = "UTC"
-        subscription_current_period_start = datetime(2019, 12, 20, tzinfo=UTC)
-        subscription_current_period_end = datetime(2020, 1, 20, tzinfo=UTC)
-
-    assert usage_module.billing_period(Subscribed())[2] == "subscription"
-    Subscribed.subscription_current_period_end = None
-    assert usage_module.billing_period(Subscribed())[2] == "calendar_month"
-    Subscribed.subscription_current_period_end = datetime(2020, 1, 20, tzinfo=UTC)
-    original = usage_module.billing_period
-
-    def period(organization, now=None):
-        organization.subscription_current_period_start = (
-            Subscribed.subscription_current_period_start
-        )
-        organization.subscription_current_period_end = Subscribed.subscription_current_period_end
-        return original(organization, now=now)
-
-    monkeypatch.setattr(usage_module, "billing_period", period)
+def test_the_subscription_period_when_the_organization_has_one(api, usage, org):
+    """``current_period_start``/``_end`` (kept from Stripe's webhooks) decide the period."""
+    start, end = datetime(2019, 12, 20, tzinfo=UTC), datetime(2020, 1, 20, tzinfo=UTC)
+    Organization.objects.filter(pk=org.pk).update(current_period_start=start)
+    assert api.get(URL).json()["period_source"] == "calendar_month"  # only one bound
+    Organization.objects.filter(pk=org.pk).update(current_period_end=end)
     body = api.get(URL).json()
     assert body["period_source"] == "subscription"
     assert (body["start"], body["end"]) == ("2019-12-20T00:00:00Z", "2020-01-20T00:00:00Z")

@@ -73,6 +73,7 @@ def test_make_run_serves_the_api_and_a_worker_that_processes_uploads(tmp_path):
 
     try:
         _wait_for(lambda: _get(f"{base}/health/"), 600, f"the API on {base}: {output()}")
+        assert "Stripe is off (STRIPE_API_KEY is not set)" in output()  # and the rest works
         assert "Starting worker on all queues" in _wait_for(
             lambda: "Starting worker" in output() and output(), 60, "the worker"
         )

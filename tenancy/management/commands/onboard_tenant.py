@@ -90,6 +90,8 @@ class Command(BaseCommand):
         if result.membership_created:
             parts.append(f"owner membership of {result.owner.email}")
         self.stdout.write(self.style.SUCCESS(f"{where}created " + ", ".join(parts)))
+        for note in result.notes:
+            self.stdout.write(f"{where}{note}")
 
     def _read_csv(self, path: Path):
         if not path.exists():
