@@ -236,6 +236,17 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
+# --- Email: invitations (tenancy.invitations), sent by the job worker -------------------
+# EMAIL_URL (django-environ's email_url): consolemail:// prints each email on the worker's
+# output (development); smtp+tls://user:password@smtp.example.com:587 in production.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="no-reply@localhost")
+# Hours an invitation link stays valid; the address the emailed link points at (?token=...).
+INVITATION_TTL_HOURS = env.int("INVITATION_TTL_HOURS", default=72)
+INVITATION_ACCEPT_URL = env.str(
+    "INVITATION_ACCEPT_URL", default="http://127.0.0.1:8000/api/v1/auth/invitations/accept/"
+)
+
 # --- Tenancy ---------------------------------------------------------------
 RLS_ENABLED = env.bool("RLS_ENABLED", default=False)
 TENANT_ISOLATION_MODE = env.str("TENANT_ISOLATION_MODE", default="row")
