@@ -174,7 +174,8 @@ def invitation_create(
     Raises:
         InvitationRefused: ``role_forbidden`` when ``acting_user`` ranks below ``role``
             (an admin inviting an owner); ``already_member`` when ``email`` is already a
-            member who can log in (one without a usable password may be invited); ``invitation_invalid`` for an invalid email or role.
+            member who can log in (one without a usable password may be invited);
+            ``invitation_invalid`` for an invalid email or role.
     """
     from tenancy.tasks import send_invitation
 
