@@ -155,7 +155,13 @@ if S3_BUCKET:
     STORAGES = {
         "default": {
             "BACKEND": "storages.backends.s3.S3Storage",
-            "OPTIONS": {"bucket_name": S3_BUCKET, "region_name": S3_REGION or None},
+            "OPTIONS": {
+                "bucket_name": S3_BUCKET,
+                "region_name": S3_REGION or None,
+                # presigned URLs only (cases.downloads); the bucket stays private
+                "querystring_auth": True,
+                "default_acl": None,
+            },
         },
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
@@ -164,6 +170,9 @@ else:
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+
+# Seconds a document's presigned S3 download URL stays valid (cases.downloads).
+DOCUMENT_URL_EXPIRE_SECONDS = env.int("DOCUMENT_URL_EXPIRE_SECONDS", default=60)
 
 # --- REST framework, JWT, OpenAPI -----------------------------------------
 REST_FRAMEWORK = {

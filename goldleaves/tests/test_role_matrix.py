@@ -56,6 +56,7 @@ MATRIX = {
     ("/api/v1/documents/{id}/", "PUT"): MEMBER,
     ("/api/v1/documents/{id}/", "PATCH"): MEMBER,
     ("/api/v1/documents/{id}/", "DELETE"): ADMIN,
+    ("/api/v1/documents/{id}/download/", "GET"): MEMBER,
     ("/api/v1/billing/events/", "GET"): ADMIN,
     ("/api/v1/billing/usage-summary/{organization_id}/", "GET"): ADMIN,
     ("/api/v1/billing/usage-report/{organization_id}/", "GET"): ADMIN,
