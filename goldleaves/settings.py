@@ -335,7 +335,10 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "core.middleware.RequestIdLogFilter"}},
+    "filters": {
+        "request_id": {"()": "core.middleware.RequestIdLogFilter"},
+        "no_periodic_registration": {"()": "core.log_filters.DropPeriodicRegistration"},
+    },
     "formatters": {
         "default": {
             "format": "%(asctime)s %(levelname)s [%(request_id)s %(client_request_id)s] "
@@ -353,6 +356,12 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         # one INFO line per process start ("Adding tasks from blueprint") is noise
         "procrastinate.blueprints": {"level": "WARNING"},
+        # ... and so are the two "Registering task ... periodically" lines per periodic task
+        "procrastinate.periodic": {"filters": ["no_periodic_registration"]},
+        # Django's own console handler (DEBUG only) beside the root's printed every record
+        # of the django.* loggers twice ("Watching for file changes" under runserver): the
+        # root handler alone prints them (mail_admins: ADMINS is empty).
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
     },
 }
 for _handler_config in LOGGING["handlers"].values():

@@ -8,7 +8,6 @@ environment's ``RLS_ENABLED`` is.
 
 import uuid
 from datetime import timedelta
-from io import StringIO
 
 import pytest
 from django.apps import apps
