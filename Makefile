@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The embedded PostgreSQL's folder (stop, clean-data): EMBEDDED_DB_DIR from the environment, else .data
+DATA_DIR ?= $(or $(EMBEDDED_DB_DIR),.data)
 
-.PHONY: run test venv env setup lint format clean-data bench bench-quick
+.PHONY: run test venv env setup lint format clean-data stop superuser run-hint bench bench-quick
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,8 +48,26 @@ format: venv
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# The embedded PostgreSQL (goldleaves/embedded_db.py, data under .data/) outlives `make run`
+# (the next start is quicker); `make stop` stops it (a fast shutdown, then waits).
+stop:
+	$(PYTHON) scripts/embedded_db.py stop $(DATA_DIR)
+
+# Deletes the embedded database's data: refused (exit 1) while its server is running.
 clean-data:
-	rm -rf .data
+	$(PYTHON) scripts/embedded_db.py require-stopped $(DATA_DIR)
+	rm -rf $(DATA_DIR)
+
+# A staff login for the admin (/admin/ and the usage dashboard /admin/usage/): asks for an
+# email and a password (Django's createsuperuser).
+superuser: setup
+	$(PY) manage.py createsuperuser
+
+# Printed by `make run` before it starts (its own recipe is honcho's): how to stop the database.
+run-hint:
+	@$(PYTHON) scripts/embedded_db.py hint
+
+run: run-hint
 
 # Benchmarks (bench/): every bench/*.py in a fixed order, a table of figures beside their
 # baselines, and bench/results/latest.json. Uses wrk when it is on PATH (apt-get install wrk),

@@ -1,10 +1,14 @@
 """Case-management API: thin viewsets over ``cases.selectors`` and ``cases.services``."""
 
 from django.db.models import ProtectedError
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions
+from rest_framework.decorators import action
 from rest_framework.permissions import IsAuthenticated
 
 from cases import selectors, services
+from cases.downloads import document_download_response
 from cases.filters import CaseFilter, ClientFilter, DocumentFilter
 from cases.models import Case, Client, Document
 from cases.serializers import (
@@ -150,3 +154,21 @@ class DocumentViewSet(_ServiceViewSet):
 
     def tenant_queryset(self, organization):
         return selectors.document_list(organization=organization)
+
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(
+                OpenApiTypes.BINARY,
+                description="The file (Content-Disposition: attachment; the stored "
+                "content type; X-Content-Type-Options: nosniff).",
+            ),
+            302: OpenApiResponse(description="S3 storage: a short-lived presigned URL."),
+            404: OpenApiResponse(description="Not found, or file_missing."),
+        },
+        description="Download the document's file (members of its organization). "
+        "Metered as one api.request like any other call.",
+    )
+    @action(detail=True, methods=["get"], url_path="download")
+    def download(self, request, pk=None):
+        """``GET /api/v1/documents/{id}/download/``: the file (``cases.downloads``)."""
+        return document_download_response(document=self.get_object())

@@ -3,6 +3,7 @@ organization of the serializer context (``context["organization"]``, the request
 through ``TenantPrimaryKeyRelatedField``): another organization's id is a 400 "does
 not exist"."""
 
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
@@ -122,7 +123,7 @@ class CaseSerializer(StrictModelSerializer):
             value={
                 "id": "3a2b1c0d-4e5f-4a6b-9c7d-8e9f0a1b2c3d",
                 "case": "9c1e4b7a-2d3f-4a5b-8c6d-7e8f9a0b1c2d",
-                "download_url": "/media/documents/0b5d1f2e/3a2b1c0d/engagement-letter.pdf",
+                "download_url": "/api/v1/documents/3a2b1c0d-4e5f-4a6b-9c7d-8e9f0a1b2c3d/download/",
                 "original_filename": "engagement-letter.pdf",
                 "content_type": "application/pdf",
                 "size_bytes": 48213,
@@ -189,9 +190,10 @@ class DocumentSerializer(StrictModelSerializer):
         ]
 
     def get_download_url(self, obj) -> str:
-        """The storage backend's URL of the file (``MEDIA_URL`` path or S3 URL); ``""``
-        without a file."""
-        return obj.file.url if obj.file else ""
+        """The path of the document's download endpoint,
+        ``/api/v1/documents/<id>/download/`` (``cases.downloads``: members only; media is
+        never served publicly); ``""`` without a file."""
+        return reverse("document-download", args=[obj.pk]) if obj.file else ""
 
     def validate_file(self, value):
         """Refuse a file over ``DOCUMENT_MAX_BYTES`` (413; the parser refuses it earlier

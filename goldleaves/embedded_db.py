@@ -4,7 +4,9 @@ Starts (or attaches to) a PostgreSQL server shipped by the pip package
 ``pgserver`` with its data directory under ``.data/pg``. The server listens on a
 Unix socket only (trust authentication) and keeps running between commands
 (``cleanup_mode=None``), so ``manage.py`` calls and test runs share it. It is for
-development and tests on a fresh machine; production sets ``DATABASE_URL``.
+development and tests on a fresh machine; production sets ``DATABASE_URL``. ``make stop`` stops it
+(``scripts/embedded_db.py``, ``stop_embedded_server``), and ``make clean-data`` refuses
+to delete its data while it runs.
 
 It has both logins of ``tenancy.rls.roles``: the superuser (the owner, which runs
 ``migrate``) and the app role (``DATABASE_APP_ROLE``), created here as a login so that
@@ -19,6 +21,9 @@ the web threads) instead of a property of whatever initdb picked.
 """
 
 import logging
+import os
+import signal
+import time
 import warnings
 from pathlib import Path
 
@@ -91,3 +96,65 @@ def embedded_database_url(
         if "(1 row)" not in found:
             server.psql(CREATE_ROLE_SQL.format(role=_quote(app_login)) + ";")
     return server.get_uri(database)
+
+
+def embedded_server_pid(data_root: Path) -> int | None:
+    """The process id of the embedded server whose data directory is ``<data_root>/pg``,
+    or None when it is not running (no ``postmaster.pid``, or its process is gone).
+
+    Reads the first line of ``postmaster.pid``, which PostgreSQL writes at start and
+    removes at shutdown (PostgreSQL manual, 19.3 "Starting the Database Server"; a crash
+    can leave it behind, hence the process check). Starts nothing, imports no pgserver.
+    """
+    pid_file = Path(data_root) / "pg" / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().splitlines()[0].strip())
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:  # running as another user (pgserver's own when run as root)
+        return pid
+    return pid
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (a zombie, exited but not yet reaped by its
+    parent, does not count; Linux ``/proc/<pid>/stat``, elsewhere a signal 0)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    except (OSError, IndexError):
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_embedded_server(data_root: Path, *, timeout: float = 30.0) -> int | None:
+    """Stop the embedded server of ``data_root`` with a fast shutdown (``SIGINT``: open
+    transactions are rolled back, clients disconnected, the data is flushed; PostgreSQL
+    manual, 19.5 "Shutting Down the Server") and wait until it is gone.
+
+    Returns:
+        the pid that was stopped, or None when no server was running.
+    Raises:
+        TimeoutError: still running after ``timeout`` seconds.
+        PermissionError: the server runs as a user this process may not signal.
+    """
+    pid = embedded_server_pid(data_root)
+    if pid is None:
+        return None
+    os.kill(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    while embedded_server_pid(data_root) == pid or _alive(pid):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the embedded PostgreSQL (pid {pid}) is still running")
+        time.sleep(0.1)
+    return pid

@@ -184,7 +184,13 @@ if S3_BUCKET:
     STORAGES = {
         "default": {
             "BACKEND": "storages.backends.s3.S3Storage",
-            "OPTIONS": {"bucket_name": S3_BUCKET, "region_name": S3_REGION or None},
+            "OPTIONS": {
+                "bucket_name": S3_BUCKET,
+                "region_name": S3_REGION or None,
+                # presigned URLs only (cases.downloads); the bucket stays private
+                "querystring_auth": True,
+                "default_acl": None,
+            },
         },
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
@@ -193,6 +199,9 @@ else:
         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+
+# Seconds a document's presigned S3 download URL stays valid (cases.downloads).
+DOCUMENT_URL_EXPIRE_SECONDS = env.int("DOCUMENT_URL_EXPIRE_SECONDS", default=60)
 
 # --- REST framework, JWT, OpenAPI -----------------------------------------
 REST_FRAMEWORK = {
@@ -315,6 +324,17 @@ SPECTACULAR_SETTINGS = {
         "core.openapi.document_error_responses",
     ],
 }
+
+# --- Email: invitations (tenancy.invitations), sent by the job worker -------------------
+# EMAIL_URL (django-environ's email_url): consolemail:// prints each email on the worker's
+# output (development); smtp+tls://user:password@smtp.example.com:587 in production.
+vars().update(env.email_url("EMAIL_URL", default="consolemail://"))
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="no-reply@localhost")
+# Hours an invitation link stays valid; the address the emailed link points at (?token=...).
+INVITATION_TTL_HOURS = env.int("INVITATION_TTL_HOURS", default=72)
+INVITATION_ACCEPT_URL = env.str(
+    "INVITATION_ACCEPT_URL", default="http://127.0.0.1:8000/api/v1/auth/invitations/accept/"
+)
 
 # --- Tenancy ---------------------------------------------------------------
 RLS_ENABLED = env.bool("RLS_ENABLED", default=False)
@@ -439,7 +459,10 @@ LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "core.middleware.RequestIdLogFilter"}},
+    "filters": {
+        "request_id": {"()": "core.middleware.RequestIdLogFilter"},
+        "no_periodic_registration": {"()": "core.log_filters.DropPeriodicRegistration"},
+    },
     "formatters": {
         "default": {
             "format": "%(asctime)s %(levelname)s [%(request_id)s %(client_request_id)s] "
@@ -457,6 +480,12 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         # one INFO line per process start ("Adding tasks from blueprint") is noise
         "procrastinate.blueprints": {"level": "WARNING"},
+        # ... and so are the two "Registering task ... periodically" lines per periodic task
+        "procrastinate.periodic": {"filters": ["no_periodic_registration"]},
+        # Django's own console handler (DEBUG only) beside the root's printed every record
+        # of the django.* loggers twice ("Watching for file changes" under runserver): the
+        # root handler alone prints them (mail_admins: ADMINS is empty).
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
     },
 }
 for _handler_config in LOGGING["handlers"].values():

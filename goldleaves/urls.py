@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.contrib.staticfiles.urls import staticfiles_urlpatterns
 from django.urls import include, path, re_path
 from django.views.decorators.csrf import csrf_exempt
+from django.views.generic import RedirectView
 from drf_spectacular.views import (
     SpectacularAPIView,
     SpectacularRedocView,
@@ -25,6 +26,8 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    # The site's root (also the admin's "View site"): the API docs. Not billed (not /api/v1/).
+    path("", RedirectView.as_view(pattern_name="swagger-ui", permanent=False), name="root"),
     path("health/", health, name="health"),
     # Staff usage dashboard (billing.dashboard); under /admin/, so on the admin's
     # cross-tenant path (AdminCrossTenantMiddleware) and behind its login.
@@ -38,6 +41,8 @@ urlpatterns = [
     ),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
     path("api/v1/", include(api_v1)),
+    # No URL serves MEDIA_URL: documents are downloaded through the API only
+    # (GET /api/v1/documents/{id}/download/, cases.downloads), by members of their organization.
     # Unknown API paths: JSON 404 even with DEBUG on (no HTML page on an API path). Not a
     # served route, so never billed; still rate limited (tenancy.ratelimit).
     # csrf_exempt: a 404 for every method (Django's CSRF check would answer an unsafe

@@ -133,7 +133,8 @@ slugged AS (
 # sees a range of about ``limit`` rows and reads it through the primary key.
 _BOUNDS_SQL = """
 SELECT max(id) FROM (
-  SELECT id FROM tenancy_user WHERE organization_id IS NULL AND id > %(after)s
+  SELECT id FROM tenancy_user
+  WHERE organization_id IS NULL AND id > %(after)s AND NOT is_staff AND NOT is_superuser
   ORDER BY id LIMIT %(limit)s
 ) AS b
 """
@@ -165,6 +166,7 @@ batch AS MATERIALIZED (
          fm.organization_id AS member_org
   FROM tenancy_user u LEFT JOIN first_membership fm ON fm.user_id = u.id
   WHERE u.organization_id IS NULL AND u.id > %(after)s AND u.id <= %(last)s
+    AND NOT u.is_staff AND NOT u.is_superuser
 ),
 keys AS MATERIALIZED (
   SELECT k.key, k.first_id,
@@ -277,9 +279,48 @@ def _free_slugs(cursor, wanted: dict[str, str]) -> dict[str, str]:
 
 
 def users_without_organization() -> int:
-    """How many users have no default organization (``User.organization`` NULL)."""
+    """How many users the backfill would give an organization: those without a default
+    organization (``User.organization`` NULL) who are neither staff nor superusers."""
     with cross_tenant(reason="backfill_organizations: count"):
-        return User.objects.filter(organization__isnull=True).count()
+        return User.objects.filter(
+            organization__isnull=True, is_staff=False, is_superuser=False
+        ).count()
+
+
+def staff_without_organization() -> int:
+    """How many staff users and superusers have no default organization: the backfill
+    skips them (staff work in the admin, which is cross-tenant; making one the owner of an
+    organization would give them a firm's data through the API as a member)."""
+    return (
+        User.objects.filter(organization__isnull=True)
+        .exclude(is_staff=False, is_superuser=False)
+        .count()
+    )
+
+
+@dataclass(frozen=True)
+class PlannedOrganization:
+    """One organization a dry run would create: ``slug``, ``name``, ``backfill_key``, the
+    owner's email (``owner``; None when none) and how many users would be its members
+    (the owner included)."""
+
+    slug: str
+    name: str
+    backfill_key: str
+    owner: str | None
+    members: int
+
+
+_PLANNED_SQL = """
+SELECT o.slug, o.name, o.backfill_key,
+       (SELECT u.email FROM tenancy_membership m JOIN tenancy_user u ON u.id = m.user_id
+        WHERE m.organization_id = o.id AND m.role = 'owner' ORDER BY m.id LIMIT 1),
+       (SELECT count(*) FROM tenancy_membership m WHERE m.organization_id = o.id)
+FROM tenancy_organization o
+WHERE o.backfill_key IS NOT NULL AND o.created_at = now()
+ORDER BY o.slug
+LIMIT %(limit)s
+"""
 
 
 def organizations_backfill_batch(*, after_id: int, batch_size: int) -> BackfillBatchResult:
@@ -334,6 +375,8 @@ def organizations_backfill(
     max_batches: int | None = None,
     dry_run: bool = False,
     on_batch: Callable[[BackfillTotals], None] | None = None,
+    sample: list | None = None,
+    sample_size: int = 10,
 ) -> BackfillTotals:
     """Run ``organizations_backfill_batch`` until no user is left without an organization
     (or ``max_batches`` batches ran), each batch in its own committed transaction.
@@ -347,6 +390,10 @@ def organizations_backfill(
         max_batches: stop after this many batches (at least 1); ``None``: no limit.
         dry_run: roll everything back at the end.
         on_batch: called after each batch with the running totals (progress output).
+        sample: in a dry run, a list that receives up to ``sample_size``
+            ``PlannedOrganization``s (by slug) it would create, read before the rollback
+            (the organizations its own transaction inserted: ``created_at = now()``, the
+            transaction's start; PostgreSQL manual, 9.9.5 "Current Date/Time").
     Returns:
         ``BackfillTotals``: batches and counts (what would be done, in a dry run).
     Raises:
@@ -371,6 +418,8 @@ def organizations_backfill(
                 if on_batch is not None:
                     on_batch(totals)
             if dry_run:
+                if sample is not None and totals.organizations_created:
+                    sample.extend(_planned_organizations(sample_size))
                 transaction.set_rollback(True)
     except DatabaseError as exc:
         raise BackfillError(
@@ -386,3 +435,11 @@ def _first_error(exc: BaseException) -> str:
     CONTEXT lines dropped); its repr if it has no text."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else repr(exc)
+
+
+def _planned_organizations(limit: int) -> list[PlannedOrganization]:
+    """The organizations this transaction's batches inserted (a dry run's, before its
+    rollback), up to ``limit``, by slug."""
+    with cross_tenant(reason="backfill_organizations: dry-run sample"), connection.cursor() as c:
+        c.execute(_PLANNED_SQL, {"limit": limit})
+        return [PlannedOrganization(*row) for row in c.fetchall()]

@@ -84,13 +84,7 @@ class LoginRateThrottle(BaseThrottle):
             return True
         period = settings.LOGIN_RATE_PERIOD_SECONDS
         address = self.get_ident(request) or ""
-        buckets = []
-        email = normalized_email(request.data) if self.uses_email else None
-        if email is not None:
-            buckets.append(("pair", _digest(address, email), settings.LOGIN_RATE_PER_ADDRESS_EMAIL))
-            buckets.append(("email", _digest(email), settings.LOGIN_RATE_PER_EMAIL))
-        buckets.append(("address", _digest(address), settings.LOGIN_RATE_PER_ADDRESS))
-        for bucket, identity, limit in buckets:
+        for bucket, identity, limit in self.buckets(request, address):
             if not limit:
                 continue
             result = _hit(bucket, identity, int(limit), int(period))
@@ -98,6 +92,17 @@ class LoginRateThrottle(BaseThrottle):
                 self._wait = result.retry_after_seconds
                 return False
         return True
+
+    def buckets(self, request, address: str) -> list[tuple[str, str, int]]:
+        """``(bucket, hashed identity, limit)`` of each bucket this POST counts in, in the
+        order they are checked."""
+        buckets = []
+        email = normalized_email(request.data) if self.uses_email else None
+        if email is not None:
+            buckets.append(("pair", _digest(address, email), settings.LOGIN_RATE_PER_ADDRESS_EMAIL))
+            buckets.append(("email", _digest(email), settings.LOGIN_RATE_PER_EMAIL))
+        buckets.append(("address", _digest(address), settings.LOGIN_RATE_PER_ADDRESS))
+        return buckets
 
     def wait(self) -> float | None:
         """Seconds until the refused request would be admitted, rounded up (at least 1)."""
@@ -109,3 +114,21 @@ class RefreshRateThrottle(LoginRateThrottle):
     """``LoginRateThrottle`` for the refresh endpoint: the address bucket only."""
 
     uses_email = False
+
+
+class InvitationAcceptRateThrottle(LoginRateThrottle):
+    """``LoginRateThrottle`` for ``POST auth/invitations/accept/``: per token (its digest),
+    ``LOGIN_RATE_PER_ADDRESS_EMAIL`` attempts (an invitation to an existing account takes
+    that account's password: the same brute-force lock as a login), then the shared
+    per-address bucket of the token endpoints."""
+
+    uses_email = False
+
+    def buckets(self, request, address: str) -> list[tuple[str, str, int]]:
+        token = request.data.get("token") if isinstance(request.data, dict) else None
+        buckets = []
+        if isinstance(token, str) and token.strip():
+            buckets.append(
+                ("invitation", _digest(token.strip()), settings.LOGIN_RATE_PER_ADDRESS_EMAIL)
+            )
+        return buckets + super().buckets(request, address)

@@ -400,3 +400,50 @@ class StaffAccess(models.Model):
 
     def __str__(self) -> str:
         return f"{self.staff_email} {self.action} {self.model or self.path}"
+
+
+class Invitation(TenantModel):
+    """An invitation to join ``organization`` with ``role``, sent to ``email``.
+
+    The link's token is never stored: only its SHA-256 hex digest (``token_hash``), so a
+    copy of the table (or of the job queue) lets nobody accept an invitation. The token is
+    minted by the job that sends the email (``tenancy.invitations``), which sets
+    ``token_hash`` and ``sent_at``; both are ``NULL`` until then. The token names its organization
+    (``tenancy.invitations``), so accepting it is a lookup inside that organization. Open
+    while ``used_at`` and ``revoked_at`` are ``NULL`` and ``expires_at`` (UTC) is in the
+    future; accepting sets ``used_at`` once (a conditional update), so a link is single
+    use.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.CASCADE, related_name="invitations"
+    )
+    email = models.EmailField(max_length=254)
+    role = models.CharField(
+        max_length=20, choices=MembershipRole.choices, default=MembershipRole.MEMBER
+    )
+    token_hash = models.CharField(max_length=64, null=True, blank=True, editable=False)
+    invited_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField()
+    sent_at = models.DateTimeField(null=True, blank=True, editable=False)
+    used_at = models.DateTimeField(null=True, blank=True)
+    accepted_by = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["organization", "token_hash"], name="tenancy_invitation_token_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["organization", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.email} -> {self.organization} ({self.role})"

@@ -89,8 +89,9 @@ class MembersWriteAdminsDelete(RolePermission):
 
 
 class AdminsOnly(RolePermission):
-    """Billing (events, usage summary and report, pipeline health, usage reporting):
-    admins and owners only."""
+    """Billing (events, usage summary and report, pipeline health, usage reporting) and
+    invitations: admins and owners only (who may invite an owner is the service's rule,
+    ``tenancy.invitations``)."""
 
     minimum_roles = _every_method(ADMIN)
 

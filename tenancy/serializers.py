@@ -8,7 +8,7 @@ from rest_framework_simplejwt.serializers import PasswordField, TokenObtainPairS
 
 from core.serializers import StrictCharField, StrictModelSerializer
 from tenancy.context import user_context
-from tenancy.models import Membership, Organization
+from tenancy.models import Invitation, Membership, Organization
 from tenancy.tokens import RefreshToken
 
 
@@ -138,3 +138,93 @@ class MembershipSerializer(serializers.ModelSerializer):
         model = Membership
         fields = ["id", "organization", "role", "created_at"]
         read_only_fields = fields
+
+
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Invite an associate",
+            value={"email": "associate@demo-law.test", "role": "member"},
+            request_only=True,
+        ),
+        OpenApiExample(
+            "Invitation",
+            value={
+                "id": "6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f",
+                "email": "associate@demo-law.test",
+                "role": "member",
+                "status": "sent",
+                "invited_by": "owner@demo-law.test",
+                "created_at": "2026-11-02T09:45:00Z",
+                "expires_at": "2026-11-05T09:45:00Z",
+                "sent_at": "2026-11-02T09:45:02Z",
+                "used_at": None,
+                "revoked_at": None,
+            },
+            response_only=True,
+        ),
+    ]
+)
+class InvitationSerializer(serializers.ModelSerializer):
+    """An invitation: input ``{"email": str, "role": "owner"|"admin"|"member"}`` (role
+    default ``member``); output adds ``id``, ``status`` ("pending" until the job sent it,
+    "sent", "used", "revoked", "expired"), ``invited_by`` (email or null) and the UTC
+    times ``created_at``, ``expires_at``, ``sent_at``, ``used_at``, ``revoked_at``. The
+    token is never part of it (it exists only in the email)."""
+
+    status = serializers.SerializerMethodField()
+    invited_by = serializers.SlugRelatedField(slug_field="email", read_only=True)
+
+    class Meta:
+        model = Invitation
+        fields = [
+            "id",
+            "email",
+            "role",
+            "status",
+            "invited_by",
+            "created_at",
+            "expires_at",
+            "sent_at",
+            "used_at",
+            "revoked_at",
+        ]
+        read_only_fields = [f for f in fields if f not in ("email", "role")]
+
+    def get_status(self, obj) -> str:
+        from tenancy.invitations import invitation_status
+
+        return invitation_status(obj)
+
+
+@extend_schema_serializer(
+    examples=[
+        OpenApiExample(
+            "Accept",
+            value={
+                "token": "0b5d1f2e8c3a4f7e9a416d2c8e7b9f10.Xc9...",
+                "password": "a-long-passphrase",
+            },
+            request_only=True,
+        ),
+        OpenApiExample(
+            "Accepted",
+            value={
+                "email": "associate@demo-law.test",
+                "organization": "0b5d1f2e-8c3a-4f7e-9a41-6d2c8e7b9f10",
+                "role": "member",
+            },
+            response_only=True,
+        ),
+    ]
+)
+class InvitationAcceptSerializer(serializers.Serializer):
+    """``{"token": str, "password": str}`` in; ``{"email", "organization" (uuid),
+    "role"}`` out. The password is checked by Django's validators (new account, or one
+    without a password) or must be the account's current one (an existing account)."""
+
+    token = serializers.CharField(max_length=200, write_only=True, trim_whitespace=True)
+    password = serializers.CharField(max_length=4096, write_only=True, trim_whitespace=False)
+    email = serializers.EmailField(read_only=True)
+    organization = serializers.UUIDField(read_only=True)
+    role = serializers.CharField(read_only=True)

@@ -175,3 +175,37 @@ def organization_onboard(
         )
     notes = tuple(answer for _receiver, answer in responses if isinstance(answer, str))
     return OnboardResult(organization, owner, True, owner_created, True, notes)
+
+
+def organization_onboard_problems(*, name: str, owner_email: str, plan_tier: str) -> list[str]:
+    """Every reason ``organization_onboard`` would refuse these arguments (list of str,
+    empty: it would not), found without writing anything: a name without letters or
+    digits, a missing or invalid email, an unknown plan, and a slug that already exists
+    with a different owner. Lets a command report every problem of every row at once."""
+    from django.core.exceptions import ValidationError
+    from django.core.validators import validate_email
+
+    problems = []
+    name, owner_email = (name or "").strip(), (owner_email or "").strip()
+    slug = organization_slug(name)
+    if not name:
+        problems.append("name is required")
+    elif not slug:
+        problems.append(f"invalid organization name {name!r}: it needs letters or digits")
+    if not owner_email:
+        problems.append("owner_email is required")
+    else:
+        try:
+            validate_email(owner_email)
+        except ValidationError:
+            problems.append(f"invalid owner email {owner_email!r}")
+    if plan_tier not in PlanTier.values:
+        problems.append(f"unknown plan {plan_tier!r} (one of {', '.join(PlanTier.values)})")
+    if slug and owner_email:
+        organization = Organization.objects.filter(slug=slug).first()
+        if organization is not None:
+            try:
+                _onboarded_already(organization, owner_email=owner_email)
+            except OnboardingError as exc:
+                problems.append(str(exc))
+    return problems

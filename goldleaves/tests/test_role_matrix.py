@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 from billing.models import MeterReport
 from cases.tests.factories import CaseFactory, ClientFactory
 from tenancy.context import tenant_context
+from tenancy.invitations import invitation_create
 from tenancy.testing import bearer_client
 from tenancy.tests.factories import OrganizationFactory, member_of
 
@@ -31,9 +32,13 @@ MATRIX = {
     ("/api/v1/auth/token/", "POST"): PUBLIC,
     ("/api/v1/auth/token/refresh/", "POST"): PUBLIC,
     ("/api/v1/auth/logout/", "POST"): PUBLIC,
+    ("/api/v1/auth/invitations/accept/", "POST"): PUBLIC,
     ("/api/v1/organizations/", "GET"): MEMBER,
     ("/api/v1/organizations/current/", "GET"): MEMBER,
     ("/api/v1/organizations/current/", "PATCH"): OWNER,
+    ("/api/v1/organizations/current/invitations/", "GET"): ADMIN,
+    ("/api/v1/organizations/current/invitations/", "POST"): ADMIN,
+    ("/api/v1/organizations/current/invitations/{id}/", "DELETE"): ADMIN,
     ("/api/v1/clients/", "GET"): MEMBER,
     ("/api/v1/clients/", "POST"): MEMBER,
     ("/api/v1/clients/{id}/", "GET"): MEMBER,
@@ -52,6 +57,7 @@ MATRIX = {
     ("/api/v1/documents/{id}/", "PUT"): MEMBER,
     ("/api/v1/documents/{id}/", "PATCH"): MEMBER,
     ("/api/v1/documents/{id}/", "DELETE"): ADMIN,
+    ("/api/v1/documents/{id}/download/", "GET"): MEMBER,
     ("/api/v1/billing/events/", "GET"): ADMIN,
     ("/api/v1/billing/usage-summary/{organization_id}/", "GET"): ADMIN,
     ("/api/v1/billing/usage-report/{organization_id}/", "GET"): ADMIN,
@@ -107,6 +113,16 @@ class World:
             self.report = MeterReport.objects.create(
                 organization=self.org, until=self.case.opened_at
             )
+        self.invitation = self._invitation()
+
+    def _invitation(self):
+        with tenant_context(self.org):
+            return invitation_create(
+                organization=self.org,
+                acting_user=None,
+                email=f"invitee-{uuid.uuid4().hex[:8]}@matrix.test",
+                role="member",
+            )
 
     def url(self, path: str) -> str:
         ids = {
@@ -114,6 +130,7 @@ class World:
             "/api/v1/cases/": self.case.pk,
             "/api/v1/documents/": self.document_id,
             "/api/v1/billing/report-usage/": self.report.pk,
+            "/api/v1/organizations/current/invitations/": self.invitation.pk,
         }
         if "{id}" in path:
             prefix = path.split("{id}")[0]
@@ -139,6 +156,8 @@ class World:
             return {"name": "Matrix Law LLP"}, "json"
         if path == "/api/v1/billing/subscription/":
             return {"plan_tier": "pro"}, "json"
+        if path == "/api/v1/organizations/current/invitations/":
+            return {"email": f"new-{uuid.uuid4().hex[:8]}@matrix.test", "role": "member"}, "json"
         return {}, "json"
 
     def fresh_targets(self):
@@ -151,6 +170,7 @@ class World:
             "/api/v1/documents/", {"case": str(self.case.pk), "file": upload}, format="multipart"
         )
         self.document_id = created.json()["id"]
+        self.invitation = self._invitation()
 
 
 #: Stripe on, with a priced plan, for the plan-change endpoint (no Stripe request is sent:

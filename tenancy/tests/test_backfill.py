@@ -324,3 +324,43 @@ def test_free_slugs_skips_the_slugs_of_other_keys_bases_and_of_existing_organiza
             "k3": "acme-2",
             "k4": "acme-2-2",
         }
+
+
+@pytest.mark.django_db
+def test_staff_and_superusers_are_skipped_and_said_so(capsys):
+    User.objects.create_superuser(email="root@firm-x.test", password="pw-long-enough")
+    User.objects.create_user(email="ops@firm-x.test", password="pw-long-enough", is_staff=True)
+    lawyer = User.objects.create_user(email="lawyer@firm-x.test")
+    call_command("backfill_organizations")
+    out = capsys.readouterr().out
+    assert "Skipping 2 staff user(s) or superuser(s) without an organization" in out
+    assert "Done: 1 user(s) were assigned" in out
+    org = Organization.objects.get(backfill_key="domain:firm-x.test")
+    assert list(Membership.objects.filter(organization=org).values_list("user__email", "role")) == [
+        (lawyer.email, "owner")
+    ]
+    assert User.objects.filter(organization__isnull=True).count() == 2
+    call_command("backfill_organizations")
+    out = capsys.readouterr().out
+    assert "Skipping 2 staff" in out and "Nothing to do" in out
+
+
+@pytest.mark.django_db
+def test_dry_run_lists_a_sample_of_what_it_would_create_with_counts(capsys):
+    for n in range(12):
+        User.objects.create_user(email=f"a{n}@firm{n:02d}.test")
+    User.objects.create_user(email="b@firm00.test")
+    before = snapshot()
+    call_command("backfill_organizations", "--dry-run", "--batch-size", "5")
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    start = lines.index("Would create 12 organization(s); the first 10 by slug:")
+    sample = lines[start + 1 : start + 11]
+    assert sample[0] == (
+        "  would create organization 'firm00-test' (domain:firm00.test): "
+        "owner a0@firm00.test, 2 member(s) in all"
+    )
+    assert sample[9].startswith("  would create organization 'firm09-test'")
+    assert not lines[start + 11].startswith("  would create")
+    assert "12 organization(s) and 13 membership(s) would be created" in out
+    assert snapshot() == before

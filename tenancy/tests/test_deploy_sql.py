@@ -174,7 +174,7 @@ def test_deploy_sql_lets_a_non_superuser_owner_migrate(scratch):
     assert scratch.query(
         "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class WHERE relname = 'cases_case'"
     ) == [(scratch.owner,)]
-    result = scratch.manage("check_isolation", "--strict")
+    result = scratch.manage("check_isolation", "--strict", rls="true")
     assert "every tenant table is isolated" in result.stdout
 
 
@@ -255,5 +255,5 @@ def test_rls_migrations_go_forwards_backwards_and_forwards_again(scratch):
     for table in ("cases_client", "cases_case", "billing_events", "billing_usageaggregate"):
         enabled, forced, policies = _rls_state(scratch, table)
         assert (enabled, forced) == (True, True) and "tenant_isolation" in policies, table
-    result = scratch.manage("check_isolation", "--strict")
+    result = scratch.manage("check_isolation", "--strict", rls="true")
     assert "every tenant table is isolated" in result.stdout

@@ -77,7 +77,7 @@ def test_onboard_csv_with_a_bad_row_writes_nothing(tmp_path):
         run("--csv", str(path))
     message = str(excinfo.value)
     assert "row 3: unknown plan 'platinum'" in message
-    assert "row 4: name and owner_email are required" in message
+    assert "row 4: name is required" in message
     assert not Organization.objects.exists()
     assert not User.objects.exists()
 
@@ -251,7 +251,7 @@ def test_two_onboardings_of_one_new_slug_at_once(second_owner):
 
     results = race_second_behind_first(
         lambda: organization_onboard(name="Acme Law", owner_email="a@acme.test"),
-        lambda: run("--name", "Acme Law", "--owner-email", second_owner),
+        lambda: run("--name", "Acme Law", "--owner-email", second_owner, "--password", "pw-x1"),
         what="the second onboarding",
     )
     assert not isinstance(results["first"], Exception), results["first"]
@@ -270,3 +270,91 @@ def test_two_onboardings_of_one_new_slug_at_once(second_owner):
         assert list(Organization.objects.values_list("slug", flat=True)) == ["acme-law"]
         assert list(User.objects.values_list("email", flat=True)) == ["a@acme.test"]
         assert Membership.objects.count() == 1
+
+
+# --- Without --password the owner is invited; every CSV problem at once --------------------
+
+
+def test_onboard_without_password_invites_the_owner_who_then_logs_in():
+    import re
+
+    from django.core import mail
+    from rest_framework.test import APIClient
+
+    from tenancy.models import Invitation
+    from tenancy.tests.jobs import run_jobs
+
+    out = run("--name", "Acme Law", "--owner-email", "owner@acme.test")
+    assert "invitation sent to owner@acme.test (owner of 'acme-law')" in out
+    invitation = Invitation.objects.get()
+    assert (invitation.email, invitation.role, invitation.invited_by) == (
+        "owner@acme.test",
+        "owner",
+        None,
+    )
+    again = run("--name", "Acme Law", "--owner-email", "owner@acme.test")
+    assert "an invitation to owner@acme.test is still open" in again
+    assert "not sent again" in again
+    assert Invitation.objects.count() == 1
+    run_jobs()
+    assert [m.to for m in mail.outbox] == [["owner@acme.test"]]
+    token = re.search(r"\?token=(\S+)", mail.outbox[0].body).group(1)
+    password = "owner-passphrase-77"
+    accepted = APIClient().post(
+        "/api/v1/auth/invitations/accept/", {"token": token, "password": password}, format="json"
+    )
+    assert accepted.status_code == 201, accepted.content
+    assert accepted.json()["role"] == "owner"
+    login = APIClient().post(
+        "/api/v1/auth/token/", {"email": "owner@acme.test", "password": password}, format="json"
+    )
+    assert login.status_code == 200
+    assert Membership.objects.get().role == "owner"  # the onboarding's, not a second one
+
+
+def test_onboard_dry_run_says_would_create_and_would_invite():
+    from tenancy.models import Invitation
+
+    out = run("--name", "Acme Law", "--owner-email", "a@acme.test", "--dry-run")
+    lines = out.splitlines()
+    assert lines[0].startswith("would create organization 'acme-law'")
+    assert lines[1] == "would invite a@acme.test (owner) by email"
+    assert lines[-1] == "Dry run: rolled back, nothing was written."
+    assert "created" not in out.replace("would create", "")
+    assert not Organization.objects.exists() and not Invitation.objects.exists()
+
+
+def test_onboard_with_password_sends_no_invitation():
+    from tenancy.models import Invitation
+
+    out = run("--name", "Acme Law", "--owner-email", "a@acme.test", "--password", "pw-x1-long")
+    assert "invitation" not in out
+    assert not Invitation.objects.exists()
+
+
+def test_onboard_csv_reports_every_problem_of_every_row_before_writing(tmp_path):
+    run("--name", "Smith & Jones", "--owner-email", "a@smith-jones.test")
+    path = tmp_path / "tenants.csv"
+    path.write_text(
+        "name,owner_email,plan\n"
+        "Good Firm,g@good.test,pro\n"
+        "!!!,not-an-email,platinum\n"
+        "Smith Jones,c@c.test,\n"
+        ",,\n"
+    )
+    out = StringIO()
+    with pytest.raises(CommandError) as excinfo:
+        call_command("onboard_tenant", "--csv", str(path), stdout=out)
+    message = str(excinfo.value)
+    assert message.startswith("6 problem(s) in 3 row(s); nothing was written:")
+    for expected in (
+        "row 3: invalid organization name '!!!': it needs letters or digits",
+        "row 3: invalid owner email 'not-an-email'",
+        "row 3: unknown plan 'platinum'",
+        "row 4: organization slug 'smith-jones' already exists with a different owner",
+        "row 5: name is required",
+        "row 5: owner_email is required",
+    ):
+        assert expected in message, message
+    assert out.getvalue() == ""  # nothing reported as created before the refusal
+    assert set(Organization.objects.values_list("slug", flat=True)) == {"smith-jones"}

@@ -19,7 +19,7 @@ from billing.models import BillingEvent, IdempotencyKey, MeterReport, UsageAggre
 from cases.models import Case, Client, Document
 from cases.tests.factories import CaseFactory, ClientFactory
 from tenancy.context import cross_tenant, tenant_context
-from tenancy.models import Membership, Organization, User
+from tenancy.models import Invitation, Membership, Organization, User
 from tenancy.rls import RowLevelSecurityError, operations, policies, roles
 from tenancy.rls.isolation import isolation_problems, isolation_warnings
 from tenancy.testing import bearer_client
@@ -88,6 +88,12 @@ def _populate(organization, user):
             status_code=201,
             expires_at=timezone.now() + timedelta(hours=1),
         )
+        Invitation.objects.create(
+            organization=organization,
+            email=f"invitee@{organization.slug}.test",
+            invited_by=user,
+            expires_at=timezone.now() + timedelta(hours=1),
+        )
     return case
 
 
@@ -124,9 +130,23 @@ def test_every_tenant_table_is_isolated_in_the_catalog(db):
     assert isolation_problems() == []
 
 
-def test_check_isolation_command_passes(db, capsys):
+def test_check_isolation_command_passes(db, capsys, settings):
     call_command("check_isolation")
-    assert "every tenant table is isolated" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    if settings.RLS_ENABLED:
+        assert "every tenant table is isolated (policies in place and enforced" in out
+    else:
+        assert "row-level security is NOT enforced: RLS_ENABLED=false" in out
+        assert "is isolated" not in out
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_check_isolation_says_plainly_when_rls_is_not_enforced(db, capsys, settings, enabled):
+    settings.RLS_ENABLED = enabled
+    call_command("check_isolation")
+    out = capsys.readouterr().out
+    assert ("row-level security is NOT enforced: RLS_ENABLED=false" in out) is not enabled
+    assert ("every tenant table is isolated" in out) is enabled
 
 
 @pytest.mark.parametrize("table", TENANT_TABLES)

@@ -15,6 +15,8 @@ from tenancy.models import Organization
 logger = logging.getLogger("billing.reporting")
 
 FAILED = {MeterReportStatus.FAILED, MeterReportStatus.PARTIAL}
+#: How many skipped organizations the summary line names (``--verbose``: each on its line).
+SKIPPED_NAMED = 5
 
 
 class Command(BaseCommand):
@@ -22,7 +24,9 @@ class Command(BaseCommand):
 
     Runs ``billing.reporting.runs.report_usage`` for each organization (by slug), one at a
     time, in this process, and prints one line per aggregate sent, failed or needing
-    reconciliation. The same work as the ``billing.report_usage`` job that the hourly
+    reconciliation; organizations without a Stripe customer are summed up in one line
+    (``--verbose``: one line each), and an ``--until`` in the future is capped at now, and
+    said so. The same work as the ``billing.report_usage`` job that the hourly
     schedule and ``POST /api/v1/billing/report-usage/`` queue (``billing.tasks``), run
     here inline for an operator; a job running for the same organization meanwhile makes
     this run ``skipped`` (the organization's lock). An error in one organization's run (a
@@ -51,6 +55,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dry-run", action="store_true", help="Show what would be sent; change nothing."
         )
+        parser.add_argument(
+            "--verbose",
+            action="store_true",
+            help="One line per organization skipped for having no Stripe customer (by default "
+            "one summary line names a few and counts them all).",
+        )
 
     def handle(self, *args, **opts):
         """Report every selected organization's usage before ``--until`` (default: the
@@ -63,7 +73,13 @@ class Command(BaseCommand):
                 A run skipped because another run held the organization's lock is not
                 a failure (that run does the work).
         """
-        until = min(self._until(opts["until"]), timezone.now())  # never in the future
+        requested, now = self._until(opts["until"]), timezone.now()
+        until = min(requested, now)  # never in the future
+        if requested > now:
+            self.stdout.write(
+                f"--until {requested.isoformat()} is in the future: capped at now, "
+                f"{now.isoformat()} (Stripe refuses meter events with future timestamps)."
+            )
         organizations = Organization.objects.order_by("slug")
         if opts["organization"]:
             organizations = organizations.filter(slug=opts["organization"])
@@ -78,6 +94,7 @@ class Command(BaseCommand):
         )
         failures = 0
         totals = {"sent": 0, "failed": 0, "posted": 0, "skipped": 0, "busy": 0}
+        no_customer: list[str] = []  # slugs skipped for having no Stripe customer
         for index, organization in enumerate(organizations, start=1):
             prefix = f"[{index}] {organization.slug}:"
             try:
@@ -91,8 +108,14 @@ class Command(BaseCommand):
                 continue
             report = result.report
             if report.status == MeterReportStatus.SKIPPED:
-                totals["busy" if organization.stripe_customer_id else "skipped"] += 1
-                self.stdout.write(f"{prefix} skipped: {report.detail}")
+                if organization.stripe_customer_id:
+                    totals["busy"] += 1
+                    self.stdout.write(f"{prefix} skipped: {report.detail}")
+                else:
+                    totals["skipped"] += 1
+                    no_customer.append(organization.slug)
+                    if opts["verbose"]:
+                        self.stdout.write(f"{prefix} skipped: {report.detail}")
                 continue
             for planned in result.planned:
                 self.stdout.write(
@@ -106,6 +129,15 @@ class Command(BaseCommand):
             totals["posted"] += report.events_posted
             if report.status in FAILED:
                 failures += 1
+        if no_customer and not opts["verbose"]:
+            named = ", ".join(no_customer[:SKIPPED_NAMED])
+            more = len(no_customer) - SKIPPED_NAMED
+            self.stdout.write(
+                f"Skipped {len(no_customer):,} organization(s) without a Stripe customer "
+                f"(stripe_customer_id): {named}"
+                + (f" and {more:,} more" if more > 0 else "")
+                + " (--verbose lists each)."
+            )
         self.stdout.write(
             f"Done: {totals['sent']} meter event(s) sent, {totals['failed']} failed, "
             f"{totals['posted']} billing event(s) posted, {totals['skipped']} organization(s) "

@@ -91,10 +91,50 @@ def test_organization_without_stripe_customer_is_skipped_and_reported(fake_strip
     add_events(org, [("api.request", 0, 1, "1")])
     out = StringIO()
     call_command("report_usage", "--organization", org.slug, stdout=out)
-    assert "skipped: no Stripe customer" in out.getvalue()
+    assert (
+        f"Skipped 1 organization(s) without a Stripe customer (stripe_customer_id): {org.slug} "
+        "(--verbose lists each)."
+    ) in out.getvalue()
+    assert "[1]" not in out.getvalue()
+    verbose = StringIO()
+    call_command("report_usage", "--organization", org.slug, "--verbose", stdout=verbose)
+    assert f"[1] {org.slug}: skipped: no Stripe customer" in verbose.getvalue()
+    assert "Skipped 1 organization" not in verbose.getvalue()
     assert fake_stripe.requests == []
-    assert MeterReport.objects.get().status == MeterReportStatus.SKIPPED
+    assert set(MeterReport.objects.values_list("status", flat=True)) == {MeterReportStatus.SKIPPED}
     assert BillingEvent.objects.get().status == BillingEventStatus.PENDING
+
+
+def test_many_organizations_without_a_customer_make_one_summary_line(fake_stripe, db):
+    from tenancy.tests.factories import OrganizationFactory
+
+    for n in range(8):
+        OrganizationFactory(slug=f"no-customer-{n}")
+    out = StringIO()
+    call_command("report_usage", stdout=out)
+    lines = out.getvalue().splitlines()
+    assert not any("skipped: no Stripe customer" in line for line in lines)
+    summary = [line for line in lines if line.startswith("Skipped ")]
+    assert summary == [
+        "Skipped 8 organization(s) without a Stripe customer (stripe_customer_id): "
+        "no-customer-0, no-customer-1, no-customer-2, no-customer-3, no-customer-4 and 3 more "
+        "(--verbose lists each)."
+    ]
+    assert (
+        lines[-1].startswith("Done: 0 meter event(s) sent")
+        and "8 organization(s) skipped" in lines[-1]
+    )
+
+
+def test_a_future_until_is_capped_at_now_and_said_so(fake_stripe, db):
+    out = StringIO()
+    call_command("report_usage", "--until", "2999-01-01T00:00:00Z", stdout=out)
+    first = out.getvalue().splitlines()[0]
+    assert first.startswith("--until 2999-01-01T00:00:00+00:00 is in the future: capped at now, ")
+    assert first.endswith("(Stripe refuses meter events with future timestamps).")
+    past = StringIO()
+    call_command("report_usage", "--until", "2020-01-01T00:00:00Z", stdout=past)
+    assert "capped" not in past.getvalue()
 
 
 def test_without_api_key_it_is_a_dry_run_that_changes_nothing(stripe_settings, customer_org):

@@ -8,8 +8,12 @@ from tenancy.backfill import (
     BackfillError,
     BackfillTotals,
     organizations_backfill,
+    staff_without_organization,
     users_without_organization,
 )
+
+#: How many of the organizations a dry run would create it lists.
+SAMPLE_SIZE = 10
 
 
 class Command(BaseCommand):
@@ -18,9 +22,10 @@ class Command(BaseCommand):
         "organization if they have one, else one per firm domain (colleagues share it) or, "
         "for public mail domains (gmail.com...), one per address; slug from the domain or the "
         "local part, suffixed on collision with an unrelated organization; owner membership "
-        "for the first user, member for the others. Batched set-based SQL, one transaction "
+        "for the first user, member for the others. Staff users and superusers are skipped "
+        "(they work in the admin) and counted. Batched set-based SQL, one transaction "
         "per batch: safe to interrupt and rerun (it resumes), idempotent (a second run changes "
-        "nothing). Exit 1 on error."
+        "nothing). --dry-run says what it would create, with a sample. Exit 1 on error."
     )
 
     def add_arguments(self, parser):
@@ -33,7 +38,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--dry-run",
             action="store_true",
-            help="Run every batch and report, then roll each back: writes nothing.",
+            help="Run every batch, say what would be created (counts and a sample of the "
+            "organizations), then roll back: writes nothing.",
         )
 
     def handle(self, *args, **opts):
@@ -44,6 +50,12 @@ class Command(BaseCommand):
             raise CommandError("--max-batches must be at least 1.")
         dry = opts["dry_run"]
         total = users_without_organization()
+        staff = staff_without_organization()
+        if staff:
+            self.stdout.write(
+                f"Skipping {staff} staff user(s) or superuser(s) without an organization: "
+                "staff work in the admin (cross-tenant) and are never made a firm's owner."
+            )
         if total == 0:
             self.stdout.write("Nothing to do: every user has an organization.")
             return
@@ -63,13 +75,30 @@ class Command(BaseCommand):
             )
             self.stdout.flush()
 
+        sample: list = []
         try:
             totals = organizations_backfill(
-                batch_size=batch_size, max_batches=max_batches, dry_run=dry, on_batch=progress
+                batch_size=batch_size,
+                max_batches=max_batches,
+                dry_run=dry,
+                on_batch=progress,
+                sample=sample if dry else None,
+                sample_size=SAMPLE_SIZE,
             )
         except BackfillError as exc:
             raise CommandError(str(exc)) from exc
         elapsed = time.monotonic() - started
+        if sample:
+            shown = len(sample)
+            self.stdout.write(
+                f"Would create {totals.organizations_created} organization(s)"
+                + (f"; the first {shown} by slug:" if shown < totals.organizations_created else ":")
+            )
+            for planned in sample:
+                self.stdout.write(
+                    f"  would create organization '{planned.slug}' ({planned.backfill_key}): "
+                    f"owner {planned.owner or '(none)'}, {planned.members} member(s) in all"
+                )
         verb = "would be" if dry else "were"
         self.stdout.write(
             self.style.SUCCESS(

@@ -25,6 +25,18 @@ from django.db import connections
 from tenancy.rls import RowLevelSecurityError, operations, policies, roles
 
 
+def enforcement_note() -> str:
+    """One sentence: whether the row-level-security policies are enforced for requests and
+    jobs (``RLS_ENABLED``), and what it means when they are not."""
+    if settings.RLS_ENABLED:
+        return "enforced for requests and jobs (RLS_ENABLED=true)."
+    return (
+        "NOT enforced (RLS_ENABLED=false): requests and jobs set app.rls_enabled='off', so "
+        "only the ORM's organization filter keeps tenants apart; set RLS_ENABLED=true once "
+        "validated (DEPLOY.md)."
+    )
+
+
 class Command(migrate.Command):
     """Django's ``migrate`` (same options) as the owner role, then the app role, the
     ``app.rls_enabled`` database default and the row-level-security backstop, as the
@@ -50,13 +62,14 @@ class Command(migrate.Command):
                 return
             connection = connections[using]
             done = roles.ensure_app_role(connection)
-            done += policies.sync_tables(connection, operations.protected_tables(connection))
+            protected = operations.protected_tables(connection)
+            done += policies.sync_tables(connection, protected)
             if options["verbosity"] >= 2:
                 for line in done:
                     self.stdout.write(f"  {line}")
             if options["verbosity"] >= 1:
                 changed = sum(d.startswith(("rls ", "unique ", "fk ")) for d in done)
                 self.stdout.write(
-                    f"Row-level security: {changed} change(s) to tenant tables; "
-                    f"RLS_ENABLED={settings.RLS_ENABLED}."
+                    f"Row-level security: {changed} change(s) to tenant tables "
+                    f"({len(protected)} have their policies); " + enforcement_note()
                 )

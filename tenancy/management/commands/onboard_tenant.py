@@ -3,11 +3,19 @@
 import csv
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from tenancy.models import PlanTier
-from tenancy.services import OnboardingError, organization_onboard, organization_slug
+from tenancy.context import tenant_context
+from tenancy.invitations import invitation_create, invitation_open_for
+from tenancy.models import MembershipRole, PlanTier
+from tenancy.services import (
+    OnboardingError,
+    organization_onboard,
+    organization_onboard_problems,
+    organization_slug,
+)
 
 CSV_COLUMNS = ("name", "owner_email", "plan")
 
@@ -17,18 +25,22 @@ class Command(BaseCommand):
     (``--name``/``--owner-email``) or every row of a CSV (``--csv FILE``, columns
     ``name,owner_email,plan``), all in one transaction.
 
-    Reports each row (``created ...`` or ``unchanged ...``). Any refused row -- bad input,
-    two CSV rows with the same slug and different owners, or a slug that already exists
-    with a different owner -- raises ``CommandError`` (exit status 1) and nothing is
-    written, not even the rows before it. ``--dry-run`` validates and rolls back.
+    Every row is validated completely first (``organization_onboard_problems``, plus two
+    CSV rows with one slug and different owners): every problem of every row is reported
+    at once, as ``CommandError`` (exit status 1), and nothing is written. Then each row
+    is reported (``created ...`` or ``unchanged ...``; ``would create ...`` with
+    ``--dry-run``, which rolls back). Without ``--password`` an owner who cannot log in
+    yet is invited (``tenancy.invitations``): the job worker emails them a single-use
+    link to set their password; an open invitation is not sent again.
     """
 
     help = (
         "Onboard a tenant: create the organization (slug from the name), its owner user and "
-        "owner membership. Idempotent on the slug: an existing organization with the same "
-        "owner is left unchanged; one with a different owner is refused. Either "
-        "--name/--owner-email or --csv FILE (columns name,owner_email,plan). Any refused row "
-        "writes nothing and exits 1."
+        "owner membership. Without --password the owner is invited by email (a single-use "
+        "link, sent by the job worker) to set a password. Idempotent on the slug: an existing "
+        "organization with the same owner is left unchanged; one with a different owner is "
+        "refused. Either --name/--owner-email or --csv FILE (columns name,owner_email,plan). "
+        "Every row is checked first; any problem writes nothing and exits 1."
     )
 
     def add_arguments(self, parser):
@@ -41,11 +53,15 @@ class Command(BaseCommand):
             help="Plan tier (default starter).",
         )
         parser.add_argument(
-            "--password", help="Owner's password if the user is new (else unusable)."
+            "--password",
+            help="Owner's password if the user is new. Without it the owner is invited by "
+            "email to set one.",
         )
         parser.add_argument("--csv", type=Path, help="CSV file with columns name,owner_email,plan.")
         parser.add_argument(
-            "--dry-run", action="store_true", help="Validate and report; write nothing."
+            "--dry-run",
+            action="store_true",
+            help="Validate and say what would be created; write nothing.",
         )
 
     def handle(self, *args, **opts):
@@ -57,7 +73,9 @@ class Command(BaseCommand):
             rows = [(0, opts["name"], opts["owner_email"], opts["plan"])]
         else:
             raise CommandError("Give --name and --owner-email, or --csv FILE.")
+        self._validate(rows)
 
+        dry_run = opts["dry_run"]
         with transaction.atomic():
             for line, name, email, plan in rows:
                 where = f"row {line}: " if line else ""
@@ -68,14 +86,44 @@ class Command(BaseCommand):
                         plan_tier=plan,
                         password=opts["password"],
                     )
-                except OnboardingError as exc:
+                except OnboardingError as exc:  # a concurrent onboarding since validation
                     raise CommandError(f"{where}{exc}; nothing was written.") from None
-                self._report(where, result)
-            if opts["dry_run"]:
+                self._report(where, result, dry_run=dry_run)
+                if opts["password"] is None:
+                    self._invite(where, result, dry_run=dry_run)
+            if dry_run:
                 self.stdout.write("Dry run: rolled back, nothing was written.")
                 transaction.set_rollback(True)
 
-    def _report(self, where, result):
+    def _validate(self, rows):
+        """Every problem of every row, at once (``CommandError``), before any write."""
+        errors, bad_rows = [], set()
+        by_slug: dict[str, tuple[int, str, str]] = {}  # slug -> first (row, name, email)
+        for line, name, email, plan in rows:
+            where = f"row {line}: " if line else ""
+            problems = organization_onboard_problems(name=name, owner_email=email, plan_tier=plan)
+            slug = organization_slug(name)
+            if slug and email and slug in by_slug and by_slug[slug][2].lower() != email.lower():
+                first_line, first_name, first_email = by_slug[slug]
+                problems.append(
+                    f"{name!r} has the organization slug {slug!r} of row "
+                    f"{first_line} ({first_name!r}) with a different owner "
+                    f"({email} here, {first_email} there)"
+                )
+            elif slug:
+                by_slug.setdefault(slug, (line, name, email))
+            errors.extend(f"{where}{problem}" for problem in problems)
+            if problems:
+                bad_rows.add(line)
+        if errors and not rows[0][0]:  # --name/--owner-email: one line
+            raise CommandError("; ".join(errors) + "; nothing was written.")
+        if errors:
+            raise CommandError(
+                f"{len(errors)} problem(s) in {len(bad_rows)} row(s); nothing was written:\n  "
+                + "\n  ".join(errors)
+            )
+
+    def _report(self, where, result, *, dry_run: bool):
         org = result.organization
         if not result.changed:
             self.stdout.write(
@@ -89,9 +137,36 @@ class Command(BaseCommand):
             parts.append(f"owner user {result.owner.email}")
         if result.membership_created:
             parts.append(f"owner membership of {result.owner.email}")
-        self.stdout.write(self.style.SUCCESS(f"{where}created " + ", ".join(parts)))
+        verb = "would create " if dry_run else "created "
+        self.stdout.write(self.style.SUCCESS(f"{where}{verb}" + ", ".join(parts)))
         for note in result.notes:
             self.stdout.write(f"{where}{note}")
+
+    def _invite(self, where, result, *, dry_run: bool):
+        """Invite the owner when they cannot log in yet and have no open invitation."""
+        org, owner = result.organization, result.owner
+        if owner.has_usable_password():
+            return
+        with tenant_context(org):
+            open_invitation = invitation_open_for(organization=org, email=owner.email)
+            if open_invitation is not None:
+                self.stdout.write(
+                    f"{where}an invitation to {owner.email} is still open (expires "
+                    f"{open_invitation.expires_at:%Y-%m-%d %H:%M} UTC); not sent again."
+                )
+                return
+            invitation_create(
+                organization=org, acting_user=None, email=owner.email, role=MembershipRole.OWNER
+            )
+        hours = settings.INVITATION_TTL_HOURS
+        if dry_run:
+            self.stdout.write(f"{where}would invite {owner.email} (owner) by email")
+            return
+        self.stdout.write(
+            f"{where}invitation sent to {owner.email} (owner of '{org.slug}'): the job worker "
+            f"emails a single-use link to set a password, valid {hours} hours (EMAIL_URL; "
+            "in development the email is printed in the worker's output)."
+        )
 
     def _read_csv(self, path: Path):
         if not path.exists():
@@ -104,37 +179,12 @@ class Command(BaseCommand):
                     f"CSV header must have columns {','.join(CSV_COLUMNS)}; "
                     f"missing: {', '.join(missing)}"
                 )
-            rows, errors = [], []
-            by_slug: dict[str, tuple[int, str, str]] = {}  # slug -> first (row, name, email)
+            rows = []
             for record in reader:
-                line = reader.line_num
                 name = (record.get("name") or "").strip()
                 email = (record.get("owner_email") or "").strip()
                 plan = (record.get("plan") or PlanTier.STARTER).strip() or PlanTier.STARTER
-                slug = organization_slug(name)
-                if not name or not email:
-                    errors.append(f"row {line}: name and owner_email are required")
-                elif not slug:
-                    errors.append(
-                        f"row {line}: invalid organization name {name!r}: "
-                        "it needs letters or digits"
-                    )
-                elif plan not in PlanTier.values:
-                    errors.append(
-                        f"row {line}: unknown plan {plan!r} (one of {', '.join(PlanTier.values)})"
-                    )
-                elif slug in by_slug and by_slug[slug][2].lower() != email.lower():
-                    first_line, first_name, first_email = by_slug[slug]
-                    errors.append(
-                        f"row {line}: {name!r} has the organization slug {slug!r} of row "
-                        f"{first_line} ({first_name!r}) with a different owner "
-                        f"({email} here, {first_email} there)"
-                    )
-                else:
-                    by_slug.setdefault(slug, (line, name, email))
-                rows.append((line, name, email, plan))
-        if errors:
-            raise CommandError("Bad CSV rows; nothing was written:\n  " + "\n  ".join(errors))
+                rows.append((reader.line_num, name, email, plan))
         if not rows:
             raise CommandError("CSV has no data rows.")
         return rows
