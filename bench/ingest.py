@@ -27,14 +27,11 @@ Usage: ``python bench/ingest.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-
-from uuid6 import uuid7
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,21 +44,6 @@ SIZES = {
 PREFIX = "bench-ing-"
 BATCH = 1_000
 COPY_TABLE = "bench_ingest_copy"
-COLUMNS = (
-    "id",
-    "organization_id",
-    "user_id",
-    "event_type",
-    "event_name",
-    "resource_id",
-    "request_id",
-    "quantity",
-    "unit",
-    "unit_cost_cents",
-    "dimensions",
-    "status",
-    "created_at",
-)
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
 
 
@@ -80,13 +62,14 @@ def organizations(n: int) -> list:
     return list(Organization.objects.filter(slug__startswith=PREFIX).order_by("slug")[:n])
 
 
-def event_fields(i: int, orgs: list) -> dict:
-    """Event ``i``: organization ``i % len(orgs)``, a unique request id, 1 call at 1 cent."""
+def event_fields(i: int, orgs: list, prefix: str = "ing-") -> dict:
+    """Event ``i``: organization ``i % len(orgs)``, a unique request id (``prefix`` and
+    ``i``), 1 call at 1 cent."""
     return {
         "organization": orgs[i % len(orgs)],
         "event_type": "api",
         "event_name": "api.request",
-        "request_id": f"ing-{i:08d}",
+        "request_id": f"{prefix}{i:08d}",
         "quantity": Decimal("1"),
         "unit": "call",
         "unit_cost_cents": 1,
@@ -96,34 +79,28 @@ def event_fields(i: int, orgs: list) -> dict:
             "method": "GET",
             "status_code": 200,
             "duration_ms": 12.5,
-            "request_id": f"ing-{i:08d}",
+            "request_id": f"{prefix}{i:08d}",
         },
         "created_at": T0 + timedelta(milliseconds=i),
     }
 
 
 def copy_rows(total: int, orgs: list, request_prefix: str):
-    """The rows COPY writes: the same values ``events_record`` is given, plus what the
-    ORM fills in (a UUIDv7, ``status`` 0, no user, no resource). ``request_prefix``
-    replaces ``ing-`` in the request ids (so COPY rows never collide with the others)."""
+    """The rows COPY writes (``billing.ingest.EVENT_COLUMNS`` order): the values
+    ``events_record`` stores for the same input, built by the same validation
+    (``billing.ingest.event_values``: a UUIDv7, the price, ``status`` 0, no user, no
+    resource). ``request_prefix`` replaces ``ing-`` in the request ids (so COPY rows never
+    collide with the others)."""
+    from billing.ingest import EVENT_COLUMNS, BatchDefaults, dimensions_json, event_values
+
+    json_at = EVENT_COLUMNS.index("dimensions")
+    defaults = BatchDefaults()
     for i in range(total):
         f = event_fields(i, orgs)
         f["request_id"] = f["request_id"].replace("ing-", request_prefix, 1)
-        yield (
-            uuid7(),
-            f["organization"].pk,
-            None,
-            f["event_type"],
-            f["event_name"],
-            None,
-            f["request_id"],
-            f["quantity"],
-            f["unit"],
-            f["unit_cost_cents"],
-            json.dumps(f["dimensions"]),
-            0,
-            f["created_at"],
-        )
+        row = list(event_values(**f, defaults=defaults))
+        row[json_at] = dimensions_json(row[json_at])
+        yield tuple(row)
 
 
 def run_copy(total: int, orgs: list, *, table: str) -> float:
@@ -154,6 +131,8 @@ def run_copy(total: int, orgs: list, *, table: str) -> float:
 def _copy(total: int, orgs: list, table: str) -> float:
     from django.db import connection
 
+    from billing.ingest import EVENT_COLUMNS
+
     connection.ensure_connection()
     raw = connection.connection
     progress = Progress(f"COPY into {table}", total)
@@ -162,7 +141,7 @@ def _copy(total: int, orgs: list, table: str) -> float:
     with raw.cursor() as cur:
         t0 = time.perf_counter()
         with raw.transaction():
-            with cur.copy(f"COPY {table} ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+            with cur.copy(f"COPY {table} ({', '.join(EVENT_COLUMNS)}) FROM STDIN") as copy:
                 elapsed += time.perf_counter() - t0
                 for lo in range(0, total, BATCH):
                     chunk = [next(rows) for _ in range(min(BATCH, total - lo))]
@@ -176,31 +155,43 @@ def _copy(total: int, orgs: list, table: str) -> float:
     return elapsed
 
 
-def run_record_events(total: int, orgs: list, label: str) -> tuple[float, int]:
-    """``events_record`` in batches of ``BATCH``; returns (seconds inside ``events_record``,
-    events created). Building each batch's input is outside the clock."""
-    from billing.services import events_record
+def run_record_events(
+    total: int, orgs: list, label: str, *, ingest: bool, prefix: str = "ing-"
+) -> tuple[float, int]:
+    """``events_ingest`` (``ingest``: returns the number created) or ``events_record``
+    (returns the created events) in batches of ``BATCH``; returns (seconds inside the
+    call, events created). Building each batch's input is outside the clock. Each batch is one
+    transaction, opened by ``cross_tenant`` (a batch spans many organizations; row-level
+    security admits them only on that explicit path), inside the clock."""
+    from billing.services import events_ingest, events_record
+    from tenancy.context import cross_tenant
+
+    def write(batch) -> int:
+        return events_ingest(batch) if ingest else len(events_record(batch))
 
     progress = Progress(label, total)
     created, elapsed = 0, 0.0
     for lo in range(0, total, BATCH):
-        batch = [event_fields(i, orgs) for i in range(lo, min(lo + BATCH, total))]
+        batch = [event_fields(i, orgs, prefix) for i in range(lo, min(lo + BATCH, total))]
         t0 = time.perf_counter()
-        created += len(events_record(batch))
+        with cross_tenant(reason="bench ingest: one batch of many organizations"):
+            created += write(batch)
         elapsed += time.perf_counter() - t0
         progress.update(lo + len(batch))
     return elapsed, created
 
 
-def count_events(orgs: list) -> int:
-    """Events of ``orgs`` written by ``events_record`` (request ids ``ing-...``)."""
+def count_events(orgs: list, prefix: str = "ing-") -> int:
+    """Events of ``orgs`` whose request ids start with ``prefix``."""
     from django.db import connection
 
-    with connection.cursor() as cur:
+    from tenancy.rls.roles import owner_connection
+
+    with owner_connection(), connection.cursor() as cur:
         cur.execute(
             "SELECT count(*) FROM billing_events WHERE organization_id = ANY(%s)"
-            " AND request_id LIKE 'ing-%%'",
-            [[o.pk for o in orgs]],
+            " AND request_id LIKE %s",
+            [[o.pk for o in orgs], f"{prefix}%"],
         )
         return cur.fetchone()[0]
 
@@ -212,7 +203,6 @@ def cleanup(orgs: list) -> None:
 
     with owner_connection(), connection.cursor() as cur:
         cur.execute(f"DROP TABLE IF EXISTS {COPY_TABLE}")
-    with connection.cursor() as cur:
         cur.execute(
             "DELETE FROM billing_events WHERE organization_id = ANY(%s)", [[o.pk for o in orgs]]
         )
@@ -259,14 +249,21 @@ def main(argv=None) -> int:
     try:
         copy_fresh_s = run_copy(total, orgs, table=COPY_TABLE)
         copy_s = run_copy(total, orgs, table="billing_events")
-        rec_s, created = run_record_events(total, orgs, "events_record")
+        ing_s, created = run_record_events(total, orgs, "events_ingest", ingest=True)
         rows_after_first = count_events(orgs)
-        dup_s, created_again = run_record_events(total, orgs, "events_record, all duplicates")
+        dup_s, created_again = run_record_events(
+            total, orgs, "events_ingest, all duplicates", ingest=True
+        )
         rows_after_second = count_events(orgs)
+        rec_s, returned = run_record_events(
+            total, orgs, "events_record", ingest=False, prefix="rec-"
+        )
+        rows_recorded = count_events(orgs, "rec-")
     finally:
         cleanup(orgs)
 
-    copy_rate, rec_rate, dup_rate = total / copy_s, total / rec_s, total / dup_s
+    copy_rate, ing_rate, dup_rate = total / copy_s, total / ing_s, total / dup_s
+    rec_rate = total / rec_s
     section.add(
         "COPY into a fresh identical table (LIKE billing_events INCLUDING ALL)",
         total / copy_fresh_s,
@@ -278,29 +275,38 @@ def main(argv=None) -> int:
         "events/s",
     )
     section.add(
-        "events_record, batches of 1,000, idempotent",
+        "events_ingest, batches of 1,000, idempotent (returns the count)",
+        ing_rate,
+        "events/s",
+        "COPY into billing_events",
+        copy_rate,
+        target=">= 0.6 of COPY",
+        met=ing_rate / copy_rate >= 0.6,
+    )
+    section.add(
+        "events_record, batches of 1,000 (returns the created events)",
         rec_rate,
         "events/s",
         "COPY into billing_events",
         copy_rate,
-        target=">= 0.4 of COPY",
-        met=rec_rate / copy_rate >= 0.4,
     )
     section.add(
-        "events_record throughput",
-        rec_rate,
+        "events_ingest throughput",
+        ing_rate,
         "events/s",
         "Lago PostgreSQL-only (documented)",
         10_000,
         target=">= 30,000 events/s",
-        met=rec_rate >= 30_000,
+        met=ing_rate >= 30_000,
     )
     section.add(
-        "events_record, every event a duplicate (dedup pass)",
+        "events_ingest, every event a duplicate (dedup pass)",
         dup_rate,
         "events/s",
-        "events_record, first pass",
-        rec_rate,
+        "COPY into billing_events",
+        copy_rate,
+        target=">= 0.6 of COPY",
+        met=dup_rate / copy_rate >= 0.6,
     )
     section.check(
         "first pass created every event",
@@ -311,6 +317,11 @@ def main(argv=None) -> int:
         "dedup pass created nothing",
         created_again == 0 and rows_after_second == total,
         f"returned {created_again:,} created, {rows_after_second:,} rows",
+    )
+    section.check(
+        "events_record returned every event it created",
+        returned == total and rows_recorded == total,
+        f"returned {returned:,} events, {rows_recorded:,} rows, {total:,} sent",
     )
     section.save()
     return 1 if section.failed else 0

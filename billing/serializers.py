@@ -3,6 +3,7 @@
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
+from billing.ingest import EVENT_FIELDS
 from billing.models import BillingEvent, MeterReport
 from billing.selectors import GROUP_BY_CHOICES, parse_period_bound
 
@@ -14,20 +15,9 @@ class BillingEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = BillingEvent
-        fields = [
-            "id",
-            "event_type",
-            "event_name",
-            "user",
-            "resource_id",
-            "request_id",
-            "quantity",
-            "unit",
-            "unit_cost_cents",
-            "dimensions",
-            "status",
-            "created_at",
-        ]
+        # The written columns (one list, from the model: billing.ingest.EVENT_FIELDS) but
+        # the organization, which is the caller's own.
+        fields = [f.name for f in EVENT_FIELDS if f.name != "organization"]
         read_only_fields = fields
 
 
