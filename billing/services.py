@@ -19,7 +19,6 @@ the same key wait for each other on the unique index; exactly one row survives.
 """
 
 from collections.abc import Iterable, Mapping
-from decimal import Decimal
 
 import psycopg
 from django.db import DatabaseError, connection, transaction
@@ -32,56 +31,28 @@ from billing.ingest import (  # noqa: F401 - re-exported: the services' public n
     InvalidBillingEvent,
     event_type_default,
 )
-from billing.models import BillingEvent, BillingEventStatus
+from billing.models import BillingEvent
 from core.db import psycopg_cursor, transaction_aborted
 
 
-def event_build(
-    *,
-    organization=None,
-    organization_id=None,
-    event_name: str,
-    event_type: str | None = None,
-    user=None,
-    user_id=None,
-    resource_id=None,
-    request_id: str | None = None,
-    quantity=Decimal("1"),
-    unit: str = "call",
-    unit_cost_cents: int | None = None,
-    dimensions: Mapping | None = None,
-    status: int = BillingEventStatus.PENDING,
-    created_at=None,
-) -> BillingEvent:
+def event_build(**fields) -> BillingEvent:
     """An unsaved, priced ``BillingEvent`` (no database access).
 
-    ``organization`` (an ``Organization``) or ``organization_id`` is required;
-    ``unit_cost_cents`` defaults to the price of ``event_name`` (``billing.pricing``);
-    ``created_at`` defaults to now (UTC). ``request_id`` ``""`` is stored as NULL
-    (an event without request id is never deduplicated).
+    ``fields``: the keyword arguments of ``billing.ingest.event_values`` (``organization``
+    or ``organization_id``, ``event_name``, and optionally ``event_type``, ``user`` /
+    ``user_id``, ``resource_id``, ``request_id``, ``quantity`` (default 1), ``unit``
+    (default ``call``), ``unit_cost_cents`` (default: the price of ``event_name``,
+    ``billing.pricing``), ``dimensions``, ``status`` (default pending), ``created_at``
+    (default now, UTC)). ``request_id`` ``""`` is stored as NULL (an event without
+    request id is never deduplicated).
 
     Raises:
         InvalidBillingEvent: no organization, empty/too long event_name, request_id over
-            128 characters, negative or non-decimal quantity, unknown status.
+            128 characters, negative or non-decimal quantity, unknown status (see
+            ``event_values``).
+        TypeError: an unknown keyword, or no ``event_name``.
     """
-    return ingest.event_instance(
-        ingest.event_values(
-            organization=organization,
-            organization_id=organization_id,
-            event_name=event_name,
-            event_type=event_type,
-            user=user,
-            user_id=user_id,
-            resource_id=resource_id,
-            request_id=request_id,
-            quantity=quantity,
-            unit=unit,
-            unit_cost_cents=unit_cost_cents,
-            dimensions=dimensions,
-            status=status,
-            created_at=created_at,
-        )
-    )
+    return ingest.event_instance(ingest.event_values(**fields))
 
 
 #: The savepoint of ``event_insert_guarded`` (one at a time: the request path writes
