@@ -54,7 +54,7 @@ SELECT gen_random_uuid(),
                                     'status_code', 200, 'duration_ms', 12)
             ELSE '{}'::jsonb END,
        CASE WHEN %(start)s < %(posted_before)s THEN 1 ELSE 0 END,
-       %(start)s + (%(end)s - %(start)s) * ((g - %(lo)s)::float8 / %(n)s)
+       %(start)s + (%(end)s - %(start)s) * ((g - %(month_lo)s)::float8 / %(n)s)
 FROM generate_series(%(lo)s, %(hi)s) AS g
 CROSS JOIN LATERAL (
     SELECT * FROM (VALUES
@@ -123,27 +123,46 @@ def event_count(org_ids: list[str]) -> int:
 
 
 def generate(size: dict, org_ids: list[str]) -> float:
-    """(Re)generate the data set: deletes these organizations' events, inserts month by month
-    (one transaction each, on the explicit cross-tenant path: the rows belong to many
-    organizations), then VACUUM (ANALYZE) as the owner. Returns the seconds taken."""
+    """(Re)generate the data set: deletes these organizations' events, inserts them
+    (``generate_range``), then VACUUM (ANALYZE) as the owner. Returns the seconds taken."""
+
+    started = time.perf_counter()
+    delete_events(org_ids)
+    generate_range(size, org_ids, 0, size["events"])
+    return time.perf_counter() - started
+
+
+def delete_events(org_ids: list[str]) -> None:
+    """Delete the data set's events (the benchmark organizations' only)."""
+    from django.db import connection
+
+    from tenancy.context import cross_tenant
+
+    with cross_tenant(reason="bench: delete the usage data set"), connection.cursor() as cur:
+        cur.execute("DELETE FROM billing_events WHERE organization_id = ANY(%s::uuid[])", [org_ids])
+
+
+def generate_range(size: dict, org_ids: list[str], first: int, stop: int) -> None:
+    """Insert events ``first`` to ``stop - 1`` of the data set (numbered in time order over
+    its 12 months, ``size["events"]`` in all), month by month, one transaction each, on the
+    explicit cross-tenant path (the rows belong to many organizations); then VACUUM
+    (ANALYZE) as the owner. Ranges generated one after another make exactly the rows of
+    one whole generation (bench/growth.py measures between them)."""
     from django.db import connection
 
     from tenancy.context import cross_tenant
     from tenancy.rls.roles import owner_connection
 
-    reason = "bench: generate the usage data set"
-
     total, n_orgs = size["events"], len(org_ids)
     per_month = total // 12
-    started = time.perf_counter()
-    with cross_tenant(reason=reason), connection.cursor() as cur:
-        cur.execute("DELETE FROM billing_events WHERE organization_id = ANY(%s::uuid[])", [org_ids])
-    progress = Progress("generating billing_events", total)
-    done = 0
+    progress = Progress("generating billing_events", stop - first)
     for m in range(12):
-        lo = m * per_month
-        n = per_month if m < 11 else total - lo
-        with cross_tenant(reason=reason), connection.cursor() as cur:
+        month_lo = m * per_month
+        n = per_month if m < 11 else total - month_lo
+        lo, hi = max(first, month_lo), min(stop, month_lo + n)
+        if lo >= hi:
+            continue
+        with cross_tenant(reason="bench: generate the usage data set"), connection.cursor() as cur:
             cur.execute(
                 _INSERT_MONTH,
                 {
@@ -154,15 +173,14 @@ def generate(size: dict, org_ids: list[str]) -> float:
                     "end": MONTHS[m + 1],
                     "posted_before": MONTHS[11],
                     "lo": lo,
-                    "hi": lo + n - 1,
+                    "hi": hi - 1,
                     "n": n,
+                    "month_lo": month_lo,
                 },
             )
-        done += n
-        progress.update(done)
+        progress.update(hi - first)
     with owner_connection(), connection.cursor() as cur:
         cur.execute("VACUUM (ANALYZE) billing_events")
-    return time.perf_counter() - started
 
 
 def time_sql(sql: str, params, runs: int = RUNS) -> list[float]:
