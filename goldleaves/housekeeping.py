@@ -28,6 +28,9 @@ from django.utils import timezone
 from procrastinate.contrib.django import app
 from procrastinate.jobs import Status
 
+from billing.idempotency.purge import idempotency_key_purge_expired
+from tenancy.tokens import refresh_tokens_purge_expired
+
 logger = logging.getLogger("goldleaves.housekeeping")
 
 #: The queue of housekeeping jobs.
@@ -70,6 +73,12 @@ def purge_finished_jobs(now: datetime) -> int:
 #: The purges ``purge`` runs, in order: label -> function ``(now) -> rows deleted``.
 PURGES: dict[str, Callable[[datetime], int]] = {
     "finished jobs": purge_finished_jobs,
+    "expired idempotency keys": lambda now: idempotency_key_purge_expired(
+        now=now, batch_size=PURGE_BATCH
+    ),
+    "expired refresh tokens": lambda now: refresh_tokens_purge_expired(
+        now=now, batch_size=PURGE_BATCH
+    ),
 }
 
 

@@ -77,6 +77,27 @@ def revoke_refresh_tokens(*, user_id: int) -> int:
     return len(created)
 
 
+def refresh_tokens_purge_expired(*, now: datetime, batch_size: int = 5_000) -> int:
+    """Delete the refresh tokens that expired at or before ``now`` (UTC), with their
+    blacklist rows (``ON DELETE CASCADE``), ``batch_size`` rows per statement: what
+    simplejwt's ``flushexpiredtokens`` command does in one unbounded DELETE. An expired
+    token is refused by its ``exp`` claim whatever the tables hold, so this only reclaims
+    space. Returns the number of tokens deleted."""
+    deleted = 0
+    while True:
+        ids = list(
+            OutstandingToken.objects.filter(expires_at__lte=now)
+            .order_by("expires_at")
+            .values_list("id", flat=True)[:batch_size]
+        )
+        if not ids:
+            return deleted
+        OutstandingToken.objects.filter(id__in=ids).delete()
+        deleted += len(ids)
+        if len(ids) < batch_size:
+            return deleted
+
+
 class RotatingTokenRefreshSerializer(serializers.Serializer):
     """``{"refresh": str}`` -> ``{"access": str, "refresh": str}`` (the refresh token
     rotated when ``ROTATE_REFRESH_TOKENS``).

@@ -1,14 +1,20 @@
 """Housekeeping jobs: the daily purge of finished jobs, and the periodic schedule."""
 
 import logging
+from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 from procrastinate.contrib.django import app
 from procrastinate.contrib.django.models import ProcrastinateEvent, ProcrastinateJob
+from rest_framework_simplejwt.token_blacklist.models import BlacklistedToken, OutstandingToken
 
+from billing.models import IdempotencyKey
+from billing.tests.test_idempotency import stored_key
 from goldleaves import housekeeping
 from tenancy.tests.jobs import run_jobs
+from tenancy.tokens import RefreshToken, refresh_tokens_purge_expired
 
 pytestmark = pytest.mark.django_db
 
@@ -35,13 +41,45 @@ def test_purge_deletes_finished_jobs_older_than_the_retention_only(settings):
         age(job_id, 8)
     age(recent_failed, 6)
 
-    assert housekeeping.purge(timestamp=0) == {"finished jobs": 1}
+    assert housekeeping.purge(timestamp=0)["finished jobs"] == 1
     assert set(ProcrastinateJob.objects.values_list("id", flat=True)) == {
         recent_failed,  # finished 6 days ago: kept
         old_waiting,  # never finished: kept, however old
     }
     assert not ProcrastinateEvent.objects.filter(job_id=old_failed).exists()
-    assert housekeeping.purge(timestamp=0) == {"finished jobs": 0}
+    assert housekeeping.purge(timestamp=0)["finished jobs"] == 0
+
+
+def test_purge_deletes_expired_idempotency_keys_and_refresh_tokens_of_every_tenant(
+    org, outsider_org, owner
+):
+    now = timezone.now()
+    IdempotencyKey.objects.bulk_create(
+        stored_key(o, f"k{i}", now + timedelta(hours=-1 if i < 3 else 1))
+        for o in (org, outsider_org)
+        for i in range(5)
+    )
+    expired = RefreshToken.for_user(owner)
+    OutstandingToken.objects.filter(jti=expired["jti"]).update(expires_at=now - timedelta(days=1))
+    expired.blacklist()
+    live = RefreshToken.for_user(owner)
+
+    done = housekeeping.purge(timestamp=0)
+
+    assert done == {"finished jobs": 0, "expired idempotency keys": 6, "expired refresh tokens": 1}
+    assert sorted(IdempotencyKey.objects.values_list("key", flat=True)) == ["k3", "k3", "k4", "k4"]
+    assert list(OutstandingToken.objects.values_list("jti", flat=True)) == [live["jti"]]
+    assert not BlacklistedToken.objects.exists()
+    assert housekeeping.purge(timestamp=0)["expired refresh tokens"] == 0
+
+
+def test_refresh_token_purge_works_in_batches(owner):
+    now = timezone.now()
+    for _ in range(5):
+        RefreshToken.for_user(owner)
+    OutstandingToken.objects.update(expires_at=now - timedelta(seconds=1))
+    assert refresh_tokens_purge_expired(now=now, batch_size=2) == 5
+    assert not OutstandingToken.objects.exists()
 
 
 def test_purge_works_in_batches(settings, monkeypatch):
