@@ -87,6 +87,13 @@ def _run(fn, org, other, owner, *, copy: bool):
     return result, table
 
 
+def _key(item) -> tuple:
+    """(organization id, event name, request id) of a batch item."""
+    if isinstance(item, BillingEvent):
+        return (item.organization_id, item.event_name, item.request_id)
+    return (item["organization"].pk, item["event_name"], item.get("request_id"))
+
+
 def _summary(event: BillingEvent) -> tuple:
     return tuple(getattr(event, a) for a in ingest.EVENT_ATTNAMES if a != "id")
 
@@ -107,6 +114,14 @@ def test_copy_path_writes_and_returns_the_same_as_the_unnest_path(org, outsider_
     assert olds == {(outsider_org.pk, "old-0")}, "a key already in the table was written again"
     assert existing.isdisjoint(olds)
     assert [e.created_at for e in copied] == sorted(e.created_at for e in copied)
+    first = {}  # key -> the position of its first occurrence in the batch
+    for i, item in enumerate(_batch(org, outsider_org, owner)):
+        first.setdefault(_key(item), i)
+    duplicated = [e for e in copied if e.request_id and e.request_id.startswith("req-")]
+    assert duplicated and all(
+        e.dimensions["i"] == first[(e.organization_id, e.event_name, e.request_id)]
+        for e in duplicated
+    ), "a later occurrence of a key won over the first"
     # A BillingEvent item that was created is returned as itself.
     given = [e for e in _batch(org, outsider_org, owner) if isinstance(e, BillingEvent)]
     assert any(type(e) is BillingEvent and e.request_id == given[1].request_id for e in copied)
