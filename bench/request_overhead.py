@@ -39,34 +39,30 @@ Usage: ``python bench/request_overhead.py [--quick] [--client auto|wrk|python]``
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import ROOT, Section, bench_env, median, percentile, setup_django  # noqa: E402
+from bench._common import ROOT, Section, bench_env, median, setup_django  # noqa: E402
+from bench._load import HOST, Load, Server, prime_replay, runner  # noqa: E402
 
 ORG_SLUG = "bench-overhead"
 CASES = 1_000
-HOST = "127.0.0.1"
 VARIANTS = {
     "a": {"label": "metering off", "metering": "false", "settings": "goldleaves.settings"},
     "b": {"label": "metering on", "metering": "true", "settings": "goldleaves.settings"},
     "c": {"label": "drf-api-tracking", "metering": "false", "settings": "bench.peer.settings"},
 }
 TRACKING_TABLE = "rest_framework_tracking_apirequestlog"
+#: (key in the load figures, unit, name in the table) of each figure of a run.
+FIGURES = (("rps", "req/s", "req/s"), ("p50_ms", "ms", "p50"), ("p99_ms", "ms", "p99"))
 
 
 # --- fixtures ----------------------------------------------------------------------------
@@ -77,6 +73,7 @@ def seed() -> dict:
     signed with this process's SECRET_KEY (the server gets the same environment).
     """
     from cases.models import Case, Client
+    from tenancy.context import tenant_context
     from tenancy.models import Membership, Organization, User
     from tenancy.serializers import OrganizationTokenObtainPairSerializer
 
@@ -89,11 +86,12 @@ def seed() -> dict:
     if created:
         user.set_unusable_password()
         user.save()
-    Membership.objects.get_or_create(organization=org, user=user, defaults={"role": "owner"})
-    client, _ = Client.objects.get_or_create(organization=org, name="Bench Client")
+    with tenant_context(org):  # tenant rows: in the organization's own context (RLS)
+        Membership.objects.get_or_create(organization=org, user=user, defaults={"role": "owner"})
+        client, _ = Client.objects.get_or_create(organization=org, name="Bench Client")
     cleanup(org.pk)
-    have = Case.objects.filter(organization=org).count()
-    if have < CASES:
+    with tenant_context(org):
+        have = Case.objects.filter(organization=org).count()
         Case.objects.bulk_create(
             Case(
                 organization=org,
@@ -115,9 +113,10 @@ def cleanup(org_id) -> None:
     drifted from 134 to 87 req/s over a few runs). VACUUM needs the owner role."""
     from django.db import connection
 
+    from tenancy.context import cross_tenant
     from tenancy.rls.roles import owner_connection
 
-    with connection.cursor() as cur:
+    with cross_tenant(reason="bench: cleanup"), connection.cursor() as cur:
         cur.execute(
             "DELETE FROM cases_case WHERE organization_id = %s AND reference_number LIKE 'B-%%'",
             [org_id],
@@ -129,10 +128,13 @@ def cleanup(org_id) -> None:
 
 def count_rows(org_id) -> dict:
     """Rows written so far by metering (billing_events), by the peer (its request log), as
-    stored Idempotency-Key answers, and cases POSTed by the benchmark (``B-...``)."""
+    stored Idempotency-Key answers, and cases POSTed by the benchmark (``B-...``). Read on
+    the explicit cross-tenant path (the peer's request log is no tenant table)."""
     from django.db import connection
 
-    with connection.cursor() as cur:
+    from tenancy.context import cross_tenant
+
+    with cross_tenant(reason="bench: rows written by the run"), connection.cursor() as cur:
         cur.execute("SELECT count(*) FROM billing_events WHERE organization_id = %s", [org_id])
         billing = cur.fetchone()[0]
         cur.execute(f"SELECT count(*) FROM {TRACKING_TABLE} WHERE path LIKE '/api/v1/cases/%%'")
@@ -150,315 +152,16 @@ def count_rows(org_id) -> dict:
     return {"billing": billing, "tracking": tracking, "keys": keys, "cases": cases}
 
 
-# --- server ------------------------------------------------------------------------------
-class Server:
-    """A gunicorn master with ``workers`` sync workers, its access log, and an RSS sampler."""
-
-    def __init__(self, variant: str, *, port: int, workers: int, logdir: Path):
-        self.variant, self.port, self.workers = variant, port, workers
-        self.access_log = logdir / f"access-{variant}-{uuid.uuid4().hex[:6]}.log"
-        self.error_log = logdir / f"error-{variant}.log"
-        self.peak_rss = 0
-        self._sampling = False
-
-    def start(self) -> None:
-        spec = VARIANTS[self.variant]
-        env = bench_env()
-        env.update(
-            BILLING_METERING_ENABLED=spec["metering"],
-            DJANGO_SETTINGS_MODULE=spec["settings"],
-            PYTHONPATH=str(ROOT),
-        )
-        cmd = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "goldleaves.wsgi:application",
-            "--workers",
-            str(self.workers),
-            "--worker-class",
-            "sync",
-            "--bind",
-            f"{HOST}:{self.port}",
-            "--backlog",
-            "256",
-            "--access-logfile",
-            str(self.access_log),
-            "--access-logformat",
-            "%(s)s %(m)s %(U)s",
-            "--error-logfile",
-            str(self.error_log),
-        ]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited early; see {self.error_log}")
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{self.port}/health/", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            raise RuntimeError(
-                f"gunicorn did not answer /health/ within 60 s; see {self.error_log}"
-            )
-
-    def worker_rss(self) -> list[int]:
-        import psutil
-
-        try:
-            return [c.memory_info().rss for c in psutil.Process(self.proc.pid).children()]
-        except psutil.Error:
-            return []
-
-    def sample(self):
-        """Context manager: sample worker RSS every 0.2 s while the block runs."""
-        server = self
-
-        class _Sampler:
-            def __enter__(self):
-                server._sampling = True
-                self.thread = threading.Thread(target=self.run, daemon=True)
-                self.thread.start()
-
-            def run(self):
-                while server._sampling:
-                    server.peak_rss = max([server.peak_rss, *server.worker_rss()])
-                    time.sleep(0.2)
-
-            def __exit__(self, *exc):
-                server._sampling = False
-                self.thread.join()
-
-        return _Sampler()
-
-    def log_lines(self) -> list[str]:
-        try:
-            return self.access_log.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
-# --- load generators ---------------------------------------------------------------------
-_WRK_LUA = """
-wrk.method = "{method}"
-wrk.headers["Authorization"] = "Bearer {token}"
-wrk.headers["Content-Type"] = "application/json"
-local mode = "{mode}"
-local n = 0
-local tid = 0
-function setup(thread)
-  tid = tid + 1
-  thread:set("tid", tid)
-end
-local function keyed(key)
-  local headers = {{}}
-  for name, value in pairs(wrk.headers) do headers[name] = value end
-  headers["Idempotency-Key"] = key
-  return headers
-end
-function request()
-  if wrk.method == "GET" then return wrk.format() end
-  n = n + 1
-  if mode == "replay" then
-    return wrk.format(nil, nil, keyed("{tag}-replay"),
-      '{{"client": "{client_id}", "title": "Bench matter", "reference_number": "B-{tag}-r"}}')
-  end
-  local body = string.format(
-    '{{"client": "{client_id}", "title": "Bench matter", "reference_number": "B-{tag}-%d-%d"}}',
-    tid, n)
-  if mode == "key" then
-    return wrk.format(nil, nil, keyed(string.format("{tag}-%d-%d", tid, n)), body)
-  end
-  return wrk.format(nil, nil, nil, body)
-end
-"""
-
-#: POST modes: ``plain`` (no key), ``key`` (a new Idempotency-Key per request: first
-#: tries), ``replay`` (one key and body for every request: replays after the first).
-POST_MODES = ("plain", "key", "replay")
-
-
-def _wrk_ms(text: str) -> float:
-    match = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if match is None:
-        return float("nan")
-    value, unit = match.groups()
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
-
-
-def run_wrk(
-    url: str,
-    method: str,
-    *,
-    fx: dict,
-    concurrency: int,
-    duration: float,
-    mode: str = "plain",
-    tag: str | None = None,
-) -> dict:
-    """Drive ``url`` with wrk (one thread, ``concurrency`` connections) and parse its report;
-    ``mode``: see ``POST_MODES``; ``tag``: the keys' and references' prefix (default: new)."""
-    tag = tag or uuid.uuid4().hex[:8]
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(_WRK_LUA.format(method=method, tag=tag, mode=mode, **fx))
-    try:
-        out = subprocess.run(
-            [
-                "wrk",
-                "-t1",
-                f"-c{concurrency}",
-                f"-d{int(duration)}s",
-                "--timeout",
-                "10s",
-                "--latency",
-                "-s",
-                fh.name,
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    finally:
-        os.unlink(fh.name)
-    pct = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)\s*$", out, re.M))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    if not total or "50" not in pct or "99" not in pct:  # nothing completed: say so, keep going
-        print(f"  wrk: no latency figures in its report:\n{out}", file=sys.stderr)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: (.*)$", out, re.M)
-    return {
-        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-        "p50_ms": _wrk_ms(pct["50"]) if "50" in pct else float("nan"),
-        "p99_ms": _wrk_ms(pct["99"]) if "99" in pct else float("nan"),
-        "requests": total,
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-        "socket_errors": errors.group(1) if errors else "",
-    }
-
-
-async def _python_load(
-    url: str,
-    method: str,
-    *,
-    fx: dict,
-    concurrency: int,
-    duration: float,
-    mode: str = "plain",
-    tag: str | None = None,
-):
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    target = parts.path + (f"?{parts.query}" if parts.query else "")
-    tag = tag or uuid.uuid4().hex[:8]
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    deadline = time.perf_counter() + duration
-
-    def build(worker: int, n: int) -> bytes:
-        body, key = b"", ""
-        if method == "POST":
-            reference = f"B-{tag}-r" if mode == "replay" else f"B-{tag}-{worker}-{n}"
-            body = json.dumps(
-                {"client": fx["client_id"], "title": "Bench matter", "reference_number": reference}
-            ).encode()
-            if mode == "key":
-                key = f"Idempotency-Key: {tag}-{worker}-{n}\r\n"
-            elif mode == "replay":
-                key = f"Idempotency-Key: {tag}-replay\r\n"
-        head = (
-            f"{method} {target} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            f"Authorization: Bearer {fx['token']}\r\nContent-Type: application/json\r\n"
-            f"{key}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        )
-        return head.encode() + body
-
-    async def worker(i: int):
-        n = 0
-        while time.perf_counter() < deadline:
-            n += 1
-            raw = build(i, n)
-            t0 = time.perf_counter()
-            reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-            writer.write(raw)
-            await writer.drain()
-            data = await reader.read()
-            writer.close()
-            latencies.append((time.perf_counter() - t0) * 1000.0)
-            status = int(data.split(b" ", 2)[1]) if data else 0
-            statuses[status] = statuses.get(status, 0) + 1
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    elapsed = time.perf_counter() - start
-    return {
-        "rps": len(latencies) / elapsed,
-        "p50_ms": percentile(latencies, 50),
-        "p99_ms": percentile(latencies, 99),
-        "requests": len(latencies),
-        "non_2xx": sum(v for k, v in statuses.items() if not 200 <= k < 300),
-        "socket_errors": "",
-    }
-
-
-def run_python(url: str, method: str, **kw) -> dict:
-    """Drive ``url`` with the built-in asyncio client (in a child process, so that the
-    client never shares this process's interpreter or GIL with anything else)."""
-    code = (
-        "import asyncio, json, sys; sys.path.insert(0, sys.argv[1]);"
-        "from bench.request_overhead import _python_load;"
-        "a = json.loads(sys.argv[2]);"
-        "print(json.dumps(asyncio.run(_python_load(a['url'], a['method'], **a['kw']))))"
-    )
-    arg = json.dumps({"url": url, "method": method, "kw": kw})
-    out = subprocess.run(
-        [sys.executable, "-c", code, str(ROOT), arg], capture_output=True, text=True, check=True
-    )
-    return json.loads(out.stdout)
-
-
-def prime_replay(url: str, fx: dict, tag: str) -> None:
-    """Send the first try of the ``replay`` mode's request (its key and body, as the load
-    generators build them) and check it created the case (201)."""
-    body = json.dumps(
-        {"client": fx["client_id"], "title": "Bench matter", "reference_number": f"B-{tag}-r"}
-    ).encode()
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={
-            "Authorization": f"Bearer {fx['token']}",
-            "Content-Type": "application/json",
-            "Idempotency-Key": f"{tag}-replay",
-        },
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        assert response.status == 201, response.status
-
-
 # --- the benchmark -----------------------------------------------------------------------
 def measure(server: Server, client: str, fx: dict, *, concurrency: int, duration: float) -> dict:
     """Warm up, then GET and POST for ``duration`` seconds each; returns figures and checks."""
-    load = run_wrk if client == "wrk" else run_python
+    load = runner(client)
     base = f"http://{HOST}:{server.port}/api/v1/cases/"
     runs = {"GET": ("GET", base + "?page_size=20", "plain"), "POST": ("POST", base, "plain")}
     if server.variant == "b":  # Idempotency-Key beside plain POST, metering on
         runs["POST key"] = ("POST", base, "key")
         runs["POST replay"] = ("POST", base, "replay")
-    load(runs["GET"][1], "GET", fx=fx, concurrency=concurrency, duration=2)  # warm-up
+    load(Load(runs["GET"][1], "GET", fx, concurrency, duration=2))  # warm-up
     time.sleep(0.5)
     results = {}
     for name, (method, url, mode) in runs.items():
@@ -467,9 +170,7 @@ def measure(server: Server, client: str, fx: dict, *, concurrency: int, duration
             prime_replay(url, fx, tag)
         before_rows, before_log = count_rows(fx["org_id"]), len(server.log_lines())
         with server.sample():
-            figures = load(
-                url, method, fx=fx, concurrency=concurrency, duration=duration, mode=mode, tag=tag
-            )
+            figures = load(Load(url, method, fx, concurrency, duration, mode=mode, tag=tag))
         time.sleep(0.5)  # let requests in flight at the end finish and reach the access log
         after_rows = count_rows(fx["org_id"])
         lines = [line.split() for line in server.log_lines()[before_log:]]
@@ -554,7 +255,14 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-gunicorn-") as logdir:
         for r in range(rounds):
             for variant in order[r % 3 :] + order[: r % 3]:
-                server = Server(variant, port=args.port, workers=args.workers, logdir=Path(logdir))
+                spec = VARIANTS[variant]
+                env = {
+                    "BILLING_METERING_ENABLED": spec["metering"],
+                    "DJANGO_SETTINGS_MODULE": spec["settings"],
+                }
+                server = Server(
+                    variant, env=env, port=args.port, workers=args.workers, logdir=Path(logdir)
+                )
                 server.start()
                 try:
                     res = measure(
@@ -604,30 +312,23 @@ def main(argv=None) -> int:
             target="<= 1.10",
             met=b_p50 / a_p50 <= 1.10,
         )
-        section.add(
-            f"{what} p99, metering on (b)",
-            med("b", method, "p99_ms"),
-            "ms",
-            "metering off (a)",
-            med("a", method, "p99_ms"),
-        )
-        section.add(
-            f"{what} req/s, drf-api-tracking (c)", c_rps, "req/s", "metering off (a)", a_rps
-        )
-        section.add(
-            f"{what} p50, drf-api-tracking (c)",
-            med("c", method, "p50_ms"),
-            "ms",
-            "metering off (a)",
-            a_p50,
-        )
-        section.add(
-            f"{what} p99, drf-api-tracking (c)",
-            med("c", method, "p99_ms"),
-            "ms",
-            "metering off (a)",
-            med("a", method, "p99_ms"),
-        )
+        for variant, label in (("b", "metering on"), ("c", "drf-api-tracking")):
+            if variant == "c":
+                section.add(f"{what} req/s, {label} (c)", c_rps, "req/s", "metering off (a)", a_rps)
+                section.add(
+                    f"{what} p50, {label} (c)",
+                    med("c", method, "p50_ms"),
+                    "ms",
+                    "metering off (a)",
+                    a_p50,
+                )
+            section.add(
+                f"{what} p99, {label} ({variant})",
+                med(variant, method, "p99_ms"),
+                "ms",
+                "metering off (a)",
+                med("a", method, "p99_ms"),
+            )
         section.add(
             f"{what} throughput kept, metering (b/a) vs drf-api-tracking (c/a)",
             b_rps / a_rps,
@@ -638,18 +339,12 @@ def main(argv=None) -> int:
             met=b_rps > c_rps,
         )
     post = "POST /api/v1/cases/"
-    plain_rps, plain_p50 = med("b", "POST", "rps"), med("b", "POST", "p50_ms")
     for mode, label in (("POST key", "first try"), ("POST replay", "replay")):
         what = f"{post} with Idempotency-Key, {label}, metering on"
-        section.add(f"{what} req/s", med("b", mode, "rps"), "req/s", "plain POST (b)", plain_rps)
-        section.add(f"{what} p50", med("b", mode, "p50_ms"), "ms", "plain POST (b)", plain_p50)
-        section.add(
-            f"{what} p99",
-            med("b", mode, "p99_ms"),
-            "ms",
-            "plain POST (b)",
-            med("b", "POST", "p99_ms"),
-        )
+        for key, unit, name in FIGURES:
+            section.add(
+                f"{what} {name}", med("b", mode, key), unit, "plain POST (b)", med("b", "POST", key)
+            )
     mib = 1024 * 1024
     for variant in VARIANTS:
         peak = max(per[variant]["rss"]) / mib
@@ -665,44 +360,32 @@ def main(argv=None) -> int:
 
 
 def _checks(section: Section, variant: str, method: str, r: int, f: dict) -> None:
-    name = f"round {r + 1} {variant} {method}"
+    """The correctness checks of one run (rows written against requests served)."""
+    served = f"{f['served_2xx']} 2xx of {f['served']} served"
+    rows = f"{f['cases_created']} cases, {f['billing_rows']} events, {f['key_rows']} keys"
     if method == "POST replay":
-        section.check(
-            f"{name}: the replays created, billed and stored nothing (one case, its first try)",
-            (f["cases_created"], f["billing_rows"], f["key_rows"]) == (1, 0, 0),
-            f"{f['cases_created']} cases, {f['billing_rows']} events, {f['key_rows']} keys "
-            f"for {f['served_2xx']} 2xx of {f['served']} served",
-        )
+        title = "the replays created, billed and stored nothing (one case, its first try)"
+        ok = (f["cases_created"], f["billing_rows"], f["key_rows"]) == (1, 0, 0)
+        checks = [(title, ok, f"{rows} for {served}")]
     elif method == "POST key":
-        section.check(
-            f"{name}: one case, one event and one stored key per first try",
-            f["cases_created"] == f["billing_rows"] == f["key_rows"] == f["served_2xx"],
-            f"{f['cases_created']} cases, {f['billing_rows']} events, {f['key_rows']} keys, "
-            f"{f['served_2xx']} 2xx of {f['served']} served",
-        )
+        title = "one case, one event and one stored key per first try"
+        ok = f["cases_created"] == f["billing_rows"] == f["key_rows"] == f["served_2xx"]
+        checks = [(title, ok, f"{rows}, {served}")]
     elif variant == "b":
-        section.check(
-            f"{name}: billing_events rows == successful billable requests",
-            f["billing_rows"] == f["served_2xx"],
-            f"{f['billing_rows']} rows, {f['served_2xx']} 2xx of {f['served']} served",
-        )
+        title = "billing_events rows == successful billable requests"
+        ok = f["billing_rows"] == f["served_2xx"]
+        checks = [(title, ok, f"{f['billing_rows']} rows, {served}")]
     else:
-        section.check(
-            f"{name}: no billing_events with metering off",
-            f["billing_rows"] == 0,
-            f"{f['billing_rows']} rows",
-        )
+        title = "no billing_events with metering off"
+        checks = [(title, f["billing_rows"] == 0, f"{f['billing_rows']} rows")]
     if variant == "c":
-        section.check(
-            f"{name}: one drf-api-tracking row per request",
-            f["tracking_rows"] == f["served"],
-            f"{f['tracking_rows']} rows, {f['served']} served",
-        )
-    section.check(
-        f"{name}: every response 2xx",
-        f["served_2xx"] == f["served"] and f["non_2xx"] == 0,
-        f"{f['served'] - f['served_2xx']} non-2xx in the access log, {f['non_2xx']} at the client",
-    )
+        title, ok = "one drf-api-tracking row per request", f["tracking_rows"] == f["served"]
+        checks.append((title, ok, f"{f['tracking_rows']} rows, {f['served']} served"))
+    non_2xx = f"{f['served'] - f['served_2xx']} non-2xx in the access log"
+    ok = f["served_2xx"] == f["served"] and f["non_2xx"] == 0
+    checks.append(("every response 2xx", ok, f"{non_2xx}, {f['non_2xx']} at the client"))
+    for title, ok, detail in checks:
+        section.check(f"round {r + 1} {variant} {method}: {title}", ok, detail)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ SELECT gen_random_uuid(),
                                     'status_code', 200, 'duration_ms', 12)
             ELSE '{}'::jsonb END,
        CASE WHEN %(start)s < %(posted_before)s THEN 1 ELSE 0 END,
-       %(start)s + (%(end)s - %(start)s) * ((g - %(lo)s)::float8 / %(n)s)
+       %(start)s + (%(end)s - %(start)s) * ((g - %(month_lo)s)::float8 / %(n)s)
 FROM generate_series(%(lo)s, %(hi)s) AS g
 CROSS JOIN LATERAL (
     SELECT * FROM (VALUES
@@ -112,7 +112,9 @@ def organizations(size: dict) -> list[str]:
 def event_count(org_ids: list[str]) -> int:
     from django.db import connection
 
-    with connection.cursor() as cur:
+    from tenancy.context import cross_tenant
+
+    with cross_tenant(reason="bench: count the generated events"), connection.cursor() as cur:
         cur.execute(
             "SELECT count(*) FROM billing_events WHERE organization_id = ANY(%s::uuid[])",
             [org_ids],
@@ -121,21 +123,46 @@ def event_count(org_ids: list[str]) -> int:
 
 
 def generate(size: dict, org_ids: list[str]) -> float:
-    """(Re)generate the data set: deletes these organizations' events, inserts month by month
-    (one transaction each), then ANALYZE. Returns the seconds taken."""
-    from django.db import connection, transaction
+    """(Re)generate the data set: deletes these organizations' events, inserts them
+    (``generate_range``), then VACUUM (ANALYZE) as the owner. Returns the seconds taken."""
+
+    started = time.perf_counter()
+    delete_events(org_ids)
+    generate_range(size, org_ids, 0, size["events"])
+    return time.perf_counter() - started
+
+
+def delete_events(org_ids: list[str]) -> None:
+    """Delete the data set's events (the benchmark organizations' only)."""
+    from django.db import connection
+
+    from tenancy.context import cross_tenant
+
+    with cross_tenant(reason="bench: delete the usage data set"), connection.cursor() as cur:
+        cur.execute("DELETE FROM billing_events WHERE organization_id = ANY(%s::uuid[])", [org_ids])
+
+
+def generate_range(size: dict, org_ids: list[str], first: int, stop: int) -> None:
+    """Insert events ``first`` to ``stop - 1`` of the data set (numbered in time order over
+    its 12 months, ``size["events"]`` in all), month by month, one transaction each, on the
+    explicit cross-tenant path (the rows belong to many organizations); then VACUUM
+    (ANALYZE) as the owner. Ranges generated one after another make exactly the rows of
+    one whole generation (bench/growth.py measures between them)."""
+    from django.db import connection
+
+    from tenancy.context import cross_tenant
+    from tenancy.rls.roles import owner_connection
 
     total, n_orgs = size["events"], len(org_ids)
     per_month = total // 12
-    started = time.perf_counter()
-    with connection.cursor() as cur:
-        cur.execute("DELETE FROM billing_events WHERE organization_id = ANY(%s::uuid[])", [org_ids])
-    progress = Progress("generating billing_events", total)
-    done = 0
+    progress = Progress("generating billing_events", stop - first)
     for m in range(12):
-        lo = m * per_month
-        n = per_month if m < 11 else total - lo
-        with transaction.atomic(), connection.cursor() as cur:
+        month_lo = m * per_month
+        n = per_month if m < 11 else total - month_lo
+        lo, hi = max(first, month_lo), min(stop, month_lo + n)
+        if lo >= hi:
+            continue
+        with cross_tenant(reason="bench: generate the usage data set"), connection.cursor() as cur:
             cur.execute(
                 _INSERT_MONTH,
                 {
@@ -146,15 +173,14 @@ def generate(size: dict, org_ids: list[str]) -> float:
                     "end": MONTHS[m + 1],
                     "posted_before": MONTHS[11],
                     "lo": lo,
-                    "hi": lo + n - 1,
+                    "hi": hi - 1,
                     "n": n,
+                    "month_lo": month_lo,
                 },
             )
-        done += n
-        progress.update(done)
-    with connection.cursor() as cur:
+        progress.update(hi - first)
+    with owner_connection(), connection.cursor() as cur:
         cur.execute("VACUUM (ANALYZE) billing_events")
-    return time.perf_counter() - started
 
 
 def time_sql(sql: str, params, runs: int = RUNS) -> list[float]:
@@ -246,12 +272,19 @@ def main(argv=None) -> int:
     others = [o for o in org_ids if o != org]
     raw_cold_orgs, sel_cold_orgs = others[0::2][:RUNS], others[1::2][:RUNS]
     raw = {}
+    from tenancy.context import cross_tenant
+
+    # The raw baseline runs on the explicit cross-tenant path (one transaction; the policy's
+    # first terms admit every row), the selectors each in their organization's context.
     for key, sql, label in (
         ("summary", RAW_SUMMARY, "usage-summary (month)"),
         ("by_day", RAW_BY_DAY, "usage-report by day"),
     ):
-        warm = time_sql(sql, [org, month_start, month_end])
-        cold = time_each(lambda o, sql=sql: _fetch(sql, [o, month_start, month_end]), raw_cold_orgs)
+        with cross_tenant(reason="bench: raw GROUP BY baseline"):
+            warm = time_sql(sql, [org, month_start, month_end])
+            cold = time_each(
+                lambda o, sql=sql: _fetch(sql, [o, month_start, month_end]), raw_cold_orgs
+            )
         raw[key] = {"cold": cold, "warm": warm}
         _rows(section, f"{label}, raw GROUP BY", cold, warm)
     if args.explain:
@@ -300,9 +333,11 @@ def _rows(section, label: str, cold: list[float], warm: list[float], baseline=No
 
 def _selector_rows(section, org_id, cold_orgs, start, end, raw) -> None:
     """Time ``billing.usage.usage_summary`` and ``usage_report(group_by="day")``, the
-    functions the API calls, cold (a different organization each run) and warm. They keep
-    no application cache, so "cache" here is PostgreSQL's and the OS's page cache."""
+    functions the API calls, each call in its organization's ``tenant_context`` (its
+    transaction and settings included), cold (a different organization each run) and warm.
+    They keep no application cache, so "cache" here is PostgreSQL's and the OS's page cache."""
     from billing.usage import usage_report, usage_summary
+    from tenancy.context import tenant_context
     from tenancy.models import Organization
 
     orgs = Organization.objects.in_bulk([org_id, *cold_orgs])
@@ -313,7 +348,8 @@ def _selector_rows(section, org_id, cold_orgs, start, end, raw) -> None:
     for label, fn, extra, key in calls:
 
         def call(o, fn=fn, extra=extra):
-            return fn(organization=orgs[_uuid(o)], start=start, end=end, **extra)
+            with tenant_context(orgs[_uuid(o)]):  # as a request runs it
+                return fn(organization=orgs[_uuid(o)], start=start, end=end, **extra)
 
         warm = time_each(call, [org_id] * (RUNS + 1))[1:]
         cold = time_each(call, cold_orgs)

@@ -5,6 +5,7 @@ from datetime import UTC, timedelta
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
+from billing.ingest import EVENT_FIELDS
 from billing.models import BillingEvent, MeterReport
 from billing.selectors import billing_zone, parse_period_bound
 from billing.usage import GROUP_BY_CHOICES
@@ -17,20 +18,9 @@ class BillingEventSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = BillingEvent
-        fields = [
-            "id",
-            "event_type",
-            "event_name",
-            "user",
-            "resource_id",
-            "request_id",
-            "quantity",
-            "unit",
-            "unit_cost_cents",
-            "dimensions",
-            "status",
-            "created_at",
-        ]
+        # The written columns (one list, from the model: billing.ingest.EVENT_FIELDS) but
+        # the organization, which is the caller's own.
+        fields = [f.name for f in EVENT_FIELDS if f.name != "organization"]
         read_only_fields = fields
 
 

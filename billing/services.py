@@ -3,11 +3,13 @@
 Every write is one ``INSERT ... ON CONFLICT DO NOTHING`` (PostgreSQL manual, INSERT,
 "ON CONFLICT Clause"). On the request path (``event_insert_guarded``, used by
 ``UsageMiddleware``) it is the INSERT the ORM compiles for one event, sent inside a
-savepoint in a single round trip. For ``event_record`` / ``events_record`` it is
-``INSERT ... SELECT FROM unnest(...) ... RETURNING id`` on Django's connection, so the
-created rows come back in the same round trip (the ORM's ``ignore_conflicts`` cannot
-return them; a confirming SELECT cost a second query and the per-row parameters a
-third of a batch's time). An event whose key already exists (same organization, event
+savepoint in a single round trip. ``event_record`` / ``events_record`` validate each
+event into a plain row (``billing.ingest.event_values``; prices and defaults once per
+batch) and write them set-based with ``RETURNING id``: a small batch in one ``INSERT
+... SELECT FROM unnest(...)``, a larger one streamed with ``COPY`` into a temporary
+staging table and inserted from it (``billing.ingest``), so the created rows come back
+with the write and no model instance is made for an event the caller does not get
+back. An event whose key already exists (same organization, event
 name and request id, the partial unique constraint
 ``billing_event_org_name_request_unique``; on the request path the request id is the
 server's, unique per request, and ``doc.upload``/``doc.processed`` are keyed on the
@@ -16,120 +18,41 @@ transaction (the request's) is never aborted by a duplicate. Concurrent inserts 
 the same key wait for each other on the unique index; exactly one row survives.
 """
 
-import json
 from collections.abc import Iterable, Mapping
-from decimal import Decimal, InvalidOperation
 
 import psycopg
-from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DatabaseError, connection, transaction
 from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
 from django.db.transaction import TransactionManagementError
-from django.utils import timezone
-from uuid6 import uuid7
 
-from billing.models import BillingEvent, BillingEventStatus
-from billing.pricing import unit_cost_cents as price_of
+from billing import ingest
+from billing.ingest import (  # noqa: F401 - re-exported: the services' public names
+    InvalidBillingEvent,
+    event_type_default,
+)
+from billing.models import BillingEvent
 from core.db import psycopg_cursor, transaction_aborted
 
-#: Events per INSERT statement of ``events_record``: it binds 13 arrays whatever the
-#: size, so this only bounds one statement's memory. 1,000 events = 1 INSERT.
-INSERT_BATCH_SIZE = 2000
 
-_EVENT_TYPES = {"api": "api", "doc": "document"}
-# Computed once: iterating the enum for every event cost a quarter of event_build.
-_STATUSES = frozenset(BillingEventStatus.values)
-_FIELDS = {
-    "organization",
-    "organization_id",
-    "event_name",
-    "event_type",
-    "user",
-    "user_id",
-    "resource_id",
-    "request_id",
-    "quantity",
-    "unit",
-    "unit_cost_cents",
-    "dimensions",
-    "status",
-    "created_at",
-}
-
-
-class InvalidBillingEvent(ValueError):
-    """An event description is incomplete or malformed (message says which field)."""
-
-
-def event_type_default(event_name: str) -> str:
-    """``api.request -> api``, ``doc.upload -> document``; otherwise the part before the dot."""
-    prefix = event_name.split(".", 1)[0]
-    return _EVENT_TYPES.get(prefix, prefix)[:40]
-
-
-def event_build(
-    *,
-    organization=None,
-    organization_id=None,
-    event_name: str,
-    event_type: str | None = None,
-    user=None,
-    user_id=None,
-    resource_id=None,
-    request_id: str | None = None,
-    quantity=Decimal("1"),
-    unit: str = "call",
-    unit_cost_cents: int | None = None,
-    dimensions: Mapping | None = None,
-    status: int = BillingEventStatus.PENDING,
-    created_at=None,
-) -> BillingEvent:
+def event_build(**fields) -> BillingEvent:
     """An unsaved, priced ``BillingEvent`` (no database access).
 
-    ``organization`` (an ``Organization``) or ``organization_id`` is required;
-    ``unit_cost_cents`` defaults to the price of ``event_name`` (``billing.pricing``);
-    ``created_at`` defaults to now (UTC). ``request_id`` ``""`` is stored as NULL
-    (an event without request id is never deduplicated).
+    ``fields``: the keyword arguments of ``billing.ingest.event_values`` (``organization``
+    or ``organization_id``, ``event_name``, and optionally ``event_type``, ``user`` /
+    ``user_id``, ``resource_id``, ``request_id``, ``quantity`` (default 1), ``unit``
+    (default ``call``), ``unit_cost_cents`` (default: the price of ``event_name``,
+    ``billing.pricing``), ``dimensions``, ``status`` (default pending), ``created_at``
+    (default now, UTC)). ``request_id`` ``""`` is stored as NULL (an event without
+    request id is never deduplicated).
 
     Raises:
         InvalidBillingEvent: no organization, empty/too long event_name, request_id over
-            128 characters, negative or non-decimal quantity, unknown status.
+            128 characters, negative or non-decimal quantity, unknown status (see
+            ``event_values``).
+        TypeError: an unknown keyword, or no ``event_name``.
     """
-    org_id = getattr(organization, "pk", None) or organization_id
-    if org_id is None:
-        raise InvalidBillingEvent("organization is required")
-    if not event_name or len(event_name) > 64:
-        raise InvalidBillingEvent("event_name must be 1-64 characters")
-    if request_id is not None:
-        request_id = str(request_id) or None
-        if request_id is not None and len(request_id) > 128:
-            raise InvalidBillingEvent("request_id must be at most 128 characters")
-    try:
-        quantity = Decimal(str(quantity))
-    except (InvalidOperation, ValueError) as exc:
-        raise InvalidBillingEvent(f"quantity {quantity!r} is not a decimal") from exc
-    if not quantity.is_finite() or quantity < 0:
-        raise InvalidBillingEvent("quantity must be a finite, non-negative decimal")
-    if status not in _STATUSES:
-        raise InvalidBillingEvent(f"status must be one of {sorted(_STATUSES)}")
-    if not unit or len(unit) > 16:
-        raise InvalidBillingEvent("unit must be 1-16 characters")
-    return BillingEvent(
-        id=uuid7(),
-        organization_id=org_id,
-        user_id=getattr(user, "pk", None) or user_id,
-        event_type=(event_type or event_type_default(event_name))[:40],
-        event_name=event_name,
-        resource_id=resource_id,
-        request_id=request_id,
-        quantity=quantity,
-        unit=unit,
-        unit_cost_cents=price_of(event_name) if unit_cost_cents is None else int(unit_cost_cents),
-        dimensions=dict(dimensions or {}),
-        status=status,
-        created_at=created_at or timezone.now(),
-    )
+    return ingest.event_instance(ingest.event_values(**fields))
 
 
 #: The savepoint of ``event_insert_guarded`` (one at a time: the request path writes
@@ -223,75 +146,6 @@ def event_insert_guarded(event: BillingEvent, *, first: tuple[str, list] | None 
             raise
 
 
-# (column, PostgreSQL array type) in the order of ``_row``.
-_UNNEST_COLUMNS = (
-    ("id", "uuid"),
-    ("organization_id", "uuid"),
-    ("user_id", "bigint"),
-    ("event_type", "text"),
-    ("event_name", "text"),
-    ("resource_id", "uuid"),
-    ("request_id", "text"),
-    ("quantity", "numeric"),
-    ("unit", "text"),
-    ("unit_cost_cents", "integer"),
-    ("dimensions", "text"),
-    ("status", "smallint"),
-    ("created_at", "timestamptz"),
-)
-_UNNEST_INSERT = (
-    "INSERT INTO billing_events ({cols}) SELECT {select} FROM unnest({arrays}) AS t({cols}) "
-    "ON CONFLICT DO NOTHING RETURNING id"
-).format(
-    cols=", ".join(name for name, _ in _UNNEST_COLUMNS),
-    select=", ".join(
-        "dimensions::jsonb" if name == "dimensions" else name for name, _ in _UNNEST_COLUMNS
-    ),
-    arrays=", ".join(f"%b::{kind}[]" for _, kind in _UNNEST_COLUMNS),
-)
-
-
-def _row(event: BillingEvent) -> tuple:
-    return (
-        event.id,
-        event.organization_id,
-        event.user_id,
-        event.event_type,
-        event.event_name,
-        event.resource_id,
-        event.request_id,
-        event.quantity,
-        event.unit,
-        event.unit_cost_cents,
-        json.dumps(event.dimensions, cls=DjangoJSONEncoder),
-        event.status,
-        event.created_at,
-    )
-
-
-def _insert_returning_created(events: list[BillingEvent]) -> list[BillingEvent]:
-    """Insert ``events`` and return those really created, in one statement per
-    ``INSERT_BATCH_SIZE`` events: ``INSERT ... SELECT FROM unnest(<one array per column>)
-    ON CONFLICT DO NOTHING RETURNING id`` (PostgreSQL manual: INSERT, "ON CONFLICT
-    Clause" and "RETURNING"; 9.19 Array Functions, ``unnest``).
-
-    The one raw-SQL write of billing events, for batches: 13 array parameters instead
-    of 13 per row, and the ids of the created rows come back with the INSERT (no
-    confirming SELECT). The arrays are bound on the server (``psycopg.Cursor``), so they
-    travel in psycopg's binary format instead of being quoted into the SQL text (a third
-    of a batch's time at 1,000 events). It runs through Django's connection, in the caller's
-    transaction, so row-level security and the tenant context apply as to the ORM.
-    """
-    created_ids: set = set()
-    with psycopg_cursor(psycopg.Cursor) as cursor:
-        for lo in range(0, len(events), INSERT_BATCH_SIZE):
-            chunk = events[lo : lo + INSERT_BATCH_SIZE]
-            columns = [list(column) for column in zip(*map(_row, chunk), strict=True)]
-            cursor.execute(_UNNEST_INSERT, columns)
-            created_ids.update(row[0] for row in cursor.fetchall())
-    return [event for event in events if event.id in created_ids]
-
-
 def event_record(*, organization, event_name: str, **fields) -> BillingEvent | None:
     """Record one event idempotently; return the created ``BillingEvent``, or ``None``
     when an event with the same (organization, event_name, request_id) already exists.
@@ -303,46 +157,91 @@ def event_record(*, organization, event_name: str, **fields) -> BillingEvent | N
     Raises:
         InvalidBillingEvent: see ``event_build``.
     """
-    event = event_build(organization=organization, event_name=event_name, **fields)
-    created = _insert_and_confirm([event])
-    return created[0] if created else None
+    values = ingest.event_values(organization=organization, event_name=event_name, **fields)
+    created = _write([values], copy=False, returning=True)
+    return ingest.event_instance(values) if created else None
 
 
-def events_record(events: Iterable[Mapping | BillingEvent]) -> list[BillingEvent]:
+def events_record(
+    events: Iterable[Mapping | BillingEvent], *, copy: bool | None = None
+) -> list[BillingEvent]:
     """Record a batch idempotently; return the events created (in input order).
 
     Each item is a mapping of ``event_build`` keyword arguments (``organization`` or
     ``organization_id``, ``event_name``, ...), or an unsaved ``BillingEvent`` (saved
-    as given: price it yourself). Duplicates, against the table or inside the batch,
-    are skipped. Round trips: one ``INSERT ... RETURNING`` per ``INSERT_BATCH_SIZE``
-    events (so 1,000 events = 1 query). Joins the caller's transaction (no
-    savepoint); all or nothing.
+    as given, and returned itself if created: price it yourself, or its
+    ``unit_cost_cents`` is set to the price of its name). Duplicates, against the table or
+    inside the batch (the first occurrence wins), are skipped. ``created_at`` defaults to
+    one "now" for the whole batch and each event name is priced once.
+
+    Writes: ``ingest.COPY_MIN_ROWS`` events or more go through ``COPY`` into a temporary
+    staging table and one ``INSERT ... SELECT ... RETURNING id`` from it (three round
+    trips whatever the size, see ``billing.ingest``); fewer, one ``INSERT ... SELECT FROM
+    unnest(...)``. ``copy`` forces one path (``True``/``False``; the tests compare them).
+    One transaction for the batch: joins the caller's, or opens one (no savepoint); all
+    or nothing.
 
     Raises:
-        InvalidBillingEvent: an item is malformed (message gives its index); nothing
-            is written.
+        InvalidBillingEvent: an item is malformed, or PostgreSQL refused one of its values
+            (the message gives its index in the batch). Nothing of the batch is written; a
+            malformed item is found before anything is sent, so the caller's transaction
+            goes on, while a value refused by PostgreSQL has aborted it (roll it back).
     """
-    built: list[BillingEvent] = []
+    rows, given = _rows(events)
+    created = _write(rows, copy=copy, returning=True)
+    if not created:
+        return []
+    return [
+        given.get(index) or ingest.event_instance(row)
+        for index, row in enumerate(rows)
+        if row[0] in created
+    ]
+
+
+def events_ingest(events: Iterable[Mapping | BillingEvent], *, copy: bool | None = None) -> int:
+    """Record a batch idempotently like ``events_record``, and return only the number of
+    events created (``int``): for bulk callers, which need no model instance back (none
+    is made; the INSERT has no ``RETURNING``). Same rows, same rules, same errors as
+    ``events_record``.
+
+    Raises:
+        InvalidBillingEvent: see ``events_record``.
+    """
+    rows, _ = _rows(events)
+    return _write(rows, copy=copy, returning=False)
+
+
+def _rows(events: Iterable[Mapping | BillingEvent]) -> tuple[list[tuple], dict]:
+    """The batch as validated row tuples, and ``{index: item}`` for the items that were
+    ``BillingEvent`` instances (prices and defaults once per batch: ``BatchDefaults``)."""
+    defaults = ingest.BatchDefaults()
+    rows: list[tuple] = []
+    given: dict[int, BillingEvent] = {}
+    values = ingest.event_values
     for index, item in enumerate(events):
         if isinstance(item, BillingEvent):
             if item.unit_cost_cents is None:
-                item.unit_cost_cents = price_of(item.event_name)
-            built.append(item)
+                item.unit_cost_cents = defaults.price(item.event_name)
+            given[index] = item
+            rows.append(ingest.instance_values(item))
             continue
-        unknown = set(item) - _FIELDS
+        unknown = item.keys() - ingest.EVENT_ARGUMENTS
         if unknown:
             raise InvalidBillingEvent(f"event {index}: unknown fields {sorted(unknown)}")
         try:
-            built.append(event_build(**item))
+            rows.append(values(**item, defaults=defaults))
         except (InvalidBillingEvent, TypeError) as exc:
             raise InvalidBillingEvent(f"event {index}: {exc}") from exc
-    return _insert_and_confirm(built)
+    return rows, given
 
 
 @transaction.atomic(savepoint=False)
-def _insert_and_confirm(events: list[BillingEvent]) -> list[BillingEvent]:
+def _write(rows: list[tuple], *, copy: bool | None, returning: bool) -> set | int:
     # Validation happens before this atomic block, so bad input never marks the
     # caller's transaction for rollback.
-    if not events:
-        return []
-    return _insert_returning_created(events)
+    if not rows:
+        return set() if returning else 0
+    if copy is None:
+        copy = len(rows) >= ingest.COPY_MIN_ROWS
+    write = ingest.rows_copy_insert if copy else ingest.rows_unnest_insert
+    return write(rows, returning=returning)

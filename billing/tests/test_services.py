@@ -8,7 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from billing import pricing, services
+from billing import ingest, pricing, services
 from billing.models import BillingEvent
 from billing.services import InvalidBillingEvent, event_record, events_record
 from tenancy.context import cross_tenant
@@ -97,7 +97,7 @@ def test_line_cost_rounds_half_up_once(exact, cents):
     assert pricing.line_cost_cents(exact) == cents
 
 
-def test_record_events_batch_of_thousand_in_one_query(org, outsider_org):
+def test_record_events_batch_of_thousand_writes_every_row(org, outsider_org):
     events = [
         {
             "organization": org if i % 2 else outsider_org,
@@ -107,15 +107,24 @@ def test_record_events_batch_of_thousand_in_one_query(org, outsider_org):
         }
         for i in range(1000)
     ]
-    with CaptureQueriesContext(connection) as ctx:
-        created = events_record(events)
+    created = events_record(events)
     assert len(created) == 1000
-    # one INSERT ... RETURNING: the created ids come back with the insert
-    assert len(ctx.captured_queries) == 1, [q["sql"][:80] for q in ctx.captured_queries]
     assert BillingEvent.objects.filter(organization=org).count() == 500
     stored = BillingEvent.objects.get(organization=org, request_id="b-7")
     assert stored.dimensions == {"i": 7} and stored.unit_cost_cents is not None
     assert BillingEvent.objects.filter(organization=outsider_org).count() == 500
+
+
+def test_small_batch_is_one_query(org, outsider_org):
+    """Below ``COPY_MIN_ROWS``: one INSERT ... RETURNING, the created ids come back with it."""
+    events = [
+        {"organization": (org, outsider_org)[i % 2], "event_name": "api.request"}
+        | {"request_id": f"s-{i}"}
+        for i in range(ingest.COPY_MIN_ROWS - 1)
+    ]
+    with CaptureQueriesContext(connection) as ctx:
+        assert len(events_record(events)) == len(events)
+    assert len(ctx.captured_queries) == 1, [q["sql"][:80] for q in ctx.captured_queries]
 
 
 def test_record_events_returns_only_created_and_skips_in_batch_duplicates(org):
@@ -156,47 +165,18 @@ def test_record_events_empty_batch_no_query():
     assert ctx.captured_queries == []
 
 
-#: Columns of billing_events the raw INSERT leaves out on purpose, and why: each must be
-#: nullable (the INSERT then stores NULL). A new model field must be added either to
-#: ``billing.services._UNNEST_COLUMNS`` (and ``_row``) or here, with its reason.
-LEFT_OUT_OF_RAW_INSERT = {
-    "usage_aggregate_id": "set later by billing.reporting when the event is reported",
-}
-
-
-def _array_type(field) -> str:
-    """The PostgreSQL array element type the raw INSERT must bind ``field`` as."""
-    db_type = field.db_type(connection)  # a ForeignKey gives its target's column type
-    if db_type.startswith("varchar"):
-        return "text"
-    if db_type.startswith("numeric"):
-        return "numeric"
-    return {
-        "jsonb": "text",  # bound as JSON text, cast ::jsonb in the SELECT list
-        "timestamp with time zone": "timestamptz",
-    }.get(db_type, db_type)
-
-
-def test_raw_insert_columns_stay_in_step_with_the_model():
-    """``events_record`` writes through a hand-written ``INSERT ... SELECT FROM
-    unnest(...)`` whose column list is ``services._UNNEST_COLUMNS``: it must name every
-    concrete column of BillingEvent (or leave it out on purpose, above), bind each as
-    the column's type, and ``_row`` must give the values in the same order."""
+def test_raw_insert_binds_each_column_as_its_type():
+    """The unnest INSERT binds each column's array as the column's type (JSON as text, cast
+    ``::jsonb`` in its SELECT list); the row tuple of an event holds its values in the
+    columns' order (the list itself: ``test_ingest``, derived from the model)."""
     columns = {field.column: field for field in BillingEvent._meta.concrete_fields}
-    raw = [name for name, _ in services._UNNEST_COLUMNS]
-    assert len(raw) == len(set(raw))
-    assert set(raw).isdisjoint(LEFT_OUT_OF_RAW_INSERT)
-    assert set(raw) | set(LEFT_OUT_OF_RAW_INSERT) == set(columns), (
-        "BillingEvent's columns and the raw INSERT's differ: "
-        f"missing from the INSERT {sorted(set(columns) - set(raw) - set(LEFT_OUT_OF_RAW_INSERT))}, "
-        f"unknown to the model {sorted(set(raw) - set(columns))}"
-    )
-    assert all(columns[name].null for name in LEFT_OUT_OF_RAW_INSERT)
-    assert [(name, _array_type(columns[name])) for name in raw] == list(services._UNNEST_COLUMNS)
-    assert services._UNNEST_INSERT.startswith(
-        f"INSERT INTO {BillingEvent._meta.db_table} ({', '.join(raw)}) SELECT "
-    )
-    assert "dimensions::jsonb" in services._UNNEST_INSERT
+    expected = {"varchar": "text", "numeric": "numeric", "jsonb": "text"}
+    for name, kind in ingest.UNNEST_COLUMNS:
+        db_type = columns[name].db_type(connection)
+        assert kind == expected.get(db_type.split("(")[0], db_type).replace(
+            "timestamp with time zone", "timestamptz"
+        ), name
+    assert "dimensions::jsonb" in ingest.UNNEST_INSERT
 
     event = services.event_build(
         organization_id=uuid.uuid4(),
@@ -210,11 +190,10 @@ def test_raw_insert_columns_stay_in_step_with_the_model():
         dimensions={"pages": 2},
         status=1,
     )
-    row = services._row(event)
-    assert len(row) == len(raw)
-    for name, value in zip(raw, row, strict=True):
-        expected = getattr(event, columns[name].attname)
-        assert (json.loads(value) if name == "dimensions" else value) == expected, name
+    row = ingest.instance_values(event)
+    for name, value in zip(ingest.EVENT_COLUMNS, row, strict=True):
+        assert value == getattr(event, columns[name].attname), name
+    assert json.loads(ingest.dimensions_json(event.dimensions)) == {"pages": 2}
 
 
 def test_raw_insert_round_trips_every_column(org, owner):
