@@ -14,7 +14,7 @@ IDs:
   (``int``) from 1 to 23; the environment gives whole hours only (``env.int`` in
   ``goldleaves/settings.py``), so a float can only come from code. Stripe enforces the
   uniqueness of a meter event ``identifier`` only "within a rolling period of at least
-  24 hours" (https://docs.stripe.com/api/billing/meter-event/create, ``identifier``), so an
+  24 hours" (Stripe API reference, "Create a billing meter event", ``identifier``), so an
   aggregate resent 24 h or more after its first send could be counted twice; 0 or less
   would never resend anything, not even after a timeout (see
   ``billing.reporting.reconciliation``).
@@ -71,7 +71,7 @@ def check_resend_window(app_configs=None, **kwargs) -> list[Error]:
             hint="Set STRIPE_RESEND_WINDOW_HOURS to a whole number of hours from 1 to 23 "
             "(default 23): Stripe deduplicates a meter event identifier for a rolling "
             "period of at least 24 hours only "
-            "(https://docs.stripe.com/api/billing/meter-event/create).",
+            "(Stripe API reference, \"Create a billing meter event\").",
             id="billing.E003",
         )
     ]

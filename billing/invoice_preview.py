@@ -1,7 +1,7 @@
 """Stripe's own invoice preview beside ours: ``upcoming-invoice/?compare=stripe``.
 
 Stripe previews the next invoice of a customer with ``POST /v1/invoices/create_preview``
-(https://docs.stripe.com/api/invoices/create_preview; stripe-python
+(Stripe API reference, "Create a preview invoice"; stripe-python
 ``client.v1.invoices.create_preview``), given ``customer`` and, when we know it,
 ``subscription``. Each line of a metered price names it in
 ``pricing.price_details.price`` (older API versions: ``price.id``) with ``amount`` in

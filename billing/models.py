@@ -209,7 +209,7 @@ class UsageAggregate(TenantModel):
     ``idempotency_key`` (the ``Idempotency-Key`` header) is the identifier for
     ``key_revision`` 0 and ``<identifier>-r<n>`` after the n-th definitive 5xx answer:
     Stripe saves and replays the result of a key, 500s included, so a retry after a
-    5xx needs a new key (https://docs.stripe.com/api/idempotent_requests).
+    5xx needs a new key (Stripe API reference, "Idempotent requests").
     ``first_sent_at`` (UTC) is set, and committed, before the first request leaves.
     """
 
@@ -269,7 +269,7 @@ class UsageAggregate(TenantModel):
 
 class IdempotencyKey(TenantModel):
     """The stored outcome of one ``Idempotency-Key`` of one organization (IETF
-    draft-ietf-httpapi-idempotency-key-header-07; https://docs.stripe.com/api/idempotent_requests).
+    draft-ietf-httpapi-idempotency-key-header-07; Stripe API reference, "Idempotent requests").
 
     Written, in the request's own transaction, when a ``POST``/``PUT``/``PATCH``/``DELETE``
     that carried the key finished with a status below 500 (``billing.idempotency``): a

@@ -7,10 +7,10 @@ by what we put on them:
 * **Meter** per reported event name (``STRIPE_METERS``: ours -> Stripe's ``event_name``),
   found by its ``event_name`` (unique among a Stripe account's active meters): ``sum``
   aggregation, customer from ``payload[stripe_customer_id]``, value from ``payload[value]``
-  (what ``billing.reporting.send`` sends; https://docs.stripe.com/api/billing/meter/create).
+  (what ``billing.reporting.send`` sends; Stripe API reference, "Create a billing meter").
 * **Product** per meter, found by ``metadata[goldleaves_meter]``.
 * **Price** per plan and meter, found by its ``lookup_key`` ``goldleaves_<tier>_<meter>``
-  (https://docs.stripe.com/api/prices/create, ``lookup_key``), monthly and metered on the
+  (Stripe API reference, "Create a price", ``lookup_key``), monthly and metered on the
   meter (``recurring[usage_type]=metered``, ``recurring[meter]``). The plan's included
   units are a free first tier and its tiers follow, shifted by the included units (Stripe's
   ``up_to`` counts every unit of the period; ours count after the included ones), graduated
@@ -20,7 +20,7 @@ by what we put on them:
   (``transfer_lookup_key``); the new id must then be configured.
 
 Creates carry an ``Idempotency-Key`` derived from their parameters
-(https://docs.stripe.com/api/idempotent_requests), so a retried run never makes two.
+(Stripe API reference, "Idempotent requests"), so a retried run never makes two.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Background jobs (procrastinate, https://procrastinate.readthedocs.io/): the rules every
+"""Background jobs (procrastinate, the PostgreSQL task queue): the rules every
 job of the project follows, the worker's database connection, and the queue's health.
 
 * **Same transaction.** The web process defers jobs through procrastinate's

@@ -1,6 +1,6 @@
 """Retries through ``Idempotency-Key``: a finished write is answered again from storage,
 never run or billed twice (IETF draft-ietf-httpapi-idempotency-key-header-07; Stripe's
-idempotent requests, https://docs.stripe.com/api/idempotent_requests).
+idempotent requests, Stripe API reference, "Idempotent requests").
 
 Scope: ``POST``, ``PUT``, ``PATCH`` and ``DELETE`` under ``settings.API_ROUTES`` of a
 request with an organization (``TenantMiddleware``); keys are per organization. ``GET``,

@@ -1,7 +1,7 @@
 """Identifiers and values of Stripe meter events: the reported hour, the identifier of an
 aggregate, and its value as Stripe accepts it.
 
-Stripe's limits (https://docs.stripe.com/billing/subscriptions/usage-based/recording-usage-api):
+Stripe's limits (Stripe docs, "Record usage for billing with the API"):
 the timestamp may be at most 35 days old (``STRIPE_MAX_AGE``) and not in the future (only
 complete hours before ``until`` <= now are reported, ``current_hour``), and the value is a
 decimal with at most 15 significant digits (``MAX_SIGNIFICANT_DIGITS``; Stripe answers a 400

@@ -1,5 +1,5 @@
 """The organization's PostgreSQL advisory locks for usage reporting
-(https://www.postgresql.org/docs/15/explicit-locking.html#ADVISORY-LOCKS).
+(PostgreSQL 15 manual, 13.3.5 "Advisory Locks").
 
 * ``RUN_LOCK``: a session lock a run holds for all its work (``organization_lock``), so
   runs of one organization never overlap and two runs never send for the same customer
@@ -34,7 +34,7 @@ def advisory_key(purpose: str, organization_id) -> int:
     keys, so a POST never waits for a run in progress. The first 60 bits of SHA-256 of
     ``"<purpose>:<organization_id>"``: stable across processes and Python versions (unlike
     ``hash()``), always positive and within ``bigint``
-    (https://www.postgresql.org/docs/15/functions-admin.html#FUNCTIONS-ADVISORY-LOCKS takes
+    (PostgreSQL 15 manual, 9.28.10 "Advisory Lock Functions" takes
     one ``bigint`` key)."""
     return int(hashlib.sha256(f"{purpose}:{organization_id}".encode()).hexdigest()[:15], 16)
 
@@ -42,7 +42,7 @@ def advisory_key(purpose: str, organization_id) -> int:
 @contextlib.contextmanager
 def organization_lock(organization):
     """Hold a session-level PostgreSQL advisory lock for this organization's reporting
-    (https://www.postgresql.org/docs/15/explicit-locking.html#ADVISORY-LOCKS), so two runs
+    (PostgreSQL 15 manual, 13.3.5 "Advisory Locks"), so two runs
     never send for the same customer at once. Taken on the calling thread's own connection
     (``django.db.connection`` is per thread: each job a worker runs has its own).
     Session-level, so it needs a direct connection (not PgBouncer in transaction mode,

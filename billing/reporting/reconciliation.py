@@ -1,8 +1,8 @@
 """The resend window, and reconciling with Stripe by hand what it closes on.
 
 Stripe deduplicates a meter event ``identifier`` and replays an ``Idempotency-Key`` for a
-rolling period of at least 24 hours only (https://docs.stripe.com/api/billing/meter-event/create,
-``identifier``; https://docs.stripe.com/api/idempotent_requests). So an aggregate whose FIRST
+rolling period of at least 24 hours only (Stripe API reference, "Create a billing meter event",
+``identifier``; Stripe API reference, "Idempotent requests"). So an aggregate whose FIRST
 send (``first_sent_at``, committed before the request leaves) is older than
 ``STRIPE_RESEND_WINDOW_HOURS`` (default 23, ``resend_window``) is never resent
 automatically: it becomes ``needs_reconciliation`` (``aggregate_flag_for_reconciliation``). An
@@ -33,7 +33,7 @@ def resend_window() -> timedelta:
     ``settings.STRIPE_RESEND_WINDOW_HOURS`` (environment, whole hours, default 23; system
     check ``billing.E003`` requires an ``int`` from 1 to 23), inside the rolling period
     of at least 24 h during which Stripe deduplicates meter event identifiers
-    (https://docs.stripe.com/api/billing/meter-event/create, ``identifier``) and
+    (Stripe API reference, "Create a billing meter event", ``identifier``) and
     replays idempotency keys."""
     return timedelta(hours=settings.STRIPE_RESEND_WINDOW_HOURS)
 

@@ -1,9 +1,9 @@
 """Sending one aggregate as one Stripe meter event (step 2 of a run, ``billing.reporting.runs``).
 
 Every pending aggregate of the organization (new or left over by an earlier run) is sent as
-``POST /v1/billing/meter_events`` (https://docs.stripe.com/api/billing/meter-event/create)
+``POST /v1/billing/meter_events`` (Stripe API reference, "Create a billing meter event")
 with ``identifier`` = the aggregate's identifier, always the same, and an
-``Idempotency-Key`` header (https://docs.stripe.com/api/idempotent_requests): the same key
+``Idempotency-Key`` header (Stripe API reference, "Idempotent requests"): the same key
 after a network error or timeout, a new one after a 5xx answer (what each error means:
 ``billing.reporting.stripe_api``). Failures are retried with exponential backoff up to
 ``STRIPE_MAX_ATTEMPTS``; then the aggregate is ``failed`` and stays visible

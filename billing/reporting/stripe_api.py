@@ -1,8 +1,8 @@
 """The Stripe API: the client that sends meter events, and what each failed request means.
 
 A meter event is created by ``POST /v1/billing/meter_events``
-(https://docs.stripe.com/api/billing/meter-event/create) with an ``Idempotency-Key`` header
-(https://docs.stripe.com/api/idempotent_requests). What an error means
+(Stripe API reference, "Create a billing meter event") with an ``Idempotency-Key`` header
+(Stripe API reference, "Idempotent requests"). What an error means
 (``classify_stripe_error``; ``billing.reporting.send`` acts on it):
 
 * Stripe saves the result of a key, a 500 included, and replays it for the same key (the
@@ -80,7 +80,7 @@ def classify_stripe_error(exc) -> ErrorVerdict:
 
     Rules, in order: a duplicate identifier is delivered; ``IdempotencyError`` is final
     (a bug); a 5xx needs a new key; ``Stripe-Should-Retry: true/false`` decides when
-    present (https://docs.stripe.com/error-low-level, and stripe-python's
+    present (Stripe docs, "Advanced error handling", and stripe-python's
     ``_should_retry``); a connection error follows its ``should_retry`` (timeouts and
     refused connections retry with the same key, TLS failures do not); 409 (a
     concurrent request with the same key) and 429 retry with the same key; any

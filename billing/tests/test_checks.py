@@ -89,7 +89,7 @@ def test_a_resend_window_of_1_to_23_whole_hours_is_valid(hours):
 )
 def test_a_resend_window_not_a_whole_number_of_hours_from_1_to_23_is_billing_e003(hours):
     """Stripe deduplicates a meter event identifier "within a rolling period of at least
-    24 hours" only (https://docs.stripe.com/api/billing/meter-event/create): a window of
+    24 hours" only (Stripe API reference, "Create a billing meter event"): a window of
     24 h or more could resend an event Stripe no longer deduplicates (counted twice). The
     setting comes from the environment as an ``int`` (``env.int``), so a float (even
     ``12.0``), set only by overriding the settings, is refused too."""
