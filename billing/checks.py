@@ -71,7 +71,7 @@ def check_resend_window(app_configs=None, **kwargs) -> list[Error]:
             hint="Set STRIPE_RESEND_WINDOW_HOURS to a whole number of hours from 1 to 23 "
             "(default 23): Stripe deduplicates a meter event identifier for a rolling "
             "period of at least 24 hours only "
-            "(Stripe API reference, \"Create a billing meter event\").",
+            '(Stripe API reference, "Create a billing meter event").',
             id="billing.E003",
         )
     ]
