@@ -245,7 +245,9 @@ class UpcomingInvoiceApi(TenantAPIMixin, APIView):
         },
     )
     def get(self, request):
-        query = UpcomingInvoiceQuerySerializer(data=request.query_params)
+        # a plain dict: DRF reads "" from a QueryDict as "not given" (``?compare=`` would
+        # be accepted as no comparison); it is a 400 like any other value but "stripe"
+        query = UpcomingInvoiceQuerySerializer(data=request.query_params.dict())
         query.is_valid(raise_exception=True)
         organization = self.organization
         plan = usage.organization_plan(organization)

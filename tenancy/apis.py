@@ -19,7 +19,7 @@ from tenancy.login_throttle import (
     LoginRateThrottle,
     RefreshRateThrottle,
 )
-from tenancy.models import Invitation, Membership
+from tenancy.models import Invitation, Membership, MembershipRole
 from tenancy.permissions import AdminsOnly, MembersOnly, MembersReadOwnersWrite
 from tenancy.selectors import memberships_for_user
 from tenancy.serializers import (
@@ -184,10 +184,12 @@ class InvitationListCreateApi(TenantAPIMixin, generics.ListCreateAPIView):
 
     def perform_create(self, serializer):
         try:
+            data = serializer.validated_data
             serializer.instance = invitations.invitation_create(
                 organization=self.organization,
                 acting_user=self.request.user,
-                **serializer.validated_data,
+                email=data["email"],
+                role=data.get("role", MembershipRole.MEMBER),  # the model's default
             )
         except invitations.InvitationRefused as refused:
             raise _api_error(refused) from None

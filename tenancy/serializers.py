@@ -173,7 +173,7 @@ class InvitationSerializer(serializers.ModelSerializer):
     token is never part of it (it exists only in the email)."""
 
     status = serializers.SerializerMethodField()
-    invited_by = serializers.SlugRelatedField(slug_field="email", read_only=True)
+    invited_by = serializers.SlugRelatedField(slug_field="email", read_only=True, allow_null=True)
 
     class Meta:
         model = Invitation

@@ -2,7 +2,8 @@
 (Stripe's deliveries). Thin views over ``subscriptions`` and ``webhooks``."""
 
 from django.core.exceptions import RequestDataTooBig
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -66,7 +67,18 @@ class StripeWebhookApi(APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(
-        request=None,
+        # A Stripe event object (Stripe API reference, "The Event object"): verified by
+        # its signature, never by a schema, so any JSON object is documented.
+        request={"application/json": OpenApiTypes.OBJECT},
+        parameters=[
+            OpenApiParameter(
+                "Stripe-Signature",
+                OpenApiTypes.STR,
+                OpenApiParameter.HEADER,
+                required=True,
+                description="t=<unix time>,v1=<HMAC-SHA256 of 't.payload'> (Stripe's scheme).",
+            )
+        ],
         responses={
             200: WebhookAckSerializer,
             400: OpenApiResponse(description="a missing or bad signature, a malformed body"),

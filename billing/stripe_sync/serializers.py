@@ -3,12 +3,15 @@
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
 
+from tenancy.models import PlanTier
+
 
 class SubscriptionChangeSerializer(serializers.Serializer):
     """``POST billing/subscription/`` body: ``{"plan_tier": "starter"|"pro"|"enterprise"}``
-    (a tier of ``BILLING_PLANS``; any other string is a 400 ``plan_tier_unknown``)."""
+    (one of ``PlanTier``: any other value is a 400 ``invalid`` with ``errors.plan_tier``; a
+    tier that ``BILLING_PLANS`` does not configure is a 400 ``plan_tier_unknown``)."""
 
-    plan_tier = serializers.CharField(max_length=20)
+    plan_tier = serializers.ChoiceField(choices=PlanTier.choices)
 
 
 @extend_schema_serializer(

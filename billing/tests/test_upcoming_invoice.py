@@ -168,8 +168,9 @@ def test_compare_needs_stripe_and_a_customer(api, usage, settings):
     settings.STRIPE_API_KEY = "sk_test_x"
     response = api.get(URL + "?compare=stripe")
     assert (response.status_code, response.json()["code"]) == (409, "stripe_customer_missing")
-    response = api.get(URL + "?compare=lago")
-    assert (response.status_code, response.json()["code"]) == (400, "invalid")
+    for other in ("lago", ""):  # an empty value is not "no comparison"
+        response = api.get(URL + f"?compare={other}")
+        assert (response.status_code, response.json()["code"]) == (400, "invalid"), other
 
 
 def preview_body(lines, total):

@@ -72,7 +72,7 @@ def test_a_non_ascii_name_is_encoded_per_rfc_5987(api, org):
 
 
 @pytest.mark.parametrize(
-    "declared, served",
+    "stored, served",
     [
         ("text/html", "text/html"),
         ("text/plain; charset=utf-8", "text/plain"),
@@ -80,8 +80,11 @@ def test_a_non_ascii_name_is_encoded_per_rfc_5987(api, org):
         ("not a type", "application/octet-stream"),
     ],
 )
-def test_the_stored_content_type_is_served_only_when_well_formed(api, org, declared, served):
-    created = upload(api, CaseFactory(organization=org), name="x.bin", content_type=declared)
+def test_the_stored_content_type_is_served_only_when_well_formed(api, org, stored, served):
+    # uploads store the type detected from the bytes; a row written otherwise (an older
+    # upload, the admin) may hold anything
+    created = upload(api, CaseFactory(organization=org), name="a.txt")
+    Document.objects.filter(pk=created["id"]).update(content_type=stored)
     response = api.get(url(created["id"]))
     assert response["Content-Type"] == served
     assert response["Content-Disposition"].startswith("attachment;")

@@ -299,3 +299,12 @@ def test_two_concurrent_accepts_of_one_token_make_one_membership():
             Membership.objects.filter(organization=org, user__email="racer@race.test").count() == 1
         )
     assert User.objects.filter(email="racer@race.test").count() == 1
+
+
+def test_an_invitation_without_a_role_is_for_a_member(firm):
+    response = bearer_client(firm["admin"]).post(
+        LIST, {"email": "plain@invite.test"}, format="json"
+    )
+    assert (response.status_code, response.json()["role"]) == (201, "member")
+    with tenant_context(firm["org"]):
+        assert Invitation.objects.get(email="plain@invite.test").role == "member"

@@ -101,7 +101,7 @@ def test_a_plan_already_in_place_sends_no_update(stripe_api, subscribed, api):
 @pytest.mark.parametrize(
     "body, status, code",
     [
-        ({"plan_tier": "platinum"}, 400, "plan_tier_unknown"),
+        ({"plan_tier": "platinum"}, 400, "invalid"),  # not a PlanTier: the schema's enum
         ({}, 400, "invalid"),
         ({"plan_tier": ["pro"]}, 400, "invalid"),
     ],
@@ -110,6 +110,15 @@ def test_bad_bodies_are_400(stripe_api, subscribed, api, body, status, code):
     response = api.post(URL, body, format="json")
     assert response.status_code == status
     assert response.json()["code"] == code
+    assert change_jobs().count() == 0
+
+
+def test_a_tier_billing_plans_does_not_configure_is_400_plan_tier_unknown(
+    stripe_api, subscribed, api, settings
+):
+    settings.BILLING_PLANS = {k: v for k, v in settings.BILLING_PLANS.items() if k != "enterprise"}
+    response = api.post(URL, {"plan_tier": "enterprise"}, format="json")
+    assert (response.status_code, response.json()["code"]) == (400, "plan_tier_unknown")
     assert change_jobs().count() == 0
 
 
