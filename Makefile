@@ -7,7 +7,7 @@ PORT ?= 8000
 # The embedded PostgreSQL's folder (stop, clean-data): EMBEDDED_DB_DIR from the environment, else .data
 DATA_DIR ?= $(or $(EMBEDDED_DB_DIR),.data)
 
-.PHONY: run test venv env setup lint format clean-data stop superuser run-hint bench bench-quick
+.PHONY: run test venv env setup lint format clean-data stop superuser bench bench-quick
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,11 +31,14 @@ setup: venv .env
 # worker (manage.py procrastinate worker), together: honcho
 # runs the two lines of Procfile.dev with the virtualenv first on PATH, prefixes their output
 # (web.1 | ..., worker.1 | ...), and stops both on Ctrl-C or when either exits. Django reads
-# .env itself, so honcho is given none (--env /dev/null).
+# .env itself, so honcho is given none (--env /dev/null). On exit (Ctrl-C reaches this shell
+# too: its trap lets it outlive honcho) it says how to stop the embedded PostgreSQL.
 run: setup
 	@echo "Serving the API on http://$(HOST):$(PORT)/ (docs at /api/docs/) with one job worker; Ctrl-C stops both"
+	@trap 'true' INT TERM; \
 	GOLDLEAVES_ADDR=$(HOST):$(PORT) PATH="$(abspath $(VENV))/bin:$$PATH" \
-		$(VENV)/bin/honcho start --env /dev/null --procfile Procfile.dev
+		$(VENV)/bin/honcho start --env /dev/null --procfile Procfile.dev; \
+	status=$$?; $(PYTHON) scripts/embedded_db.py hint; exit $$status
 
 test: venv
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -62,12 +65,6 @@ clean-data:
 # email and a password (Django's createsuperuser).
 superuser: setup
 	$(PY) manage.py createsuperuser
-
-# Printed by `make run` before it starts (its own recipe is honcho's): how to stop the database.
-run-hint:
-	@$(PYTHON) scripts/embedded_db.py hint
-
-run: run-hint
 
 # Benchmarks (bench/): every bench/*.py in a fixed order, a table of figures beside their
 # baselines, and bench/results/latest.json. Uses wrk when it is on PATH (apt-get install wrk),

@@ -9,7 +9,7 @@ Usage: ``python scripts/embedded_db.py status|stop|require-stopped|hint [DATA_DI
   1 when it could not be stopped.
 * ``require-stopped``: exit 0 when it is not running, else 1 with a message (``make
   clean-data`` deletes nothing then).
-* ``hint``: one line on how to stop it (``make run`` prints it).
+* ``hint``: while it runs, one line on how to stop it (``make run`` prints it on exit).
 
 The data directory is ``DATA_DIR`` if given, else ``$EMBEDDED_DB_DIR`` if set, else
 ``.data/`` beside ``manage.py`` (the server's files are in its ``pg/``).
@@ -68,10 +68,11 @@ def main(argv: list[str]) -> int:
         )
         return 1
     if command == "hint":
-        print(
-            "The embedded PostgreSQL (.data/) keeps running after Ctrl-C, so the next start is "
-            "quick; `make stop` stops it."
-        )
+        if pid is not None:  # nothing to say with DATABASE_URL (no embedded server ran)
+            print(
+                f"The embedded PostgreSQL ({root}/pg, pid {pid}) keeps running after Ctrl-C, "
+                "so the next start is quick; `make stop` stops it."
+            )
         return 0
     print(USAGE, file=sys.stderr)
     return 2

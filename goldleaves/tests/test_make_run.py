@@ -120,6 +120,8 @@ def test_make_run_serves_the_api_and_a_worker_that_processes_uploads(tmp_path):
         make.wait(timeout=60)
         text = output()
         assert "Stopped worker on all queues" in text  # a graceful stop
+        hint = "keeps running after Ctrl-C, so the next start is quick; `make stop` stops it"
+        assert text.index("Stopped worker on all queues") < text.index(hint)  # said on exit
         for pid in pids:
             _wait_for(lambda pid=pid: not _alive(pid), 30, f"process {pid} to stop")
         assert _get(f"{base}/health/") is None  # the API is gone too
