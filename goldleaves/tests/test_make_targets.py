@@ -81,7 +81,10 @@ def test_superuser_runs_createsuperuser_and_the_hint_is_silent_without_a_server(
         capture_output=True,
         text=True,
     )
-    assert (printed.returncode, printed.stdout) == (0, "")  # make run's exit line, see test_make_run
+    assert (printed.returncode, printed.stdout) == (
+        0,
+        "",
+    )  # make run's exit line, see test_make_run
 
 
 def test_the_root_redirects_to_the_api_docs(client):
