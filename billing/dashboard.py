@@ -9,8 +9,8 @@ whatever the number of organizations or events.
 Query parameters (all optional; a bad value is shown as a form error and the default is
 used): ``month`` (``YYYY-MM``, one of the last ``MONTHS_BACK`` months; default: the
 current month, UTC), ``organization`` (UUID: also chart that organization and show its
-top routes), ``o`` (the table's sort: ``name``, ``count``, ``quantity``, ``amount`` or
-``plan``, ``-`` first for descending; default ``-amount``).
+top routes), ``o`` (the table's sort: ``name``, ``count``, ``quantity``, ``amount``,
+``plan`` or ``subscription``, ``-`` first for descending; default ``-amount``).
 """
 
 from datetime import date, timedelta
@@ -40,6 +40,7 @@ SORT_KEYS = {
     "quantity": "quantity",
     "amount": "cost_cents",
     "plan": "plan_tier",
+    "subscription": "subscription_status",
 }
 DEFAULT_SORT = "-amount"
 
@@ -94,6 +95,7 @@ def _headers(month: date, organization, sort: str) -> list[dict]:
     for param, label in [
         ("name", "Organization"),
         ("plan", "Plan"),
+        ("subscription", "Subscription"),
         ("count", "Events"),
         ("quantity", "Quantity"),
         ("amount", "Amount"),

@@ -239,7 +239,8 @@ def usage_by_organization(*, month: date, organizations=None) -> list[dict]:
 
     Returns:
         ``[{"organization_id": UUID, "name": str, "slug": str, "plan_tier": str,
-        "count": int, "quantity": Decimal, "cost_cents": int}]`` ordered by name;
+        "subscription_status": str (Stripe's, "" without a subscription), "count": int,
+        "quantity": Decimal, "cost_cents": int}]`` ordered by name;
         organizations without usage in the month are not in it.
     """
     rows = (
@@ -250,6 +251,7 @@ def usage_by_organization(*, month: date, organizations=None) -> list[dict]:
             name=F("organization__name"),
             slug=F("organization__slug"),
             plan_tier=F("organization__plan_tier"),
+            subscription_status=F("organization__subscription_status"),
         )
         .annotate(**_TOTALS)
         .order_by()
@@ -264,6 +266,7 @@ def usage_by_organization(*, month: date, organizations=None) -> list[dict]:
                 "name": line["name"],
                 "slug": line["slug"],
                 "plan_tier": line["plan_tier"],
+                "subscription_status": line["subscription_status"],
                 "count": 0,
                 "quantity": 0,
                 "cost_cents": 0,

@@ -158,9 +158,9 @@ def test_period_picker_offers_recent_months_and_refuses_others(staff_client, org
 
 
 def test_table_sorts_by_each_column_both_ways(staff_client):
-    small = OrganizationFactory(name="Alpha", plan_tier="starter")
-    big = OrganizationFactory(name="Beta", plan_tier="enterprise")
-    middle = OrganizationFactory(name="Gamma", plan_tier="pro")
+    small = OrganizationFactory(name="Alpha", plan_tier="starter", subscription_status="active")
+    big = OrganizationFactory(name="Beta", plan_tier="enterprise", subscription_status="unpaid")
+    middle = OrganizationFactory(name="Gamma", plan_tier="pro", subscription_status="past_due")
     seed(small, day=2, count=5, cents=1)
     seed(big, day=2, count=1, cents=900)
     seed(middle, day=2, count=2, cents=50)
@@ -176,6 +176,9 @@ def test_table_sorts_by_each_column_both_ways(staff_client):
     assert names("name") == ["Alpha", "Beta", "Gamma"]
     assert names("-name") == ["Gamma", "Beta", "Alpha"]
     assert names("plan") == ["Beta", "Gamma", "Alpha"]  # enterprise < pro < starter
+    assert names("subscription") == ["Alpha", "Gamma", "Beta"]  # active < past_due < unpaid
+    html = staff_client.get(URL, {"month": MONTH_PARAM}).content.decode()
+    assert "<td>unpaid</td>" in html and "<td>past_due</td>" in html
     headers = staff_client.get(URL, {"month": MONTH_PARAM, "o": "-amount"}).context["headers"]
     amount = next(h for h in headers if h["label"] == "Amount")
     assert amount["sorted"] == "descending" and "o=amount" in amount["url"]
