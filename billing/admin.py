@@ -19,26 +19,14 @@ from billing.reporting import reconciliation
 from billing.selectors import month_period, usage_by_day, usage_by_organization
 from billing.stripe_sync import admin as stripe_sync_admin  # noqa: F401 - registers its admins
 from billing.usage import usage_summary
+from core.admin import ReadOnlyModelAdmin
 from tenancy.admin import OrganizationAdmin
 from tenancy.context import tenant_context
 from tenancy.models import Organization
 
 
-class _ReadOnlyAdmin(admin.ModelAdmin):
-    """Money records: visible and searchable, never edited or deleted by hand."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(BillingEvent)
-class BillingEventAdmin(_ReadOnlyAdmin):
+class BillingEventAdmin(ReadOnlyModelAdmin):
     """Staff can read and filter events; nobody adds, edits or deletes them here.
 
     The list keeps six short columns (readable at 1366 px): time, organization, event,
@@ -104,7 +92,7 @@ class BillingEventAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(UsageAggregate)
-class UsageAggregateAdmin(_ReadOnlyAdmin):
+class UsageAggregateAdmin(ReadOnlyModelAdmin):
     """The Stripe outbox, read-only row by row. Actions (they need the change permission):
 
     * ``retry_failed``: queue failed aggregates again, only while their first send is
@@ -205,7 +193,7 @@ class UsageAggregateAdmin(_ReadOnlyAdmin):
 
 
 @admin.register(MeterReport)
-class MeterReportAdmin(_ReadOnlyAdmin):
+class MeterReportAdmin(ReadOnlyModelAdmin):
     """Usage-reporting runs (``report_usage`` and ``POST report-usage/``), read-only:
     status, counts and ``detail`` (the error of a failed run), filterable by status and
     organization, searchable by id, slug and detail."""

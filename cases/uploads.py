@@ -40,27 +40,6 @@ MULTIPART_OVERHEAD_BYTES = 64 * 1024
 SIGNATURE_BYTES = 8192
 TEXT_PLAIN = "text/plain"
 
-DEFAULT_ALLOWED_TYPES = [
-    "application/pdf",
-    TEXT_PLAIN,
-    "application/rtf",
-    "application/msword",
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-    "application/vnd.ms-excel",
-    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-    "application/vnd.ms-powerpoint",
-    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-    "application/vnd.oasis.opendocument.text",
-    "application/vnd.oasis.opendocument.spreadsheet",
-    "application/vnd.oasis.opendocument.presentation",
-    "image/png",
-    "image/jpeg",
-    "image/gif",
-    "image/webp",
-    "image/tiff",
-    "image/heic",
-]
-
 EXECUTABLE_EXTENSIONS = frozenset(
     "exe dll com scr msi msp cpl sys drv ocx pif bat cmd ps1 psm1 vbs vbe js jse wsf wsh hta "
     "jar apk app dmg pkg deb rpm elf so dylib bin run sh bash zsh csh ksh py pl rb php lnk "
@@ -113,11 +92,11 @@ def max_document_bytes() -> int:
 
 
 def allowed_types() -> frozenset[str]:
-    """``settings.DOCUMENT_ALLOWED_TYPES`` (MIME types, lower case); empty or unset:
-    ``DEFAULT_ALLOWED_TYPES``."""
-    configured = getattr(settings, "DOCUMENT_ALLOWED_TYPES", None) or []
-    types = frozenset(t.strip().lower() for t in configured if t.strip())
-    return types or frozenset(DEFAULT_ALLOWED_TYPES)
+    """``settings.DOCUMENT_ALLOWED_TYPES`` (MIME types, lower case; its default, PDF, plain
+    text, the office formats and the common image types, is in ``goldleaves/settings.py``
+    and ``.env.example``)."""
+    configured = settings.DOCUMENT_ALLOWED_TYPES
+    return frozenset(t.strip().lower() for t in configured if t.strip())
 
 
 def file_too_large(limit: int) -> PayloadTooLarge:

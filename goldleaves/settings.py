@@ -262,28 +262,29 @@ FILE_UPLOAD_HANDLERS = [
     "django.core.files.uploadhandler.MemoryFileUploadHandler",
     "django.core.files.uploadhandler.TemporaryFileUploadHandler",
 ]
-DOCUMENT_ALLOWED_TYPES = env.list(
-    "DOCUMENT_ALLOWED_TYPES",
-    default=[
-        "application/pdf",
-        "text/plain",
-        "application/rtf",
-        "application/msword",
-        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-        "application/vnd.ms-excel",
-        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-        "application/vnd.ms-powerpoint",
-        "application/vnd.openxmlformats-officedocument.presentationml.presentation",
-        "application/vnd.oasis.opendocument.text",
-        "application/vnd.oasis.opendocument.spreadsheet",
-        "application/vnd.oasis.opendocument.presentation",
-        "image/png",
-        "image/jpeg",
-        "image/gif",
-        "image/webp",
-        "image/tiff",
-        "image/heic",
-    ],
+_DOCUMENT_DEFAULT_TYPES = [
+    "application/pdf",
+    "text/plain",
+    "application/rtf",
+    "application/msword",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/vnd.ms-excel",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    "application/vnd.ms-powerpoint",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation",
+    "application/vnd.oasis.opendocument.text",
+    "application/vnd.oasis.opendocument.spreadsheet",
+    "application/vnd.oasis.opendocument.presentation",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/tiff",
+    "image/heic",
+]
+# Unset or empty: the default list (an empty list would refuse every upload).
+DOCUMENT_ALLOWED_TYPES = (
+    env.list("DOCUMENT_ALLOWED_TYPES", default=_DOCUMENT_DEFAULT_TYPES) or _DOCUMENT_DEFAULT_TYPES
 )
 
 # Login throttling of the token endpoints (tenancy.login_throttle): requests per

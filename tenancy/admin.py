@@ -7,6 +7,7 @@ import uuid
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
+from core.admin import ReadOnlyModelAdmin
 from tenancy.models import Membership, Organization, StaffAccess, User
 
 
@@ -145,7 +146,7 @@ class StaffAccessOrganizationFilter(admin.SimpleListFilter):
 
 
 @admin.register(StaffAccess)
-class StaffAccessAdmin(admin.ModelAdmin):
+class StaffAccessAdmin(ReadOnlyModelAdmin):
     """The staff access log (``tenancy.audit``), read-only: filter by action, model,
     organization, staff user and date; search request id, object id, email and path.
     Nobody may add, change or delete a row here (and the database refuses UPDATE and
@@ -178,12 +179,3 @@ class StaffAccessAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -8,23 +8,11 @@ from django.contrib import admin
 from django.utils.html import format_html
 
 from billing.stripe_sync.models import StripeWebhookEvent, UsageReconciliation
-
-
-class _ReadOnly(admin.ModelAdmin):
-    """Records of what Stripe said and what we compared: never edited by hand."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+from core.admin import ReadOnlyModelAdmin
 
 
 @admin.register(StripeWebhookEvent)
-class StripeWebhookEventAdmin(_ReadOnly):
+class StripeWebhookEventAdmin(ReadOnlyModelAdmin):
     """Stripe webhook events as received, their processing status and outcome."""
 
     list_display = [
@@ -49,7 +37,7 @@ class StripeWebhookEventAdmin(_ReadOnly):
 
 
 @admin.register(UsageReconciliation)
-class UsageReconciliationAdmin(_ReadOnly):
+class UsageReconciliationAdmin(ReadOnlyModelAdmin):
     """Runs of ``manage.py reconcile_usage``: the newest first; each lists its
     differences (organization, meter, local and Stripe quantities)."""
 

@@ -1,0 +1,18 @@
+"""Admin building blocks shared by the apps."""
+
+from django.contrib import admin
+
+
+class ReadOnlyModelAdmin(admin.ModelAdmin):
+    """A model admin whose rows staff can list, filter and open but never add, change or
+    delete: for records of what happened (billing events, Stripe's answers, the staff
+    access log), which the app alone writes."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
