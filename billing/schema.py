@@ -8,6 +8,7 @@ every ``POST``/``PUT``/``PATCH``/``DELETE`` under ``API_ROUTES`` rather than per
 from django.conf import settings
 
 from billing.idempotency.keys import HEADER, MAX_KEY_LENGTH, METHODS, REPLAYED_HEADER
+from core.openapi import error_response
 
 ERROR_COMPONENT = "IdempotencyError"
 
@@ -36,15 +37,7 @@ _REPLAYED = {
 
 
 def _error_response(description: str, code: str) -> dict:
-    return {
-        "description": description,
-        "content": {
-            "application/json": {
-                "schema": {"$ref": f"#/components/schemas/{ERROR_COMPONENT}"},
-                "example": {"detail": description, "code": code},
-            }
-        },
-    }
+    return error_response(description, code, component=ERROR_COMPONENT)
 
 
 def document_idempotency_key(result, generator, request, public):

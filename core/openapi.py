@@ -102,17 +102,22 @@ RETRY_AFTER_HEADER = {
 _BODY_METHODS = {"post", "put", "patch"}
 
 
-def _answer(status: str) -> dict:
-    description, code = ERROR_ANSWERS[status]
+def error_response(description: str, code: str, *, component: str = ERROR_COMPONENT) -> dict:
+    """An OpenAPI response object: JSON of the schema ``component`` (the project's error
+    shape, ``{"detail", "code"}``) with an example of ``code``."""
     return {
         "description": description,
         "content": {
             "application/json": {
-                "schema": {"$ref": f"#/components/schemas/{ERROR_COMPONENT}"},
+                "schema": {"$ref": f"#/components/schemas/{component}"},
                 "example": {"detail": description, "code": code},
             }
         },
     }
+
+
+def _answer(status: str) -> dict:
+    return error_response(*ERROR_ANSWERS[status])
 
 
 def _statuses(path: str, method: str, operation: dict) -> list[str]:
