@@ -25,6 +25,7 @@ from django.core.exceptions import (
 from django.db import DataError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.views import exception_handler
 
 from core.db import transaction_aborted
@@ -75,6 +76,11 @@ def api_exception_handler(exc, context):
     response = exception_handler(exc, context)
     if response is None:
         return None
+    request = context.get("request")
+    if request is not None:
+        # an error is JSON even where a success may be the browsable API (DEBUG): DRF renders
+        # the response with the renderer set on the request
+        request.accepted_renderer, request.accepted_media_type = JSONRenderer(), "application/json"
     if isinstance(exc, exceptions.ValidationError):
         response.data = {
             "detail": "Invalid input.",
@@ -93,6 +99,39 @@ def api_exception_handler(exc, context):
         )
         response.data = {"detail": detail, "code": code}
     return response
+
+
+#: Django's own HTML error pages under /api/ -> the API's ``(detail, code)``.
+_API_ERRORS = {
+    400: ("Bad request.", "bad_request"),
+    403: ("Permission denied.", "permission_denied"),
+    404: ("Not found.", "not_found"),
+    500: ("Internal server error.", "server_error"),
+}
+
+
+class ApiJsonErrorMiddleware:
+    """Under ``/api/``, an HTML error page becomes the API's JSON error of the same status
+    (``{"detail", "code"}``): with ``DEBUG`` Django answers a disallowed ``Host`` or an
+    uncaught exception with its technical HTML page instead of the ``handler400``/
+    ``handler500`` below. Placed outside ``SecurityMiddleware`` and ``CommonMiddleware``,
+    where the host is checked; every other response passes unchanged."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if (
+            response.status_code >= 400
+            and request.path_info.startswith("/api/")
+            and response.get("Content-Type", "").startswith("text/html")
+        ):
+            detail, code = _API_ERRORS.get(
+                response.status_code, (f"HTTP {response.status_code}.", "error")
+            )
+            return json_error(detail, code, response.status_code)
+        return response
 
 
 def json_error(detail: str, code: str, status_code: int) -> JsonResponse:

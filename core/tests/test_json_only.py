@@ -55,6 +55,33 @@ def test_a_disallowed_host_is_a_json_400(client, path):
     _json_error(client.get(path, HTTP_HOST="evil.example", **HTML), 400, "bad_request")
 
 
+@pytest.fixture
+def debug_renderers(settings, monkeypatch):
+    """What ``DEBUG`` turns on (``make run``): the browsable API beside JSON (views read
+    their renderers from ``APIView`` when the settings are imported) and Django's
+    technical error pages."""
+    from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
+    from rest_framework.views import APIView
+
+    settings.DEBUG = True
+    monkeypatch.setattr(APIView, "renderer_classes", [JSONRenderer, BrowsableAPIRenderer])
+
+
+def test_with_debug_errors_are_json_for_a_browser_and_successes_may_be_html(
+    anon_api, api, debug_renderers
+):
+    _json_error(anon_api.get("/api/v1/cases/", **HTML), 401, "not_authenticated")
+    _json_error(api.get("/api/v1/cases/?format=api&page_size=0"), 400, "invalid")
+    browsable = api.get("/api/v1/cases/?format=api")
+    assert browsable.status_code == 200 and browsable["Content-Type"].startswith("text/html")
+
+
+def test_with_debug_a_disallowed_host_is_a_json_400_under_api_only(client, debug_renderers):
+    _json_error(client.get("/api/v1/cases/", HTTP_HOST="evil.example", **HTML), 400, "bad_request")
+    admin = client.get("/admin/login/", HTTP_HOST="evil.example", **HTML)
+    assert admin.status_code == 400 and admin["Content-Type"].startswith("text/html")
+
+
 def test_the_unknown_api_path_is_json_for_a_browser(api):
     _json_error(api.get("/api/v1/nowhere/", **HTML), 404, "not_found")
 

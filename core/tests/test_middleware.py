@@ -24,6 +24,7 @@ def test_middleware_order_is_request_id_timer_auth_tenant_usage():
     wanted = [
         "core.middleware.RequestIdMiddleware",
         "core.middleware.RequestTimerMiddleware",
+        "core.errors.ApiJsonErrorMiddleware",
         "django.middleware.security.SecurityMiddleware",
         "django.contrib.sessions.middleware.SessionMiddleware",
         "django.contrib.auth.middleware.AuthenticationMiddleware",
