@@ -8,7 +8,7 @@ of it (1,000,000 events; ``--quick``: 30,000) and to all of it (10,000,000; ``--
 * ingest: ``billing.services.events_ingest``, ``BATCHES`` batches of 1,000 events of 100
   other organizations (each batch in one ``cross_tenant`` transaction, as bench/ingest.py;
   deleted again afterwards), events/s;
-* one organization's month summary (``billing.selectors.usage_summary`` in its
+* one organization's month summary (``billing.usage.usage_summary`` in its
   ``tenant_context``, as the API runs it), p50 and p99 over ``RUNS`` runs: the same
   organization and month (2025-11, present at both sizes) each time, so only the table
   around it grows;
@@ -67,7 +67,7 @@ def ingest_rate(batches: int, tag: str) -> float:
 
 def summary_times(org_id: str) -> list[float]:
     """ms of each of ``RUNS`` month summaries of ``org_id`` (after one warm-up)."""
-    from billing.selectors import usage_summary
+    from billing.usage import usage_summary
     from tenancy.context import tenant_context
     from tenancy.models import Organization
 
