@@ -267,6 +267,24 @@ UNNEST_INSERT = (
     + f") AS t({_COLS}) ON CONFLICT DO NOTHING RETURNING id"
 )
 
+#: One event's ``INSERT ... VALUES (...) ON CONFLICT DO NOTHING`` (``dimensions`` bound as
+#: JSON text and cast to ``jsonb``), built once: the request path's write
+#: (``billing.services.event_insert_guarded``), with the parameters of ``row_params``.
+ROW_INSERT = (
+    f"INSERT INTO {_TABLE} ({_COLS}) VALUES ("
+    + ", ".join("%s::jsonb" if c == "dimensions" else "%s" for c in EVENT_COLUMNS)
+    + ") ON CONFLICT DO NOTHING"
+)
+
+
+def row_params(values: tuple) -> list:
+    """The parameters of ``ROW_INSERT`` for one row tuple (``EVENT_ATTNAMES`` order):
+    the values as they are, ``dimensions`` as JSON text (``dimensions_json``)."""
+    params = list(values)
+    params[_DIMENSIONS] = dimensions_json(params[_DIMENSIONS])
+    return params
+
+
 STAGE = "pg_temp.gl_billing_stage"
 STAGE_CREATE = (
     "CREATE TEMP TABLE gl_billing_stage (n integer NOT NULL, "

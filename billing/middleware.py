@@ -83,8 +83,10 @@ def event_not_written(request, response) -> None:
     )
 
 
+@functools.lru_cache(maxsize=1024)
 def route_template(route: str | None) -> str | None:
-    """Normalise a resolver route to ``/api/v1/cases/{pk}/``.
+    """Normalise a resolver route to ``/api/v1/cases/{pk}/``; cached per route (a process
+    has as many as its URL patterns), since every metered request asks.
 
     Django joins the patterns of nested ``include()``s into ``ResolverMatch.route``:
     path converters (``<uuid:pk>``) and DRF router regexes

@@ -2,8 +2,8 @@
 
 Every write is one ``INSERT ... ON CONFLICT DO NOTHING`` (PostgreSQL manual, INSERT,
 "ON CONFLICT Clause"). On the request path (``event_insert_guarded``, used by
-``UsageMiddleware``) it is the INSERT the ORM compiles for one event, sent inside a
-savepoint in a single round trip. ``event_record`` / ``events_record`` validate each
+``UsageMiddleware``) it is one event's ``INSERT ... VALUES`` (``billing.ingest.ROW_INSERT``),
+sent inside a savepoint in a single round trip. ``event_record`` / ``events_record`` validate each
 event into a plain row (``billing.ingest.event_values``; prices and defaults once per
 batch) and write them set-based with ``RETURNING id``: a small batch in one ``INSERT
 ... SELECT FROM unnest(...)``, a larger one streamed with ``COPY`` into a temporary
@@ -22,8 +22,6 @@ from collections.abc import Iterable, Mapping
 
 import psycopg
 from django.db import DatabaseError, connection, transaction
-from django.db.models.constants import OnConflict
-from django.db.models.sql import InsertQuery
 from django.db.transaction import TransactionManagementError
 
 from billing import ingest
@@ -68,15 +66,16 @@ class RequiredWriteFailed(DatabaseError):
 
 def event_insert_guarded(event: BillingEvent, *, first: tuple[str, list] | None = None) -> None:
     """Insert one built event (``ON CONFLICT DO NOTHING``) so that no failure of it can
-    abort the caller's transaction, in ONE round trip: the INSERT that Django's ORM
-    compiles for ``bulk_create(..., ignore_conflicts=True)`` (``InsertQuery``; values
-    prepared by the model's fields), sent between ``SAVEPOINT`` and ``RELEASE
-    SAVEPOINT`` as one multi-statement query (PostgreSQL manual, 55.2.2 "Simple Query":
-    several statements in one message run in order and stop at the first error; SQL
-    commands SAVEPOINT, RELEASE SAVEPOINT, ROLLBACK TO SAVEPOINT).
+    abort the caller's transaction, in ONE round trip: ``billing.ingest.ROW_INSERT`` (the
+    written columns, built once at import rather than compiled by the ORM per request),
+    sent between ``SAVEPOINT`` and ``RELEASE SAVEPOINT`` as one multi-statement query
+    (PostgreSQL manual, 55.2.2 "Simple Query": several statements in one message run in
+    order and stop at the first error; SQL commands SAVEPOINT, RELEASE SAVEPOINT,
+    ROLLBACK TO SAVEPOINT).
 
     Used by ``UsageMiddleware`` on the hot path: ``transaction.atomic()`` around
-    ``bulk_create`` costs three round trips (SAVEPOINT, INSERT, RELEASE), this one. If
+    ``bulk_create`` costs three round trips (SAVEPOINT, INSERT, RELEASE), this one, and
+    no ORM query is compiled per request. If
     the INSERT fails, a second round trip (``ROLLBACK TO SAVEPOINT; RELEASE``) restores
     the transaction, with every earlier write of the request intact, and the error is
     raised. The statements go through a client-side-binding psycopg cursor
@@ -112,10 +111,8 @@ def event_insert_guarded(event: BillingEvent, *, first: tuple[str, list] | None 
             "event_insert_guarded runs inside a transaction (the request's): its tenant "
             "context and the savepoint need one"
         )
-    query = InsertQuery(BillingEvent, on_conflict=OnConflict.IGNORE)
-    query.insert_values(BillingEvent._meta.concrete_fields, [event])
-    [(sql, params)] = query.get_compiler(connection=connection).as_sql()
-    sql = f"SAVEPOINT {_GUARD_SAVEPOINT}; {sql}; RELEASE SAVEPOINT {_GUARD_SAVEPOINT}"
+    params = ingest.row_params(ingest.instance_values(event))
+    sql = f"SAVEPOINT {_GUARD_SAVEPOINT}; {ingest.ROW_INSERT}; RELEASE SAVEPOINT {_GUARD_SAVEPOINT}"
     if first is not None:
         sql, params = f"{first[0]}; {sql}", [*first[1], *params]
     with psycopg_cursor(psycopg.ClientCursor) as cursor:

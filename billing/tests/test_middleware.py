@@ -323,7 +323,7 @@ def test_queries_per_metered_request(owner, settings):
     assert not [sql for sql in off if "billing_events" in sql]
     billing = [sql for sql in on if "billing_events" in sql]
     assert len(billing) == 1
-    assert billing[0].startswith('SAVEPOINT gl_billing_event; INSERT INTO "billing_events"')
+    assert billing[0].startswith("SAVEPOINT gl_billing_event; INSERT INTO billing_events (")
     assert billing[0].endswith("ON CONFLICT DO NOTHING; RELEASE SAVEPOINT gl_billing_event")
     print(f"queries per request: {len(off)} unmetered, {len(on)} metered")
 
