@@ -6,13 +6,19 @@ tuples (``event_values``: no model instance per event; prices and defaults compu
 once per batch by ``BatchDefaults``), then written in one transaction by
 ``rows_copy_insert``, three round trips whatever the size:
 
-1. ``CREATE TEMP TABLE gl_billing_stage (...) ON COMMIT DROP`` (PostgreSQL manual,
-   CREATE TABLE, "TEMPORARY" and "ON COMMIT"): private to the session and the
-   transaction, so it is safe behind PgBouncer's transaction pooling;
-2. ``COPY pg_temp.gl_billing_stage FROM STDIN`` (PostgreSQL manual, COPY; psycopg docs,
-   "Using COPY TO and COPY FROM"): the rows streamed, with their position in the batch;
-3. ``INSERT INTO billing_events (...) SELECT ... FROM pg_temp.gl_billing_stage ORDER BY n
-   ON CONFLICT DO NOTHING RETURNING id; DROP TABLE pg_temp.gl_billing_stage``.
+1. ``CREATE TEMP TABLE IF NOT EXISTS gl_billing_stage_<digest> (...) ON COMMIT DELETE
+   ROWS`` (PostgreSQL manual, CREATE TABLE, "TEMPORARY" and "ON COMMIT"): private to the
+   session, made once per session (a no-op afterwards: no catalog rows written and
+   deleted per batch), and empty at the end of every transaction, so nothing in it
+   outlives a batch, behind PgBouncer's transaction pooling too;
+2. ``COPY pg_temp.gl_billing_stage_<digest> FROM STDIN`` (PostgreSQL manual, COPY; psycopg
+   docs, "Using COPY TO and COPY FROM"): the rows streamed, with their position in the
+   batch;
+3. ``WITH batch AS (DELETE FROM pg_temp.gl_billing_stage_<digest> RETURNING *) INSERT
+   INTO billing_events (...) SELECT ... FROM batch ORDER BY n ON CONFLICT DO NOTHING
+   RETURNING id``: the batch moved out of the staging table (PostgreSQL manual, 7.8.4
+   "Data-Modifying Statements in WITH"), so a second batch in the same transaction
+   starts from an empty one.
 
 The INSERT is an ordinary one on ``billing_events``: its row-level security policies
 (WITH CHECK) apply to every row as to the ORM (``COPY FROM`` into a table whose policies
@@ -25,6 +31,7 @@ unnest(...)`` (one round trip, cheaper below ``COPY_MIN_ROWS`` rows). Both retur
 of the rows really created.
 """
 
+import hashlib
 import re
 import time
 from decimal import Decimal, InvalidOperation
@@ -285,19 +292,25 @@ def row_params(values: tuple) -> list:
     return params
 
 
-STAGE = "pg_temp.gl_billing_stage"
+_STAGE_COLUMNS = "n integer NOT NULL, " + ", ".join(
+    f"{f.column} {_pg_type(f)}" for f in EVENT_FIELDS
+)
+#: The staging table's name carries a digest of its columns: a session that made it under
+#: another version of the model (a pooled server connection outliving a deploy) makes a
+#: new one rather than copying into the old shape.
+STAGE_NAME = f"gl_billing_stage_{hashlib.sha256(_STAGE_COLUMNS.encode()).hexdigest()[:8]}"
+STAGE = f"pg_temp.{STAGE_NAME}"
 STAGE_CREATE = (
-    "CREATE TEMP TABLE gl_billing_stage (n integer NOT NULL, "
-    + ", ".join(f"{f.column} {_pg_type(f)}" for f in EVENT_FIELDS)
-    + ") ON COMMIT DROP"
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGE_NAME} ({_STAGE_COLUMNS}) ON COMMIT DELETE ROWS"
 )
 STAGE_COPY = f"COPY {STAGE} (n, {_COLS}) FROM STDIN"
 _STAGE_INSERT = (
-    f"INSERT INTO {_TABLE} ({_COLS}) SELECT {_COLS} FROM {STAGE} ORDER BY n ON CONFLICT DO NOTHING"
+    f"WITH batch AS (DELETE FROM {STAGE} RETURNING *) INSERT INTO {_TABLE} ({_COLS}) "
+    f"SELECT {_COLS} FROM batch ORDER BY n ON CONFLICT DO NOTHING"
 )
-STAGE_INSERT = f"{_STAGE_INSERT} RETURNING id; DROP TABLE {STAGE}"
+STAGE_INSERT = f"{_STAGE_INSERT} RETURNING id"
 #: The same without ``RETURNING``, when only the number of rows created is wanted.
-STAGE_INSERT_COUNT = f"{_STAGE_INSERT}; DROP TABLE {STAGE}"
+STAGE_INSERT_COUNT = _STAGE_INSERT
 
 #: ``COPY``'s error context: "COPY gl_billing_stage, line 3, column quantity: ..."
 _COPY_LINE = re.compile(r"\bline (\d+)(?:, column (\w+))?")
@@ -327,7 +340,8 @@ def rows_copy_insert(rows: list[tuple], *, returning: bool = True) -> set | int:
     (a ``set`` of UUIDs), or with ``returning=False`` only their number (``int``: the
     INSERT's row count, no ``RETURNING``).
 
-    Must run inside a transaction (``ON COMMIT DROP``; ``events_record`` opens one). The
+    Must run inside a transaction (``events_record`` opens one): the staging table is
+    emptied at its end (``ON COMMIT DELETE ROWS``), and by the INSERT itself. The
     COPY is logged like the other statements when queries are logged
     (``connection.queries_log``, as ``CaptureQueriesContext`` reads it).
 
@@ -359,7 +373,7 @@ def rows_copy_insert(rows: list[tuple], *, returning: bool = True) -> set | int:
                 )
         if not returning:
             cursor.execute(STAGE_INSERT_COUNT)
-            return cursor.rowcount  # the INSERT's: the first statement's result
+            return cursor.rowcount  # the INSERT's (the DELETE in its WITH is not counted)
         cursor.execute(STAGE_INSERT)
         return {row[0] for row in cursor.fetchall()}
 

@@ -186,8 +186,8 @@ def test_the_copy_path_is_three_statements_whatever_the_size(org, outsider_org):
         == large
         == [
             ["CREATE", "TEMP", "TABLE"],
-            ["COPY", "pg_temp.gl_billing_stage", "(n,"],
-            ["INSERT", "INTO", "billing_events"],
+            ["COPY", ingest.STAGE, "(n,"],
+            ["WITH", "batch", "AS"],
         ]
     )
 
@@ -201,6 +201,57 @@ def test_several_batches_in_one_transaction(org):
             ]
             assert events_ingest(events) == ingest.COPY_MIN_ROWS
     assert BillingEvent.objects.count() == 3 * ingest.COPY_MIN_ROWS
+
+
+def test_events_without_request_id_in_two_batches_of_one_transaction_are_written_once(org):
+    """The staging table outlives a batch within its session: the INSERT moves the rows
+    out of it, so a second batch in the same transaction copies only its own (events
+    without a request id are never deduplicated: a leftover row would be written twice)."""
+    batch = [{"organization": org, "event_name": "doc.upload"}] * ingest.COPY_MIN_ROWS
+    with transaction.atomic():
+        assert events_ingest(batch) == ingest.COPY_MIN_ROWS
+        assert events_ingest(batch) == ingest.COPY_MIN_ROWS
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM {ingest.STAGE}")
+            assert cursor.fetchone()[0] == 0
+    assert BillingEvent.objects.count() == 2 * ingest.COPY_MIN_ROWS
+
+
+def test_the_staging_table_is_made_once_per_session_and_is_empty_after_commit(org):
+    """Made by the session's first batch (a temporary table: PostgreSQL manual, CREATE
+    TABLE, "TEMPORARY"), kept, not made again by later batches (its catalog row keeps
+    its xmin); after a failed batch the next one still writes."""
+
+    def stage() -> tuple:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT c.xmin::text, (SELECT count(*) FROM pg_class WHERE relname = %s "
+                "AND relnamespace = pg_my_temp_schema()) "
+                "FROM pg_class c WHERE c.oid = to_regclass(%s)",
+                [ingest.STAGE_NAME, ingest.STAGE],
+            )
+            return cursor.fetchone()
+
+    def batch(tag: str) -> list[dict]:
+        return [
+            {"organization": org, "event_name": "api.request", "request_id": f"{tag}-{i}"}
+            for i in range(ingest.COPY_MIN_ROWS)
+        ]
+
+    assert events_ingest(batch("one")) == ingest.COPY_MIN_ROWS
+    made = stage()
+    assert made is not None and made[1] == 1
+    bad = batch("bad")
+    bad[5]["resource_id"] = "not-a-uuid"
+    with pytest.raises(InvalidBillingEvent, match="event 5"):
+        with transaction.atomic():
+            events_ingest(bad)
+    assert events_ingest(batch("two")) == ingest.COPY_MIN_ROWS
+    assert stage() == made
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {ingest.STAGE}")
+        assert cursor.fetchone()[0] == 0
+    assert BillingEvent.objects.count() == 2 * ingest.COPY_MIN_ROWS
 
 
 @pytest.mark.rls_raw
@@ -239,8 +290,8 @@ def test_column_lists_are_derived_from_the_model():
     assert [c for c, _ in ingest.UNNEST_COLUMNS] == list(ingest.EVENT_COLUMNS)
     cols = ", ".join(ingest.EVENT_COLUMNS)
     assert f"INSERT INTO billing_events ({cols}) SELECT " in ingest.UNNEST_INSERT
-    assert f"({cols}) SELECT {cols} FROM pg_temp.gl_billing_stage" in ingest.STAGE_INSERT
-    assert ingest.STAGE_COPY == f"COPY pg_temp.gl_billing_stage (n, {cols}) FROM STDIN"
+    assert f"INSERT INTO billing_events ({cols}) SELECT {cols} FROM batch" in ingest.STAGE_INSERT
+    assert ingest.STAGE_COPY == f"COPY {ingest.STAGE} (n, {cols}) FROM STDIN"
     assert BillingEventSerializer.Meta.fields == [
         f.name for f in concrete if f.name not in ingest.SET_LATER and f.name != "organization"
     ]
