@@ -14,7 +14,7 @@ of it (1,000,000 events; ``--quick``: 30,000) and to all of it (10,000,000; ``--
   around it grows;
 * a metered GET: ``GET /api/v1/cases/?page_size=20`` on gunicorn with metering off and on,
   interleaved ``--rounds`` rounds (each metered request inserts one event), req/s and the
-  ratio on/off.
+  ratio on/off (the median of each round's own ratio).
 
 The table shows each figure at the large size beside the small one (ratio = growth). A
 data set already present beyond the small size (e.g. from an earlier run) is measured
@@ -84,7 +84,8 @@ def summary_times(org_id: str) -> list[float]:
 
 
 def get_rates(fx: dict, *, rounds: int, duration: float, client: str, port: int) -> dict:
-    """Median req/s of the metered GET with metering off and on, interleaved by round."""
+    """Median req/s of the metered GET with metering off and on, interleaved by round, and
+    ``ratio``: the median of each round's own on/off (as bench/request_overhead.py)."""
     from bench.request_overhead import cleanup
 
     load = runner(client)
@@ -102,7 +103,8 @@ def get_rates(fx: dict, *, rounds: int, duration: float, client: str, port: int)
                 finally:
                     server.stop()
     cleanup(fx["org_id"])
-    return {"off": median(rates["false"]), "on": median(rates["true"])}
+    ratio = median([on / off for off, on in zip(rates["false"], rates["true"], strict=True)])
+    return {"off": median(rates["false"]), "on": median(rates["true"]), "ratio": ratio}
 
 
 def measure(point: str, args, fx: dict, org_id: str, client: str) -> dict:
@@ -117,6 +119,7 @@ def measure(point: str, args, fx: dict, org_id: str, client: str) -> dict:
         "p99": percentile(times, 99),
         "get_off": gets["off"],
         "get_on": gets["on"],
+        "get_ratio": gets["ratio"],
     }
 
 
@@ -194,7 +197,7 @@ def report(points: dict, size: dict, client: str, args) -> int:
             small[key] if small else None,
         )
     for point in points.values():
-        ratio = point["get_on"] / point["get_off"]
+        ratio = point.get("get_ratio") or point["get_on"] / point["get_off"]
         section.add(
             f"metered GET throughput on/off, at {point['rows']:,} rows",
             ratio,
