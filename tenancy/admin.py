@@ -1,14 +1,18 @@
-"""Django admin for organizations, users and memberships (staff's cross-tenant tool, see
-``tenancy.middleware.AdminCrossTenantMiddleware``), and the read-only staff access log
-(``tenancy.audit``)."""
+"""Django admin for organizations, users, memberships and invitations (staff's cross-tenant
+tool, see ``tenancy.middleware.AdminCrossTenantMiddleware``), and the read-only staff access
+log (``tenancy.audit``)."""
 
 import uuid
+from collections import defaultdict
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.db.models import Q
+from django.utils import timezone
 
 from core.admin import ReadOnlyModelAdmin
-from tenancy.models import Membership, Organization, StaffAccess, User
+from tenancy.invitations import invitation_status, invitations_revoke_by_staff
+from tenancy.models import Invitation, Membership, Organization, StaffAccess, User
 
 
 class MembershipInline(admin.TabularInline):
@@ -124,6 +128,73 @@ class MembershipAdmin(admin.ModelAdmin):
     search_fields = ["user__email", "organization__name", "organization__slug"]
     autocomplete_fields = ["user"]
     list_select_related = ["user", "organization"]
+
+
+class InvitationStatusFilter(admin.SimpleListFilter):
+    """Invitations by status, as ``tenancy.invitations.invitation_status`` names them."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [(s, s) for s in ("pending", "sent", "used", "revoked", "expired")]
+
+    def queryset(self, request, queryset):
+        now = timezone.now()
+        is_open = Q(used_at__isnull=True, revoked_at__isnull=True)
+        return {
+            "used": lambda: queryset.filter(used_at__isnull=False),
+            "revoked": lambda: queryset.filter(used_at__isnull=True, revoked_at__isnull=False),
+            "expired": lambda: queryset.filter(is_open, expires_at__lte=now),
+            "sent": lambda: queryset.filter(is_open, expires_at__gt=now, sent_at__isnull=False),
+            "pending": lambda: queryset.filter(is_open, expires_at__gt=now, sent_at__isnull=True),
+        }.get(self.value(), lambda: queryset)()
+
+
+@admin.register(Invitation)
+class InvitationAdmin(admin.ModelAdmin):
+    """Invitations of every organization, read-only: filter by status, organization and
+    role, search the email and the organization's name or slug. Staff cannot add one
+    (invitations are made through the API, whose job sends the email) or delete one (the
+    history stays); the one action revokes the selected open invitations."""
+
+    list_display = ["email", "organization", "role", "status", "created_at", "expires_at"]
+    list_filter = [InvitationStatusFilter, "organization", "role"]
+    search_fields = ["email", "organization__name", "organization__slug"]
+    list_select_related = ["organization"]
+    date_hierarchy = "created_at"
+    actions = ["revoke_open"]
+
+    @admin.display(description="status")
+    def status(self, obj) -> str:
+        return invitation_status(obj)
+
+    @admin.action(description="Revoke the selected open invitations", permissions=["change"])
+    def revoke_open(self, request, queryset):
+        by_organization = defaultdict(list)
+        for organization_id, pk in queryset.values_list("organization_id", "pk"):
+            by_organization[organization_id].append(pk)
+        organizations = Organization.objects.in_bulk(list(by_organization))
+        revoked = sum(
+            invitations_revoke_by_staff(organization=organizations[org_id], invitation_ids=ids)
+            for org_id, ids in by_organization.items()
+        )
+        selected = sum(len(ids) for ids in by_organization.values())
+        self.message_user(
+            request,
+            f"Revoked {revoked} of {selected} selected invitations (used and already revoked "
+            "ones are left as they are).",
+            messages.SUCCESS,
+        )
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
 
 
 class StaffAccessOrganizationFilter(admin.SimpleListFilter):

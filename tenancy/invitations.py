@@ -232,6 +232,21 @@ def invitation_revoke(
     return invitation
 
 
+def invitations_revoke_by_staff(*, organization: Organization, invitation_ids) -> int:
+    """Revoke, for the staff admin, the open invitations of ``organization`` among
+    ``invitation_ids`` (an iterable of UUIDs); return how many were revoked (``int``).
+
+    One conditional update inside the organization (``used_at`` and ``revoked_at`` still
+    ``NULL``): a used or already revoked invitation is left as it is, so running it twice
+    revokes nothing more. Staff are not members, so no role rule applies.
+    """
+    return (
+        Invitation.objects.for_organization(organization)
+        .filter(pk__in=list(invitation_ids), used_at__isnull=True, revoked_at__isnull=True)
+        .update(revoked_at=timezone.now())
+    )
+
+
 def invitation_send(*, organization: Organization, invitation_id) -> str:
     """The body of the ``send_invitation`` job: mint a token, store its digest, email the
     link, in one transaction of ``organization``'s tenant context (a failed send rolls the
