@@ -239,8 +239,27 @@ def event_instance(values: tuple) -> BillingEvent:
 
 
 def dimensions_json(dimensions) -> str:
-    """``dimensions`` as JSON text (``DjangoJSONEncoder``: datetimes, decimals, UUIDs)."""
-    return _ENCODER.encode(dimensions)
+    """``dimensions`` as JSON text (``DjangoJSONEncoder``: datetimes, decimals, UUIDs), with
+    every NUL character in a key or a string value replaced by U+FFFD.
+
+    ``jsonb`` refuses ``\\u0000`` (PostgreSQL manual, 8.14 "JSON Types"), and the values
+    come from the client (a request path such as ``/api/v1/cases/%00/``): left in, the
+    event could not be written, so a request would go unbilled. Only a text that holds
+    the escape is encoded a second time."""
+    text = _ENCODER.encode(dimensions)
+    if "\\u0000" in text:
+        text = _ENCODER.encode(_without_nul(dimensions))
+    return text
+
+
+def _without_nul(value):
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    return value
 
 
 # --- the writes -----------------------------------------------------------------------
@@ -352,7 +371,7 @@ def rows_copy_insert(rows: list[tuple], *, returning: bool = True) -> set | int:
             caller's ``atomic`` block rolls it back, nothing of the batch is written.
         django.db.DatabaseError: the INSERT failed (e.g. a row-level security policy).
     """
-    encode = _ENCODER.encode
+    encode = dimensions_json
     with psycopg_cursor(psycopg.ClientCursor) as cursor:
         cursor.execute(STAGE_CREATE)
         started = time.monotonic()

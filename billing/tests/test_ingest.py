@@ -3,6 +3,7 @@
 table, mixed organizations, ``BillingEvent`` items, a bad event in the middle; and what
 it keeps of the guarantees (row-level security, one transaction, a named error)."""
 
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -330,3 +331,22 @@ def test_event_values_order_matches_the_columns(org, owner):
     assert isinstance(values[0], uuid.UUID) and values[0].version == 7
     with pytest.raises(InvalidBillingEvent, match="unit_cost_cents"):
         ingest.event_values(organization=org, event_name="x", unit_cost_cents=2**31)
+
+
+def test_dimensions_json_replaces_nul_characters_and_keeps_a_literal_escape():
+    text = ingest.dimensions_json({"a\x00": ["x\x00y", {"k": "\x00"}], "lit": "\\u0000", "n": 1})
+    assert "\\u0000" not in text.replace("\\\\u0000", "")
+    assert json.loads(text) == {"a\ufffd": ["x\ufffdy", {"k": "\ufffd"}], "lit": "\\u0000", "n": 1}
+    assert ingest.dimensions_json({"lit": "\\u0000"}) == '{"lit": "\\\\u0000"}'
+
+
+def test_a_nul_in_dimensions_is_stored_on_every_write_path(org):
+    """The row path, the unnest path and the COPY path all write the replaced text."""
+    dims = {"endpoint": "/x\x00/"}
+    rows = [{"organization": org, "event_name": "api.request", "dimensions": dims}]
+    assert events_ingest(rows, copy=False) == 1
+    assert events_ingest(rows * ingest.COPY_MIN_ROWS, copy=True) == ingest.COPY_MIN_ROWS
+    services.event_insert_guarded(services.event_build(**rows[0], request_id="nul-1"))
+    stored = set(BillingEvent.objects.values_list("dimensions__endpoint", flat=True))
+    assert stored == {"/x\ufffd/"}
+    assert BillingEvent.objects.count() == 2 + ingest.COPY_MIN_ROWS

@@ -14,6 +14,7 @@ from billing import middleware
 from billing.models import BillingEvent
 from cases.models import Case, Client
 from cases.tests.factories import CaseFactory
+from tenancy.context import cross_tenant
 from tenancy.testing import bearer_client
 from tenancy.tests.factories import PASSWORD
 
@@ -386,3 +387,19 @@ def test_event_is_written_inside_the_tenant_context(api, org, settings):
         event_record(organization=org, event_name="api.request", request_id="no-context")
     with tenant_context(org):
         assert event_record(organization=org, event_name="api.request", request_id="ctx")
+
+
+def test_a_nul_in_the_path_is_still_billed_with_the_nul_replaced(owner):
+    """``jsonb`` cannot hold ``\\u0000``: a request path with a NUL (``%00``) on a real route
+    is billed like any other, its ``endpoint`` showing U+FFFD, and no write fails."""
+    from billing.middleware import write_failures
+
+    failures = write_failures()
+    response = bearer_client(owner).get("/api/v1/cases/%00/")
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/json"
+    assert write_failures() == failures
+    with cross_tenant(reason="test: read back"):
+        [event] = BillingEvent.objects.filter(event_name="api.request")
+    assert event.dimensions["endpoint"] == "/api/v1/cases/\ufffd/"
+    assert event.dimensions["route"] == "/api/v1/cases/{pk}/"
