@@ -38,7 +38,6 @@ whatever else runs on the machine.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import ROOT, Section, bench_env, percentile  # noqa: E402
+from cases.testing import pdf_bytes  # noqa: E402
 
 SIZES = {"full": {"jobs": 5_000, "uploads": 200}, "quick": {"jobs": 500, "uploads": 40}}
 SETTINGS = "bench._jobs_settings"
@@ -71,17 +71,6 @@ def _with_database(url: str, name: str) -> str:
 
 def _libpq(url: str) -> str:
     return url.replace("postgres://", "postgresql://", 1)
-
-
-def _pdf(pages: int) -> bytes:
-    from pypdf import PdfWriter
-
-    writer = PdfWriter()
-    for _ in range(pages):
-        writer.add_blank_page(width=612, height=792)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
 
 
 def _count(sql: str, params=None) -> int:
@@ -313,7 +302,7 @@ def main(argv=None) -> int:
         )
         section.check("every job succeeded", done == n_jobs, f"{done:,} of {n_jobs:,}")
 
-        content = _pdf(args.pages)
+        content = pdf_bytes(args.pages)
         results = uploads(n_uploads, content)
         (worker_ms, worker_bodies), (inline_ms, inline_bodies) = (
             results["worker"],

@@ -1,5 +1,4 @@
 import errno
-import io
 import logging
 import uuid
 from datetime import timedelta
@@ -10,12 +9,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import OperationalError
 from django.utils import timezone
 from procrastinate.contrib.django.models import ProcrastinateJob
-from pypdf import PdfWriter
 
 from billing.models import BillingEvent
 from cases import processing, services
 from cases.models import Document
 from cases.processing import TEXT_LINES_PER_PAGE, count_text_pages
+from cases.testing import pdf_bytes
 from cases.tests.factories import CaseFactory
 from tenancy.context import cross_tenant, tenant_context
 from tenancy.tests.factories import OrganizationFactory, member_of
@@ -27,15 +26,6 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def _media(settings, tmp_path):
     settings.MEDIA_ROOT = str(tmp_path)
-
-
-def pdf_bytes(pages: int) -> bytes:
-    writer = PdfWriter()
-    for _ in range(pages):
-        writer.add_blank_page(width=612, height=792)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
 
 
 def upload(api, case, name, content, content_type, **headers):

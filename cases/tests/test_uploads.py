@@ -12,8 +12,8 @@ from django.core.files.uploadhandler import StopUpload
 
 from billing.models import BillingEvent
 from cases.models import Document
+from cases.testing import pdf_bytes
 from cases.tests.factories import CaseFactory
-from cases.tests.test_document_billing import pdf_bytes
 from core.parsers import MaxSizeUploadHandler
 
 pytestmark = pytest.mark.django_db
