@@ -84,6 +84,16 @@ def test_without_a_key_both_commands_refuse(settings):
             call_command(command, stdout=StringIO())
 
 
+@responses.activate
+def test_with_invalid_plans_both_commands_refuse_before_calling_stripe(settings):
+    settings.STRIPE_API_KEY = "sk_test_invalid_plans"
+    settings.BILLING_PLANS = {"pro": {"name": "Pro", "meters": "not a mapping"}}
+    for command in ("stripe_setup", "check_stripe_config"):
+        with pytest.raises(CommandError, match=r"^BILLING_PLANS is invalid \(manage.py check"):
+            call_command(command, stdout=StringIO())
+    assert len(responses.calls) == 0
+
+
 def test_setup_creates_meters_products_and_graduated_prices(fake):
     code, output = run("stripe_setup")
     assert code == 0, output

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from billing import stripe_catalog
-from billing.plans import parse_plans
+from billing.management.commands._stripe_plans import stripe_plans
 from billing.reporting.stripe_api import stripe_client
 
 
@@ -32,14 +32,7 @@ class Command(BaseCommand):
         """
         import stripe
 
-        if not settings.STRIPE_API_KEY:
-            raise CommandError("STRIPE_API_KEY is not set: Stripe is off, nothing to compare.")
-        plans, problems = parse_plans(settings.BILLING_PLANS)
-        if problems:
-            raise CommandError(
-                "BILLING_PLANS is invalid (manage.py check --tag billing): "
-                + "; ".join(f"{path} {message}" for path, message in problems)
-            )
+        plans = stripe_plans(nothing_to="compare")
         client = stripe_client()
         try:
             differences = self._compare(client, plans)

@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from billing import stripe_catalog
-from billing.plans import parse_plans
+from billing.management.commands._stripe_plans import stripe_plans
 from billing.reporting.stripe_api import stripe_client
 
 
@@ -43,14 +43,7 @@ class Command(BaseCommand):
         """
         import stripe
 
-        if not settings.STRIPE_API_KEY:
-            raise CommandError("STRIPE_API_KEY is not set: Stripe is off, nothing to set up.")
-        plans, problems = parse_plans(settings.BILLING_PLANS)
-        if problems:
-            raise CommandError(
-                "BILLING_PLANS is invalid (manage.py check --tag billing): "
-                + "; ".join(f"{path} {message}" for path, message in problems)
-            )
+        plans = stripe_plans(nothing_to="set up")
         names = sorted({name for plan in plans.values() for name in plan.meters})
         unreported = [name for name in names if name not in settings.STRIPE_METERS]
         if unreported:
