@@ -7,11 +7,14 @@ from collections import defaultdict
 
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
-from django.db.models import Q
-from django.utils import timezone
 
 from core.admin import ReadOnlyModelAdmin
-from tenancy.invitations import invitation_status, invitations_revoke_by_staff
+from tenancy.invitations import (
+    INVITATION_STATUSES,
+    invitation_status,
+    invitation_status_q,
+    invitations_revoke_by_staff,
+)
 from tenancy.models import Invitation, Membership, Organization, StaffAccess, User
 
 
@@ -137,18 +140,12 @@ class InvitationStatusFilter(admin.SimpleListFilter):
     parameter_name = "status"
 
     def lookups(self, request, model_admin):
-        return [(s, s) for s in ("pending", "sent", "used", "revoked", "expired")]
+        return [(status, status) for status in INVITATION_STATUSES]
 
     def queryset(self, request, queryset):
-        now = timezone.now()
-        is_open = Q(used_at__isnull=True, revoked_at__isnull=True)
-        return {
-            "used": lambda: queryset.filter(used_at__isnull=False),
-            "revoked": lambda: queryset.filter(used_at__isnull=True, revoked_at__isnull=False),
-            "expired": lambda: queryset.filter(is_open, expires_at__lte=now),
-            "sent": lambda: queryset.filter(is_open, expires_at__gt=now, sent_at__isnull=False),
-            "pending": lambda: queryset.filter(is_open, expires_at__gt=now, sent_at__isnull=True),
-        }.get(self.value(), lambda: queryset)()
+        if self.value() not in INVITATION_STATUSES:
+            return queryset
+        return queryset.filter(invitation_status_q(self.value()))
 
 
 @admin.register(Invitation)

@@ -38,6 +38,7 @@ from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.core.validators import validate_email
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from tenancy.context import tenant_context
@@ -153,6 +154,33 @@ def invitation_status(invitation: Invitation, *, now=None) -> str:
     return "sent" if invitation.sent_at is not None else "pending"
 
 
+def invitation_status_q(status: str, *, now=None) -> Q:
+    """The filter of the invitations whose ``invitation_status`` is ``status`` (one of
+    ``INVITATION_STATUSES``), the same precedence as a ``Q``; ``now`` an aware UTC datetime
+    (default now).
+
+    Raises:
+        ValueError: ``status`` is not one of ``INVITATION_STATUSES``.
+    """
+    now = now or timezone.now()
+    is_open = Q(used_at__isnull=True, revoked_at__isnull=True)
+    live = is_open & Q(expires_at__gt=now)
+    queries = {
+        "used": Q(used_at__isnull=False),
+        "revoked": Q(used_at__isnull=True, revoked_at__isnull=False),
+        "expired": is_open & Q(expires_at__lte=now),
+        "sent": live & Q(sent_at__isnull=False),
+        "pending": live & Q(sent_at__isnull=True),
+    }
+    if status not in queries:
+        raise ValueError(f"unknown invitation status {status!r}")
+    return queries[status]
+
+
+#: The statuses ``invitation_status`` returns, in the order an invitation lives through them.
+INVITATION_STATUSES = ("pending", "sent", "used", "revoked", "expired")
+
+
 # --- services ---------------------------------------------------------------------------
 
 
@@ -223,9 +251,7 @@ def invitation_revoke(
         raise InvitationRefused(
             ROLE_FORBIDDEN, f"Only an owner may revoke an invitation as {invitation.role}."
         )
-    Invitation.objects.for_organization(organization).filter(
-        pk=invitation.pk, used_at__isnull=True, revoked_at__isnull=True
-    ).update(revoked_at=timezone.now())
+    invitations_revoke_by_staff(organization=organization, invitation_ids=[invitation.pk])
     invitation.refresh_from_db()
     if invitation.used_at is not None:
         raise InvitationRefused(USED, "This invitation was accepted already.")
@@ -233,12 +259,14 @@ def invitation_revoke(
 
 
 def invitations_revoke_by_staff(*, organization: Organization, invitation_ids) -> int:
-    """Revoke, for the staff admin, the open invitations of ``organization`` among
-    ``invitation_ids`` (an iterable of UUIDs); return how many were revoked (``int``).
+    """Revoke the open invitations of ``organization`` among ``invitation_ids`` (an
+    iterable of UUIDs), with no role rule (staff are not members; ``invitation_revoke``
+    checks the acting member's role, then calls this); return how many were revoked
+    (``int``).
 
     One conditional update inside the organization (``used_at`` and ``revoked_at`` still
     ``NULL``): a used or already revoked invitation is left as it is, so running it twice
-    revokes nothing more. Staff are not members, so no role rule applies.
+    revokes nothing more.
     """
     return (
         Invitation.objects.for_organization(organization)

@@ -113,3 +113,20 @@ def test_a_firms_own_owner_is_refused_the_admin(org, invitations, client):
     response = client.get(URL)
     assert response.status_code == 302
     assert "/admin/login/" in response["Location"]
+
+
+def test_each_invitation_is_selected_by_exactly_the_filter_of_its_own_status(invitations):
+    """``invitation_status_q`` (the admin's filter) and ``invitation_status`` (the API's
+    field) apply one rule: every invitation matches the filter of its status and no other."""
+    from tenancy.invitations import INVITATION_STATUSES, invitation_status, invitation_status_q
+
+    with cross_tenant(reason="test: every organization's invitations"):
+        for invitation in Invitation.objects.all():
+            matching = [
+                status
+                for status in INVITATION_STATUSES
+                if Invitation.objects.filter(invitation_status_q(status), pk=invitation.pk).exists()
+            ]
+            assert matching == [invitation_status(invitation)]
+    with pytest.raises(ValueError, match="unknown invitation status"):
+        invitation_status_q("lost")
