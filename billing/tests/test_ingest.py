@@ -16,7 +16,7 @@ from billing import ingest, services
 from billing.models import BillingEvent
 from billing.serializers import BillingEventSerializer
 from billing.services import InvalidBillingEvent, events_ingest, events_record
-from tenancy.context import tenant_context
+from tenancy.context import cross_tenant, tenant_context
 from tenancy.tests.test_rls import rls_on  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.django_db
@@ -170,15 +170,20 @@ def test_a_value_postgresql_refuses_while_copying_names_the_event(org):
         events_ingest(batch, copy=False)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_the_copy_path_is_three_statements_whatever_the_size(org, outsider_org):
+    """Each batch in its own transaction (real commits): CREATE (a no-op after the first),
+    COPY, INSERT. A second batch in one transaction adds a DELETE (tested below)."""
+
     def statements(n: int, tag: str) -> list[str]:
         events = [
             {"organization": (org, outsider_org)[i % 2], "event_name": "api.request"}
             | {"request_id": f"{tag}-{i}"}
             for i in range(n)
         ]
-        with CaptureQueriesContext(connection) as ctx:
-            assert len(events_record(events)) == n
+        with cross_tenant(reason="test: a batch of two organizations, one transaction"):
+            with CaptureQueriesContext(connection) as ctx:
+                assert len(events_record(events)) == n
         return [q["sql"].split(" ", 3)[:3] for q in ctx.captured_queries]
 
     small, large = statements(1000, "s"), statements(3000, "l")
@@ -188,7 +193,7 @@ def test_the_copy_path_is_three_statements_whatever_the_size(org, outsider_org):
         == [
             ["CREATE", "TEMP", "TABLE"],
             ["COPY", ingest.STAGE, "(n,"],
-            ["WITH", "batch", "AS"],
+            ["INSERT", "INTO", "billing_events"],
         ]
     )
 
@@ -205,23 +210,34 @@ def test_several_batches_in_one_transaction(org):
 
 
 def test_events_without_request_id_in_two_batches_of_one_transaction_are_written_once(org):
-    """The staging table outlives a batch within its session: the INSERT moves the rows
-    out of it, so a second batch in the same transaction copies only its own (events
-    without a request id are never deduplicated: a leftover row would be written twice)."""
+    """The staging table keeps a batch's rows until the transaction ends: a second batch in
+    the same transaction empties it first (one more statement), so it inserts only its own
+    rows (events without a request id are never deduplicated: a leftover row would be
+    written twice)."""
     batch = [{"organization": org, "event_name": "doc.upload"}] * ingest.COPY_MIN_ROWS
     with transaction.atomic():
         assert events_ingest(batch) == ingest.COPY_MIN_ROWS
-        assert events_ingest(batch) == ingest.COPY_MIN_ROWS
+        with CaptureQueriesContext(connection) as second:
+            assert events_ingest(batch) == ingest.COPY_MIN_ROWS
+        assert [q["sql"] for q in second.captured_queries][1] == ingest.STAGE_EMPTY
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT count(*) FROM {ingest.STAGE}")
-            assert cursor.fetchone()[0] == 0
+            assert cursor.fetchone()[0] == ingest.COPY_MIN_ROWS  # the second batch's only
     assert BillingEvent.objects.count() == 2 * ingest.COPY_MIN_ROWS
 
 
+@pytest.mark.django_db(transaction=True)
 def test_the_staging_table_is_made_once_per_session_and_is_empty_after_commit(org):
     """Made by the session's first batch (a temporary table: PostgreSQL manual, CREATE
     TABLE, "TEMPORARY"), kept, not made again by later batches (its catalog row keeps
-    its xmin); after a failed batch the next one still writes."""
+    its xmin), emptied by each batch's COMMIT (``ON COMMIT DELETE ROWS``: a later
+    transaction's batch needs no ``DELETE``); after a failed batch the next one still
+    writes. Real commits: each batch is its own transaction."""
+
+    def staged() -> int:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT count(*) FROM {ingest.STAGE}")
+            return cursor.fetchone()[0]
 
     def stage() -> tuple:
         with connection.cursor() as cursor:
@@ -239,20 +255,25 @@ def test_the_staging_table_is_made_once_per_session_and_is_empty_after_commit(or
             for i in range(ingest.COPY_MIN_ROWS)
         ]
 
-    assert events_ingest(batch("one")) == ingest.COPY_MIN_ROWS
+    def ingest_in_its_transaction(events) -> int:
+        with tenant_context(org):
+            return events_ingest(events)
+
+    assert ingest_in_its_transaction(batch("one")) == ingest.COPY_MIN_ROWS
     made = stage()
     assert made is not None and made[1] == 1
+    assert staged() == 0
     bad = batch("bad")
     bad[5]["resource_id"] = "not-a-uuid"
     with pytest.raises(InvalidBillingEvent, match="event 5"):
-        with transaction.atomic():
-            events_ingest(bad)
-    assert events_ingest(batch("two")) == ingest.COPY_MIN_ROWS
+        ingest_in_its_transaction(bad)
+    with CaptureQueriesContext(connection) as two:
+        assert ingest_in_its_transaction(batch("two")) == ingest.COPY_MIN_ROWS
+    assert ingest.STAGE_EMPTY not in [q["sql"] for q in two.captured_queries]
     assert stage() == made
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT count(*) FROM {ingest.STAGE}")
-        assert cursor.fetchone()[0] == 0
-    assert BillingEvent.objects.count() == 2 * ingest.COPY_MIN_ROWS
+    assert staged() == 0
+    with tenant_context(org):
+        assert BillingEvent.objects.filter(organization=org).count() == 2 * ingest.COPY_MIN_ROWS
 
 
 @pytest.mark.rls_raw
@@ -291,7 +312,9 @@ def test_column_lists_are_derived_from_the_model():
     assert [c for c, _ in ingest.UNNEST_COLUMNS] == list(ingest.EVENT_COLUMNS)
     cols = ", ".join(ingest.EVENT_COLUMNS)
     assert f"INSERT INTO billing_events ({cols}) SELECT " in ingest.UNNEST_INSERT
-    assert f"INSERT INTO billing_events ({cols}) SELECT {cols} FROM batch" in ingest.STAGE_INSERT
+    assert ingest.STAGE_INSERT.startswith(
+        f"INSERT INTO billing_events ({cols}) SELECT {cols} FROM {ingest.STAGE} ORDER BY n "
+    )
     assert ingest.STAGE_COPY == f"COPY {ingest.STAGE} (n, {cols}) FROM STDIN"
     assert BillingEventSerializer.Meta.fields == [
         f.name for f in concrete if f.name not in ingest.SET_LATER and f.name != "organization"
