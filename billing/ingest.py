@@ -4,7 +4,8 @@ validation of one event into a row, and the two set-based writes of rows.
 A batch (``billing.services.events_record``) is validated in Python into plain row
 tuples (``event_values``: no model instance per event; prices and defaults computed
 once per batch by ``BatchDefaults``), then written in one transaction by
-``rows_copy_insert``, three round trips whatever the size:
+``rows_copy_insert``, three round trips whatever the size (four for a second batch in
+the same transaction):
 
 1. ``CREATE TEMP TABLE IF NOT EXISTS gl_billing_stage_<digest> (...) ON COMMIT DELETE
    ROWS; SELECT EXISTS (SELECT FROM pg_temp.gl_billing_stage_<digest>)`` (PostgreSQL

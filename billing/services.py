@@ -173,7 +173,8 @@ def events_record(
 
     Writes: ``ingest.COPY_MIN_ROWS`` events or more go through ``COPY`` into a temporary
     staging table and one ``INSERT ... SELECT ... RETURNING id`` from it (three round
-    trips whatever the size, see ``billing.ingest``); fewer, one ``INSERT ... SELECT FROM
+    trips whatever the size, four for a second batch in the same transaction, see
+    ``billing.ingest``); fewer, one ``INSERT ... SELECT FROM
     unnest(...)``. ``copy`` forces one path (``True``/``False``; the tests compare them).
     One transaction for the batch: joins the caller's, or opens one (no savepoint); all
     or nothing.
