@@ -45,7 +45,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DataError, connection
 from django.utils import timezone
-from uuid6 import uuid7
+from uuid_utils.compat import uuid7
 
 from billing.models import BillingEvent, BillingEventStatus
 from billing.pricing import MAX_UNIT_COST_CENTS

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
-from uuid6 import uuid7
+from uuid_utils.compat import uuid7
 
 from tenancy.fields import TenantForeignKey
 from tenancy.models import Organization, TenantModel

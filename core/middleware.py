@@ -19,7 +19,7 @@ import logging
 import re
 import time
 
-from uuid6 import uuid7
+from uuid_utils.compat import uuid7
 
 REQUEST_ID_HEADER = "X-Request-ID"
 #: The response header that always carries the server's own id of the request.

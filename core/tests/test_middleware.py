@@ -10,6 +10,7 @@ from core.middleware import (
     RequestIdLogFilter,
     clean_request_id,
     client_request_id_var,
+    new_request_id,
     request_id_var,
     valid_client_request_id,
 )
@@ -70,6 +71,24 @@ def test_generated_request_ids_are_time_ordered():
     time.sleep(0.002)
     second = clean_request_id(None)
     assert first < second
+
+
+def test_a_burst_of_ids_keeps_the_clock_and_the_order():
+    """RFC 9562, 5.7 and 6.2: a UUIDv7's first 48 bits are the Unix time in ms, and ids made
+    within one millisecond stay ordered by a counter, not by moving the time forward. A
+    generator that adds 1 ms per id made within a millisecond (as the ``uuid6`` package
+    does) would stamp the last of 20,000 ids, made in a few tens of ms, some 20 s ahead.
+    The server request ids and the billing event keys share this generator."""
+    from billing.ingest import event_values
+
+    started_ms = time.time_ns() // 1_000_000
+    ids = [uuid.UUID(new_request_id()) for _ in range(10_000)]
+    ids += [event_values(organization_id=uuid.uuid4(), event_name="x")[0] for _ in range(10_000)]
+    ended_ms = time.time_ns() // 1_000_000
+    stamps = [u.int >> 80 for u in ids]
+    assert started_ms <= min(stamps) and max(stamps) <= ended_ms
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert {u.version for u in ids} == {7}
 
 
 @pytest.mark.django_db
