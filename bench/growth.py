@@ -197,7 +197,7 @@ def report(points: dict, size: dict, client: str, args) -> int:
             small[key] if small else None,
         )
     for point in points.values():
-        ratio = point.get("get_ratio") or point["get_on"] / point["get_off"]
+        ratio = point["get_ratio"]
         section.add(
             f"metered GET throughput on/off, at {point['rows']:,} rows",
             ratio,

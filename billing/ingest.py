@@ -331,12 +331,12 @@ STAGE_CREATE = (
 #: Run only when ``STAGE_CREATE`` found rows: an earlier batch of the same transaction's.
 STAGE_EMPTY = f"DELETE FROM {STAGE}"
 STAGE_COPY = f"COPY {STAGE} (n, {_COLS}) FROM STDIN"
-_STAGE_INSERT = (
+#: The INSERT from the staging table when only the number of rows created is wanted.
+STAGE_INSERT_COUNT = (
     f"INSERT INTO {_TABLE} ({_COLS}) SELECT {_COLS} FROM {STAGE} ORDER BY n ON CONFLICT DO NOTHING"
 )
-STAGE_INSERT = f"{_STAGE_INSERT} RETURNING id"
-#: The same without ``RETURNING``, when only the number of rows created is wanted.
-STAGE_INSERT_COUNT = _STAGE_INSERT
+#: The same with ``RETURNING id``, when the created rows' ids are wanted.
+STAGE_INSERT = f"{STAGE_INSERT_COUNT} RETURNING id"
 
 #: ``COPY``'s error context: "COPY gl_billing_stage, line 3, column quantity: ..."
 _COPY_LINE = re.compile(r"\bline (\d+)(?:, column (\w+))?")
