@@ -19,7 +19,8 @@ the same transaction):
    docs, "Using COPY TO and COPY FROM"): the rows streamed, with their position in the
    batch;
 3. ``INSERT INTO billing_events (...) SELECT ... FROM pg_temp.gl_billing_stage_<digest>
-   ORDER BY n ON CONFLICT DO NOTHING RETURNING id``. Emptying the table inside this
+   ORDER BY n ON CONFLICT (<the unique key>) DO NOTHING RETURNING id`` (``ON_CONFLICT``).
+   Emptying the table inside this
    statement instead (``WITH batch AS (DELETE ... RETURNING *)``) made a batch a fifth
    slower on the server (41 against 33 ms per 1,000 rows, staging COPY to COMMIT,
    measured): the rows were deleted, materialised and re-read on every batch to serve
@@ -28,12 +29,12 @@ the same transaction):
 The INSERT is an ordinary one on ``billing_events``: its row-level security policies
 (WITH CHECK) apply to every row as to the ORM (``COPY FROM`` into a table whose policies
 apply to the role is refused by PostgreSQL, hence the staging table), and its unique
-constraint deduplicates as before: against the table, and inside the batch the first
-occurrence in input order wins (``ORDER BY n``; PostgreSQL manual, INSERT, "ON CONFLICT
-Clause": ``DO NOTHING`` skips a row that conflicts with one inserted earlier by the same
-command). Small batches use ``rows_unnest_insert``, one ``INSERT ... SELECT FROM
-unnest(...)`` (one round trip, cheaper below ``COPY_MIN_ROWS`` rows). Both return the ids
-of the rows really created.
+constraint, named as the conflict target (``ON_CONFLICT``), deduplicates: against the
+table, and inside the batch the first occurrence in input order wins (``ORDER BY n``;
+PostgreSQL manual, INSERT, "ON CONFLICT Clause": ``DO NOTHING`` skips a row that
+conflicts with one inserted earlier by the same command). Small batches use
+``rows_unnest_insert``, one ``INSERT ... SELECT FROM unnest(...)`` (one round trip,
+cheaper below ``COPY_MIN_ROWS`` rows). Both return the ids of the rows really created.
 """
 
 import hashlib
@@ -45,6 +46,7 @@ import psycopg
 from django.core.exceptions import ImproperlyConfigured
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import DataError, connection
+from django.db.models import Q
 from django.utils import timezone
 from uuid_utils.compat import uuid7
 
@@ -288,6 +290,28 @@ def _array_type(field) -> str:
 
 _TABLE = BillingEvent._meta.db_table
 _COLS = ", ".join(EVENT_COLUMNS)
+
+#: The unique key that deduplicates events: (organization, event name, request id), where
+#: a request id is set (``billing_event_org_name_request_unique``).
+_KEY = next(
+    c for c in BillingEvent._meta.constraints if c.name == "billing_event_org_name_request_unique"
+)
+if _KEY.condition != Q(request_id__isnull=False):  # pragma: no cover - guards a model change
+    raise ImproperlyConfigured(
+        f"{_KEY.name}'s predicate changed: update the WHERE of billing.ingest.ON_CONFLICT"
+    )
+#: The conflict clause of every event INSERT: that key, named as its conflict target (the
+#: partial index inferred by its columns and predicate). PostgreSQL manual, INSERT, "ON
+#: CONFLICT Clause": without a conflict target every unique index is an arbiter, checked
+#: before each row is inserted, the primary key included. Naming the key checks one index
+#: per row instead of two (a batch of 1,000 into 10M rows: 12 % more events/s, measured),
+#: and a row whose id already exists (an event saved twice as the same instance) is an
+#: error (``IntegrityError``) rather than a billing event silently dropped.
+ON_CONFLICT = (
+    "ON CONFLICT ("
+    + ", ".join(BillingEvent._meta.get_field(name).column for name in _KEY.fields)
+    + ") WHERE request_id IS NOT NULL DO NOTHING"
+)
 #: (column, array element type) of the unnest INSERT, in ``EVENT_COLUMNS`` order.
 UNNEST_COLUMNS = tuple((f.column, _array_type(f)) for f in EVENT_FIELDS)
 UNNEST_INSERT = (
@@ -295,16 +319,16 @@ UNNEST_INSERT = (
     + ", ".join(f"{c}::jsonb" if c == "dimensions" else c for c, _ in UNNEST_COLUMNS)
     + " FROM unnest("
     + ", ".join(f"%b::{t}[]" for _, t in UNNEST_COLUMNS)
-    + f") AS t({_COLS}) ON CONFLICT DO NOTHING RETURNING id"
+    + f") AS t({_COLS}) {ON_CONFLICT} RETURNING id"
 )
 
-#: One event's ``INSERT ... VALUES (...) ON CONFLICT DO NOTHING`` (``dimensions`` bound as
+#: One event's ``INSERT ... VALUES (...) ON CONFLICT (...) DO NOTHING`` (``dimensions`` bound as
 #: JSON text and cast to ``jsonb``), built once: the request path's write
 #: (``billing.services.event_insert_guarded``), with the parameters of ``row_params``.
 ROW_INSERT = (
     f"INSERT INTO {_TABLE} ({_COLS}) VALUES ("
     + ", ".join("%s::jsonb" if c == "dimensions" else "%s" for c in EVENT_COLUMNS)
-    + ") ON CONFLICT DO NOTHING"
+    + f") {ON_CONFLICT}"
 )
 
 
@@ -333,7 +357,7 @@ STAGE_EMPTY = f"DELETE FROM {STAGE}"
 STAGE_COPY = f"COPY {STAGE} (n, {_COLS}) FROM STDIN"
 #: The INSERT from the staging table when only the number of rows created is wanted.
 STAGE_INSERT_COUNT = (
-    f"INSERT INTO {_TABLE} ({_COLS}) SELECT {_COLS} FROM {STAGE} ORDER BY n ON CONFLICT DO NOTHING"
+    f"INSERT INTO {_TABLE} ({_COLS}) SELECT {_COLS} FROM {STAGE} ORDER BY n {ON_CONFLICT}"
 )
 #: The same with ``RETURNING id``, when the created rows' ids are wanted.
 STAGE_INSERT = f"{STAGE_INSERT_COUNT} RETURNING id"
@@ -344,8 +368,8 @@ _COPY_LINE = re.compile(r"\bline (\d+)(?:, column (\w+))?")
 
 def rows_unnest_insert(rows: list[tuple], *, returning: bool = True) -> set | int:
     """Insert row tuples (``EVENT_ATTNAMES`` order, ``dimensions`` a dict) with one
-    ``INSERT ... SELECT FROM unnest(<one array per column>) ON CONFLICT DO NOTHING
-    RETURNING id`` (PostgreSQL manual: INSERT, "ON CONFLICT Clause"; 9.19 Array
+    ``INSERT ... SELECT FROM unnest(<one array per column>) ON CONFLICT (<the unique key>) DO
+    NOTHING RETURNING id`` (PostgreSQL manual: INSERT, "ON CONFLICT Clause"; 9.19 Array
     Functions, ``unnest``); return the ids of the rows created.
 
     The arrays are bound on the server (``psycopg.Cursor``) in psycopg's binary format.

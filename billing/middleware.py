@@ -25,8 +25,8 @@ A request with an ``Idempotency-Key`` hands its built event to ``IdempotencyMidd
 instead (``EVENT_SINK_ATTR``), which writes it together with the key's stored answer in one
 round trip (``event_insert_guarded(..., first=...)``), under the same failure policy.
 
-Round trips per metered request: 1 (``SAVEPOINT; INSERT ... ON CONFLICT DO NOTHING;
-RELEASE SAVEPOINT`` sent as one query by ``billing.services.event_insert_guarded``). A
+Round trips per metered request: 1 (``SAVEPOINT; INSERT ... ON CONFLICT (<the unique key>)
+DO NOTHING; RELEASE SAVEPOINT`` sent as one query by ``billing.services.event_insert_guarded``). A
 request that writes nothing else (a GET) also pays a WAL flush at its COMMIT, since its
 transaction now holds a write.
 """

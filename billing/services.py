@@ -1,9 +1,11 @@
 """Writes of billing events. Idempotent: a duplicate key is not an error and creates no row.
 
-Every write is one ``INSERT ... ON CONFLICT DO NOTHING`` (PostgreSQL manual, INSERT,
-"ON CONFLICT Clause"). On the request path (``event_insert_guarded``, used by
-``UsageMiddleware``) it is one event's ``INSERT ... VALUES`` (``billing.ingest.ROW_INSERT``),
-sent inside a savepoint in a single round trip. ``event_record`` / ``events_record`` validate each
+Every write is one ``INSERT ... ON CONFLICT (<the unique key>) DO NOTHING``
+(``billing.ingest.ON_CONFLICT``; PostgreSQL manual, INSERT, "ON CONFLICT Clause"): only
+the key below deduplicates; an id that already exists is an error, never a skip. On the
+request path (``event_insert_guarded``, used by ``UsageMiddleware``) it is one event's
+``INSERT ... VALUES`` (``billing.ingest.ROW_INSERT``), sent inside a savepoint in a single
+round trip. ``event_record`` / ``events_record`` validate each
 event into a plain row (``billing.ingest.event_values``; prices and defaults once per
 batch) and write them set-based with ``RETURNING id``: a small batch in one ``INSERT
 ... SELECT FROM unnest(...)``, a larger one streamed with ``COPY`` into a temporary
@@ -184,6 +186,9 @@ def events_record(
             (the message gives its index in the batch). Nothing of the batch is written; a
             malformed item is found before anything is sent, so the caller's transaction
             goes on, while a value refused by PostgreSQL has aborted it (roll it back).
+        django.db.IntegrityError: an item's id is already in the table or twice in the
+            batch (an instance saved twice; only the unique key above deduplicates). The
+            transaction is aborted, nothing of the batch is written.
     """
     rows, given = _rows(events)
     created = _write(rows, copy=copy, returning=True)

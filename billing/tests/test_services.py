@@ -303,3 +303,22 @@ def test_migration_0008_builds_and_drops_indexes_concurrently_and_leaves_the_for
     sql = out.getvalue()
     assert "CREATE INDEX CONCURRENTLY" in sql and "DROP INDEX CONCURRENTLY" in sql
     assert "FOREIGN KEY" not in sql and "ALTER TABLE" not in sql
+
+
+@pytest.mark.parametrize("path", ["guarded", "unnest", "copy"])
+def test_an_event_whose_id_exists_is_an_error_not_a_dropped_event(org, path):
+    """Only the unique key deduplicates (it is the INSERT's conflict target): an event
+    without request id whose id is already in the table (the same instance saved twice)
+    is refused with an IntegrityError on every write path, never skipped in silence."""
+    from django.db import IntegrityError, transaction
+
+    saved = services.event_build(organization=org, event_name="doc.upload")
+    assert events_record([saved]) == [saved]
+    again = services.event_build(organization=org, event_name="doc.upload")
+    again.id = saved.id
+    with pytest.raises(IntegrityError, match="billing_events_pkey"), transaction.atomic():
+        if path == "guarded":
+            services.event_insert_guarded(again)
+        else:
+            events_record([again] * (ingest.COPY_MIN_ROWS if path == "copy" else 1))
+    assert BillingEvent.objects.filter(organization=org).count() == 1
