@@ -65,17 +65,24 @@ class Organization(models.Model):
         help_text="IANA time zone used for billing periods.",
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    # Unique through Meta.constraints rather than unique=True, which would also make a
+    # varchar_pattern_ops index for LIKE queries that nothing runs on this column.
     backfill_key = models.CharField(
         max_length=300,
         null=True,
         blank=True,
-        unique=True,
         editable=False,
         help_text="Set by backfill_organizations: 'domain:<domain>' or 'email:<address>'.",
     )
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            # The name PostgreSQL gave the column's UNIQUE when 0003 added it.
+            models.UniqueConstraint(
+                fields=["backfill_key"], name="tenancy_organization_backfill_key_key"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -323,8 +330,11 @@ class TenantModel(models.Model):
 class Membership(TenantModel):
     """Grants ``user`` a ``role`` in ``organization``; unique per (user, organization)."""
 
+    # No index of its own (db_index=False): the unique (organization, user) and the primary
+    # key (organization_id, id) both lead with it, and a third index would be paid on
+    # every membership written (the backfill writes one per user).
     organization = models.ForeignKey(
-        Organization, on_delete=models.CASCADE, related_name="memberships"
+        Organization, on_delete=models.CASCADE, related_name="memberships", db_index=False
     )
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="memberships")
     role = models.CharField(
