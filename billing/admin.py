@@ -14,7 +14,8 @@ from django.utils.http import urlencode
 from billing.charts import daily_bar_chart
 from billing.formatting import format_cents, format_quantity
 from billing.models import BillingEvent, MeterReport, UsageAggregate
-from billing.pricing import line_cost_cents
+from billing.plans import METERS
+from billing.pricing import line_cost_cents, price_book
 from billing.reporting import reconciliation
 from billing.selectors import month_period, usage_by_day, usage_by_organization
 from billing.stripe_sync import admin as stripe_sync_admin  # noqa: F401 - registers its admins
@@ -23,6 +24,24 @@ from core.admin import ReadOnlyModelAdmin
 from tenancy.admin import OrganizationAdmin
 from tenancy.context import tenant_context
 from tenancy.models import Organization
+
+
+class EventNameFilter(admin.SimpleListFilter):
+    """The event-name filter of the events list: the metered names (``billing.plans.METERS``)
+    then the price book's (``settings.BILLING_PRICE_BOOK``), a fixed list. Django's default
+    for a field (``AllValuesFieldListFilter``) runs ``SELECT DISTINCT event_name`` over the
+    whole table on every page: 0.5 s at 10M events. Same URL parameter (``event_name``)."""
+
+    title = "event name"
+    parameter_name = "event_name"
+
+    def lookups(self, request, model_admin):
+        """``[(name, name), ...]``: each name once, the meters first."""
+        return [(name, name) for name in dict.fromkeys([*METERS, *sorted(price_book())])]
+
+    def queryset(self, request, queryset):
+        """The events of the chosen name; all of them when none is chosen."""
+        return queryset.filter(event_name=self.value()) if self.value() else queryset
 
 
 @admin.register(BillingEvent)
@@ -42,8 +61,10 @@ class BillingEventAdmin(ReadOnlyModelAdmin):
         "unit_price",
         "status",
     ]
-    list_filter = ["organization", "event_name", "status", "created_at"]
-    date_hierarchy = "created_at"
+    # The date filter's choices (today, past 7 days, this month, this year) cost no query.
+    # No date_hierarchy: its year links run SELECT DISTINCT date_trunc('year', created_at)
+    # over the whole table on every page (1.6 s at 10M events).
+    list_filter = ["organization", EventNameFilter, "status", "created_at"]
     search_fields = ["request_id"]
     list_select_related = ["organization"]
     ordering = ["-created_at"]
