@@ -30,7 +30,7 @@ class EventNameFilter(admin.SimpleListFilter):
     """The event-name filter of the events list: the metered names (``billing.plans.METERS``)
     then the price book's (``settings.BILLING_PRICE_BOOK``), a fixed list. Django's default
     for a field (``AllValuesFieldListFilter``) runs ``SELECT DISTINCT event_name`` over the
-    whole table on every page: 0.5 s at 10M events. Same URL parameter (``event_name``)."""
+    whole table on every page: 0.34 s at 10M events. Same URL parameter (``event_name``)."""
 
     title = "event name"
     parameter_name = "event_name"
@@ -63,7 +63,7 @@ class BillingEventAdmin(ReadOnlyModelAdmin):
     ]
     # The date filter's choices (today, past 7 days, this month, this year) cost no query.
     # No date_hierarchy: its year links run SELECT DISTINCT date_trunc('year', created_at)
-    # over the whole table on every page (1.6 s at 10M events).
+    # over the whole table on every page (2.2 s at 10M events).
     list_filter = ["organization", EventNameFilter, "status", "created_at"]
     search_fields = ["request_id"]
     list_select_related = ["organization"]

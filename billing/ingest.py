@@ -20,11 +20,10 @@ the same transaction):
    batch;
 3. ``INSERT INTO billing_events (...) SELECT ... FROM pg_temp.gl_billing_stage_<digest>
    ORDER BY n ON CONFLICT (<the unique key>) DO NOTHING RETURNING id`` (``ON_CONFLICT``).
-   Emptying the table inside this
-   statement instead (``WITH batch AS (DELETE ... RETURNING *)``) made a batch a fifth
-   slower on the server (41 against 33 ms per 1,000 rows, staging COPY to COMMIT,
-   measured): the rows were deleted, materialised and re-read on every batch to serve
-   the rare second one.
+   Emptying the table inside this statement instead (``WITH batch AS (DELETE ...
+   RETURNING *)``) made a batch a fifth slower on the server (41 against 33 ms per 1,000
+   rows, staging COPY to COMMIT, measured): the rows were deleted, materialised and
+   re-read on every batch to serve the rare second one.
 
 The INSERT is an ordinary one on ``billing_events``: its row-level security policies
 (WITH CHECK) apply to every row as to the ORM (``COPY FROM`` into a table whose policies

@@ -26,9 +26,9 @@ instead (``EVENT_SINK_ATTR``), which writes it together with the key's stored an
 round trip (``event_insert_guarded(..., first=...)``), under the same failure policy.
 
 Round trips per metered request: 1 (``SAVEPOINT; INSERT ... ON CONFLICT (<the unique key>)
-DO NOTHING; RELEASE SAVEPOINT`` sent as one query by ``billing.services.event_insert_guarded``). A
-request that writes nothing else (a GET) also pays a WAL flush at its COMMIT, since its
-transaction now holds a write.
+DO NOTHING; RELEASE SAVEPOINT`` sent as one query by
+``billing.services.event_insert_guarded``). A request that writes nothing else (a GET)
+also pays a WAL flush at its COMMIT, since its transaction now holds a write.
 """
 
 import functools

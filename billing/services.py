@@ -5,19 +5,19 @@ Every write is one ``INSERT ... ON CONFLICT (<the unique key>) DO NOTHING``
 the key below deduplicates; an id that already exists is an error, never a skip. On the
 request path (``event_insert_guarded``, used by ``UsageMiddleware``) it is one event's
 ``INSERT ... VALUES`` (``billing.ingest.ROW_INSERT``), sent inside a savepoint in a single
-round trip. ``event_record`` / ``events_record`` validate each
-event into a plain row (``billing.ingest.event_values``; prices and defaults once per
-batch) and write them set-based with ``RETURNING id``: a small batch in one ``INSERT
-... SELECT FROM unnest(...)``, a larger one streamed with ``COPY`` into a temporary
-staging table and inserted from it (``billing.ingest``), so the created rows come back
-with the write and no model instance is made for an event the caller does not get
-back. An event whose key already exists (same organization, event
-name and request id, the partial unique constraint
-``billing_event_org_name_request_unique``; on the request path the request id is the
-server's, unique per request, and ``doc.upload``/``doc.processed`` are keyed on the
-document) is skipped by the database itself, without an exception, so the surrounding
-transaction (the request's) is never aborted by a duplicate. Concurrent inserts of
-the same key wait for each other on the unique index; exactly one row survives.
+round trip. ``event_record`` / ``events_record`` validate each event into a plain row
+(``billing.ingest.event_values``; prices and defaults once per batch) and write them
+set-based with ``RETURNING id``: a small batch in one ``INSERT ... SELECT FROM
+unnest(...)``, a larger one streamed with ``COPY`` into a temporary staging table and
+inserted from it (``billing.ingest``), so the created rows come back with the write and
+no model instance is made for an event the caller does not get back. An event whose key
+already exists (same organization, event name and request id, the partial unique
+constraint ``billing_event_org_name_request_unique``; on the request path the request id
+is the server's, unique per request, and ``doc.upload``/``doc.processed`` are keyed on
+the document) is skipped by the database itself, without an exception, so the
+surrounding transaction (the request's) is never aborted by a duplicate. Concurrent
+inserts of the same key wait for each other on the unique index; exactly one row
+survives.
 """
 
 from collections.abc import Iterable, Mapping
