@@ -16,6 +16,24 @@ def test_email_is_unique_case_insensitively():
     assert User.objects.get_by_natural_key("a@X.TEST").email == "A@x.test"
 
 
+def test_a_lookup_by_email_is_an_index_scan_of_the_case_insensitive_key():
+    """``email__iexact`` (login, invitations, onboarding) compares ``LOWER(email)``, the
+    expression of ``tenancy_user_email_ci_unique``, so the index serves it; Django's own
+    ``UPPER(email)`` comparison could only scan every user. ``enable_seqscan = off``:
+    with a handful of rows the planner would scan the table anyway."""
+    from django.db import connection
+
+    UserFactory(email="Lookup.Case@Example.test")
+    by_email = User.objects.filter(email__iexact="lookup.case@EXAMPLE.TEST")
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET LOCAL enable_seqscan = off")
+        plan = by_email.explain()
+    assert "tenancy_user_email_ci_unique" in plan, plan
+    assert by_email.get().email == "Lookup.Case@Example.test"
+    assert User.objects.filter(email__iexact="lookup.case@example.test.").count() == 0
+
+
 def _indexes(table: str) -> dict[str, str]:
     from django.db import connection
 
