@@ -144,8 +144,9 @@ class MeterReport(TenantModel):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # No index of its own: the primary key (organization_id, id) leads with it.
     organization = models.ForeignKey(
-        Organization, on_delete=models.PROTECT, related_name="meter_reports"
+        Organization, on_delete=models.PROTECT, related_name="meter_reports", db_index=False
     )
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -214,8 +215,9 @@ class UsageAggregate(TenantModel):
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # No index of its own: the primary key (organization_id, id) leads with it.
     organization = models.ForeignKey(
-        Organization, on_delete=models.PROTECT, related_name="usage_aggregates"
+        Organization, on_delete=models.PROTECT, related_name="usage_aggregates", db_index=False
     )
     report = TenantForeignKey(
         MeterReport, null=True, blank=True, on_delete=models.SET_NULL, related_name="aggregates"

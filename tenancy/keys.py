@@ -369,3 +369,24 @@ def sequence_to_identity_sql(table: str, column: str = "id") -> str:
         f"PERFORM setval(pg_get_serial_sequence({rel}, {_literal(column)}), last, called); "
         "END IF; END $$"
     )
+
+
+def drop_organization_index(table: str, index: str) -> migrations.RunSQL:
+    """The migration operation that drops ``index``, a tenant table's index on
+    ``(organization_id)`` alone (the one Django makes for the organization foreign key),
+    which the primary key ``(organization_id, id)`` makes redundant: every lookup by
+    organization, and the cascade of an organization's deletion, can use the key's
+    leading column (PostgreSQL manual, 11.3 "Multicolumn Indexes"), while every write
+    paid one more index entry.
+
+    ``DROP INDEX CONCURRENTLY IF EXISTS`` (PostgreSQL manual, DROP INDEX: no lock that
+    blocks reads or writes of ``table``); backwards ``CREATE INDEX CONCURRENTLY IF NOT
+    EXISTS <index> ON <table> (organization_id)``. Neither runs in a transaction: the
+    migration must say ``atomic = False``. Pair it with the model state's ``AlterField``
+    to ``db_index=False`` in a ``SeparateDatabaseAndState``."""
+    return migrations.RunSQL(
+        sql=f"DROP INDEX CONCURRENTLY IF EXISTS {_q(index)}",
+        reverse_sql=(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {_q(index)} ON {_q(table)} (organization_id)"
+        ),
+    )

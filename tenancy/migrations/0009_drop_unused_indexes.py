@@ -1,26 +1,29 @@
-"""Two indexes that every write paid and no query needs, dropped.
+"""Three indexes that every write paid and no query needs, dropped.
 
-* ``tenancy_membership (organization_id)``: the unique ``(organization_id, user_id)`` and
-  the primary key ``(organization_id, id)`` both lead with the column, so every lookup
-  by organization has an index without it (PostgreSQL manual, 11.3 "Multicolumn
-  Indexes"); it cost one more index entry on every membership written.
+* ``tenancy_membership (organization_id)`` and ``tenancy_invitation (organization_id)``:
+  the indexes Django made for the organization foreign key. The primary key
+  ``(organization_id, id)`` leads with the column (and the membership's unique
+  ``(organization_id, user_id)`` too), so every lookup by organization has an index
+  without them (``tenancy.keys.drop_organization_index``).
 * ``tenancy_organization (backfill_key varchar_pattern_ops)``: the index Django adds beside
   a unique ``CharField`` for ``LIKE 'prefix%'`` queries, which nothing runs on this
   column. The uniqueness stays, as the same constraint, now declared in ``Meta``.
 
 ``backfill_organizations`` writes one membership per user and one organization per key:
-its statement per batch of 5,000 users took 108.5 ms with both indexes, 100.3 ms without
-(25 batches each, two alternating pairs, 300,000 users). The model state changes as
-``makemigrations`` wrote it; the database only gets ``DROP INDEX CONCURRENTLY`` (PostgreSQL
-manual, DROP INDEX: it does not lock out inserts), outside a transaction
-(``atomic = False``). The foreign key and the unique constraint are left untouched.
+its statement per batch of 5,000 users took 108.5 ms with the membership and backfill-key
+indexes, 100.3 ms without (25 batches each, two alternating pairs, 300,000 users). The
+model state changes as ``makemigrations`` wrote it; the database only gets ``DROP INDEX
+CONCURRENTLY`` (PostgreSQL manual, DROP INDEX: it does not lock out inserts), outside a
+transaction (``atomic = False``). The foreign keys and the unique constraint are left
+untouched.
 """
 
 import django.db.models.deletion
 from django.db import migrations, models
 
-# The names Django gave the two indexes (0001 and 0003).
-MEMBERSHIP_ORG_INDEX = "tenancy_membership_organization_id_8f49c887"
+from tenancy.keys import drop_organization_index
+
+# The name Django gave the pattern index in 0003.
 BACKFILL_KEY_LIKE_INDEX = "tenancy_organization_backfill_key_cd385804_like"
 
 
@@ -45,13 +48,24 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 migrations.AlterField(
+                    model_name="invitation",
+                    name="organization",
+                    field=models.ForeignKey(
+                        db_index=False,
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="invitations",
+                        to="tenancy.organization",
+                    ),
+                ),
+                migrations.AlterField(
                     model_name="organization",
                     name="backfill_key",
                     field=models.CharField(
                         blank=True,
                         editable=False,
                         help_text=(
-                            "Set by backfill_organizations: 'domain:<domain>' or 'email:<address>'."
+                            "Set by backfill_organizations: 'domain:<domain>' or "
+                            "'email:<address>'."
                         ),
                         max_length=300,
                         null=True,
@@ -65,12 +79,11 @@ class Migration(migrations.Migration):
                 ),
             ],
             database_operations=[
-                migrations.RunSQL(
-                    sql=f'DROP INDEX CONCURRENTLY IF EXISTS "{MEMBERSHIP_ORG_INDEX}"',
-                    reverse_sql=(
-                        f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{MEMBERSHIP_ORG_INDEX}" '
-                        'ON "tenancy_membership" ("organization_id")'
-                    ),
+                drop_organization_index(
+                    "tenancy_membership", "tenancy_membership_organization_id_8f49c887"
+                ),
+                drop_organization_index(
+                    "tenancy_invitation", "tenancy_invitation_organization_id_c4a918ea"
                 ),
                 migrations.RunSQL(
                     sql=f'DROP INDEX CONCURRENTLY IF EXISTS "{BACKFILL_KEY_LIKE_INDEX}"',

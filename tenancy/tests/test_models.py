@@ -42,14 +42,23 @@ def _indexes(table: str) -> dict[str, str]:
         return dict(cursor.fetchall())
 
 
-def test_membership_lookups_by_organization_use_the_keys_that_lead_with_it():
-    """No single-column index on tenancy_membership.organization_id: the unique
-    (organization_id, user_id) and the primary key lead with it (a third index would be
-    paid on every membership written)."""
-    definitions = _indexes("tenancy_membership").values()
-    assert not [d for d in definitions if d.endswith("(organization_id)")]
-    assert [d for d in definitions if d.endswith("(organization_id, user_id)")]
-    assert [d for d in definitions if d.endswith("(organization_id, id)")]
+def test_no_tenant_table_has_an_index_on_organization_id_alone():
+    """Every tenant table's primary key leads with organization_id ((organization_id, id);
+    the idempotency keys' (organization_id, key)), so an index on the organization column
+    alone (Django's default for the foreign key) would only be paid on every write; the
+    membership's unique (organization_id, user_id) leads with it too."""
+    from django.apps import apps
+
+    from tenancy.rls import policies
+
+    tables = [t.table for t in policies.tenant_tables(apps.get_models()) if not t.through_parent]
+    assert "tenancy_membership" in tables and "cases_case" in tables
+    for table in tables:
+        definitions = _indexes(table).values()
+        assert not [d for d in definitions if d.endswith("(organization_id)")], table
+        primary = _indexes(table)[f"{table}_pkey"]
+        assert "(organization_id, " in primary, (table, primary)
+    assert [d for d in _indexes("tenancy_membership").values() if "(organization_id, user_id)" in d]
 
 
 def test_backfill_key_is_unique_without_a_pattern_index():
@@ -68,19 +77,45 @@ def test_backfill_key_is_unique_without_a_pattern_index():
     Organization.objects.create(name="D", slug="d-key")
 
 
-def test_migration_0009_only_drops_the_two_indexes_concurrently():
-    """On live tables: no ACCESS EXCLUSIVE lock, the foreign key and the unique constraint
-    untouched (sqlmigrate prints what migrate would run)."""
+@pytest.mark.parametrize(
+    ("app", "migration", "indexes"),
+    [
+        (
+            "tenancy",
+            "0009",
+            [
+                "tenancy_membership_organization_id_8f49c887",
+                "tenancy_invitation_organization_id_c4a918ea",
+                "tenancy_organization_backfill_key_cd385804_like",
+            ],
+        ),
+        (
+            "billing",
+            "0013",
+            [
+                "billing_meterreport_organization_id_72b352e6",
+                "billing_usageaggregate_organization_id_b0fe19d5",
+            ],
+        ),
+        (
+            "cases",
+            "0007",
+            [
+                "cases_client_organization_id_e93af0ed",
+                "cases_case_organization_id_cb1292e0",
+                "cases_document_organization_id_bba2b9cb",
+            ],
+        ),
+    ],
+)
+def test_the_index_migrations_only_drop_indexes_concurrently(app, migration, indexes):
+    """On live tables: no ACCESS EXCLUSIVE lock, the foreign keys and the unique
+    constraint untouched (sqlmigrate prints what migrate would run)."""
     from io import StringIO
 
     from django.core.management import call_command
 
     out = StringIO()
-    call_command("sqlmigrate", "tenancy", "0009", stdout=out)
-    statements = [
-        line for line in out.getvalue().splitlines() if line and not line.startswith("--")
-    ]
-    assert statements == [
-        'DROP INDEX CONCURRENTLY IF EXISTS "tenancy_membership_organization_id_8f49c887";',
-        'DROP INDEX CONCURRENTLY IF EXISTS "tenancy_organization_backfill_key_cd385804_like";',
-    ]
+    call_command("sqlmigrate", app, migration, stdout=out)
+    statements = [line for line in out.getvalue().splitlines() if line and line[:2] != "--"]
+    assert statements == [f'DROP INDEX CONCURRENTLY IF EXISTS "{name}";' for name in indexes]
