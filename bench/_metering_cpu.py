@@ -100,12 +100,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-cpu-") as logdir:
         for pair in range(args.pairs):
             for variant in ("a", "b") if pair % 2 == 0 else ("b", "a"):
-                spec = overhead.VARIANTS[variant]
-                env = {
-                    "BILLING_METERING_ENABLED": spec["metering"],
-                    "DJANGO_SETTINGS_MODULE": spec["settings"],
-                }
-                server = Server(variant, env=env, port=args.port, workers=2, logdir=Path(logdir))
+                server = overhead.variant_server(
+                    variant, port=args.port, workers=2, logdir=Path(logdir)
+                )
                 server.start()
                 try:
                     row = one_run(server, fx, load, args.duration)
@@ -113,7 +110,8 @@ def main(argv=None) -> int:
                     server.stop()
                 rows[variant].append(row)
                 shown = ", ".join(f"{k} {v:.3f}" for k, v in row.items())
-                print(f"pair {pair + 1} {variant} ({spec['label']}): {shown}", flush=True)
+                label = overhead.VARIANTS[variant]["label"]
+                print(f"pair {pair + 1} {variant} ({label}): {shown}", flush=True)
     print("\nmedians, CPU ms per request (req/s as is):")
     for name in rows["a"][0]:
         a = statistics.median(r[name] for r in rows["a"])

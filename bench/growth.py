@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import ingest as ingest_bench  # noqa: E402
 from bench import usage_summary as usage  # noqa: E402
 from bench._common import Section, median, percentile, setup_django  # noqa: E402
-from bench._load import HOST, Load, Server, runner  # noqa: E402
+from bench._load import HOST, Load, runner  # noqa: E402
 
 BATCHES = {"full": 50, "quick": 10}
 RUNS = 50
@@ -86,25 +86,24 @@ def summary_times(org_id: str) -> list[float]:
 def get_rates(fx: dict, *, rounds: int, duration: float, client: str, port: int) -> dict:
     """Median req/s of the metered GET with metering off and on, interleaved by round, and
     ``ratio``: the median of each round's own on/off (as bench/request_overhead.py)."""
-    from bench.request_overhead import cleanup
+    from bench.request_overhead import cleanup, variant_server
 
     load = runner(client)
     url = f"http://{HOST}:{port}/api/v1/cases/?page_size=20"
-    rates: dict[str, list[float]] = {"false": [], "true": []}
+    rates: dict[str, list[float]] = {"a": [], "b": []}  # metering off, on
     with tempfile.TemporaryDirectory(prefix="bench-growth-") as logdir:
         for r in range(rounds):
-            for metering in ("false", "true") if r % 2 == 0 else ("true", "false"):
-                env = {"BILLING_METERING_ENABLED": metering}
-                server = Server(f"m{metering}", env=env, port=port, workers=2, logdir=Path(logdir))
+            for variant in ("a", "b") if r % 2 == 0 else ("b", "a"):
+                server = variant_server(variant, port=port, workers=2, logdir=Path(logdir))
                 server.start()
                 try:
                     load(Load(url, "GET", fx, 4, duration=2))  # warm-up
-                    rates[metering].append(load(Load(url, "GET", fx, 4, duration))["rps"])
+                    rates[variant].append(load(Load(url, "GET", fx, 4, duration))["rps"])
                 finally:
                     server.stop()
     cleanup(fx["org_id"])
-    ratio = median([on / off for off, on in zip(rates["false"], rates["true"], strict=True)])
-    return {"off": median(rates["false"]), "on": median(rates["true"]), "ratio": ratio}
+    ratio = median([on / off for off, on in zip(rates["a"], rates["b"], strict=True)])
+    return {"off": median(rates["a"]), "on": median(rates["b"]), "ratio": ratio}
 
 
 def measure(point: str, args, fx: dict, org_id: str, client: str) -> dict:

@@ -66,6 +66,15 @@ TRACKING_TABLE = "rest_framework_tracking_apirequestlog"
 FIGURES = (("rps", "req/s", "req/s"), ("p50_ms", "ms", "p50"), ("p99_ms", "ms", "p99"))
 
 
+def variant_server(variant: str, *, port: int, workers: int, logdir: Path) -> Server:
+    """An unstarted gunicorn ``Server`` for ``variant`` ("a", "b" or "c" of ``VARIANTS``):
+    its metering setting and settings module over ``bench_env()``, ``workers`` sync
+    workers on ``port``, logs under ``logdir``."""
+    spec = VARIANTS[variant]
+    env = {"BILLING_METERING_ENABLED": spec["metering"], "DJANGO_SETTINGS_MODULE": spec["settings"]}
+    return Server(variant, env=env, port=port, workers=workers, logdir=logdir)
+
+
 # --- fixtures ----------------------------------------------------------------------------
 def seed() -> dict:
     """The benchmark organization (idempotent on its slug): owner, one client, 1,000 cases.
@@ -256,13 +265,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-gunicorn-") as logdir:
         for r in range(rounds):
             for variant in order[r % 3 :] + order[: r % 3]:
-                spec = VARIANTS[variant]
-                env = {
-                    "BILLING_METERING_ENABLED": spec["metering"],
-                    "DJANGO_SETTINGS_MODULE": spec["settings"],
-                }
-                server = Server(
-                    variant, env=env, port=args.port, workers=args.workers, logdir=Path(logdir)
+                server = variant_server(
+                    variant, port=args.port, workers=args.workers, logdir=Path(logdir)
                 )
                 server.start()
                 try:
