@@ -1,5 +1,5 @@
 import pytest
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 
 from tenancy.models import User
 from tenancy.tests.factories import UserFactory
@@ -21,8 +21,6 @@ def test_a_lookup_by_email_is_an_index_scan_of_the_case_insensitive_key():
     expression of ``tenancy_user_email_ci_unique``, so the index serves it; Django's own
     ``UPPER(email)`` comparison could only scan every user. ``enable_seqscan = off``:
     with a handful of rows the planner would scan the table anyway."""
-    from django.db import connection
-
     UserFactory(email="Lookup.Case@Example.test")
     by_email = User.objects.filter(email__iexact="lookup.case@EXAMPLE.TEST")
     with transaction.atomic():
@@ -35,8 +33,6 @@ def test_a_lookup_by_email_is_an_index_scan_of_the_case_insensitive_key():
 
 
 def _indexes(table: str) -> dict[str, str]:
-    from django.db import connection
-
     with connection.cursor() as cursor:
         cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s", [table])
         return dict(cursor.fetchall())
@@ -54,9 +50,9 @@ def test_no_tenant_table_has_an_index_on_organization_id_alone():
     tables = [t.table for t in policies.tenant_tables(apps.get_models()) if not t.through_parent]
     assert "tenancy_membership" in tables and "cases_case" in tables
     for table in tables:
-        definitions = _indexes(table).values()
-        assert not [d for d in definitions if d.endswith("(organization_id)")], table
-        primary = _indexes(table)[f"{table}_pkey"]
+        indexes = _indexes(table)
+        assert not [d for d in indexes.values() if d.endswith("(organization_id)")], table
+        primary = indexes[f"{table}_pkey"]
         assert "(organization_id, " in primary, (table, primary)
     assert [d for d in _indexes("tenancy_membership").values() if "(organization_id, user_id)" in d]
 
