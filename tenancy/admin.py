@@ -8,7 +8,7 @@ from collections import defaultdict
 from django.contrib import admin, messages
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from core.admin import ReadOnlyModelAdmin
+from core.admin import AllFieldsReadOnlyMixin, ReadOnlyModelAdmin
 from tenancy.invitations import (
     INVITATION_STATUSES,
     invitation_status,
@@ -149,7 +149,7 @@ class InvitationStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Invitation)
-class InvitationAdmin(admin.ModelAdmin):
+class InvitationAdmin(AllFieldsReadOnlyMixin, admin.ModelAdmin):
     """Invitations of every organization, read-only: filter by status, organization and
     role, search the email and the organization's name or slug. Staff cannot add one
     (invitations are made through the API, whose job sends the email) or delete one (the
@@ -190,9 +190,6 @@ class InvitationAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields]
-
 
 class StaffAccessOrganizationFilter(admin.SimpleListFilter):
     """Rows that touched one organization (``organization_ids`` contains it)."""
@@ -214,7 +211,7 @@ class StaffAccessOrganizationFilter(admin.SimpleListFilter):
 
 
 @admin.register(StaffAccess)
-class StaffAccessAdmin(ReadOnlyModelAdmin):
+class StaffAccessAdmin(AllFieldsReadOnlyMixin, ReadOnlyModelAdmin):
     """The staff access log (``tenancy.audit``), read-only: filter by action, model,
     organization, staff user and date; search request id, object id, email and path.
     Nobody may add, change or delete a row here (and the database refuses UPDATE and
@@ -244,6 +241,3 @@ class StaffAccessAdmin(ReadOnlyModelAdmin):
     @admin.display(description="organizations")
     def organizations(self, obj) -> str:
         return ", ".join(str(o) for o in obj.organization_ids)
-
-    def get_readonly_fields(self, request, obj=None):
-        return [f.name for f in self.model._meta.fields]
