@@ -204,7 +204,7 @@ class UsageMiddleware:
         match = getattr(request, "resolver_match", None)
         if match is None or not getattr(match.func, "billable", True):
             return False
-        path = request.path
+        path = request.path_info  # the routed path, never SCRIPT_NAME + it (core.paths)
         if not any(path.startswith(prefix) for prefix in settings.BILLABLE_ROUTES):
             return False
         if any(path.startswith(prefix) for prefix in self._excluded_prefixes()):
@@ -220,7 +220,7 @@ class UsageMiddleware:
         try:
             match = getattr(request, "resolver_match", None)
             dimensions = {
-                "endpoint": request.path,
+                "endpoint": request.path_info,
                 "route": route_template(match.route if match else None),
                 "method": request.method,
                 "status_code": response.status_code,

@@ -175,7 +175,7 @@ def csrf_failure(request, reason=""):
     """``CSRF_FAILURE_VIEW``: under ``/api/`` the API's JSON 403 (``csrf_failed``; API
     clients authenticate with bearer tokens, only session-authenticated requests can fail
     it); elsewhere (the admin) Django's own page."""
-    if request.path.startswith("/api/"):
+    if request.path_info.startswith("/api/"):
         return json_error(
             f"CSRF verification failed: {reason}", "csrf_failed", status.HTTP_403_FORBIDDEN
         )

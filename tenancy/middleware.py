@@ -8,6 +8,7 @@ from django.http import JsonResponse
 from rest_framework import exceptions
 
 from core.db import transaction_aborted
+from core.paths import app_path
 from tenancy.audit import staff_access_begin, staff_access_record
 from tenancy.authentication import JWT_RESULT_ATTR, TenantJWTAuthentication
 from tenancy.context import (
@@ -61,7 +62,7 @@ class TenantMiddleware:
     def _is_token_endpoint(self, request) -> bool:
         if self._token_paths is None:  # reversed on first use: the URLconf is loaded by then
             self._token_paths = self._reverse_token_paths()
-        return request.path in self._token_paths
+        return request.path_info in self._token_paths
 
     def _reverse_token_paths(self) -> frozenset[str]:
         """The paths of ``TOKEN_URL_NAMES`` in the URLconf. A name the URLconf does not
@@ -73,7 +74,7 @@ class TenantMiddleware:
         paths, missing = set(), []
         for name in self.TOKEN_URL_NAMES:
             try:
-                paths.add(reverse(name))
+                paths.add(app_path(reverse(name)))
             except NoReverseMatch:
                 missing.append(name)
         if missing:
@@ -165,7 +166,7 @@ class AdminCrossTenantMiddleware:
             from django.urls import NoReverseMatch, reverse
 
             try:
-                self.prefix = reverse("admin:index")
+                self.prefix = app_path(reverse("admin:index"))
             except NoReverseMatch:
                 logger.warning("AdminCrossTenantMiddleware: the URLconf has no admin:index")
                 self.prefix = None
@@ -177,7 +178,7 @@ class AdminCrossTenantMiddleware:
         user = getattr(request, "user", None)
         if (
             prefix is not None
-            and request.path.startswith(prefix)
+            and request.path_info.startswith(prefix)
             and user is not None
             and user.is_authenticated
             and user.is_active

@@ -259,7 +259,7 @@ def count_request(request) -> RateLimitResult | None:
     organization = request_organization(request)
     if organization is None:
         return None
-    if not any(request.path.startswith(prefix) for prefix in settings.API_ROUTES):
+    if not any(request.path_info.startswith(prefix) for prefix in settings.API_ROUTES):
         return None
     limit = tier_limit(organization)
     if limit is None:

@@ -45,7 +45,7 @@ class IdempotencyMiddleware:
         organization = request_organization(request)
         if raw is None or organization is None:
             return self.get_response(request)
-        if not any(request.path.startswith(prefix) for prefix in settings.API_ROUTES):
+        if not any(request.path_info.startswith(prefix) for prefix in settings.API_ROUTES):
             return self.get_response(request)
         try:
             key = parse_key(raw)

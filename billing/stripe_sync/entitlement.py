@@ -38,8 +38,8 @@ def write_refused(request) -> bool:
     if organization.subscription_status not in INACTIVE_STATUSES:
         return False
     for prefix in settings.API_ROUTES:
-        if request.path.startswith(prefix):
-            rest = request.path[len(prefix) :]
+        if request.path_info.startswith(prefix):
+            rest = request.path_info[len(prefix) :]
             return not rest.startswith(EXEMPT_SEGMENTS)
     return False
 
