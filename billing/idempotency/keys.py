@@ -17,7 +17,9 @@ from django.db.models.constants import OnConflict
 from django.db.models.sql import InsertQuery
 from django.db.transaction import TransactionManagementError
 from django.http import HttpResponse
+from django.urls import Resolver404, resolve
 from django.utils import timezone
+from rest_framework.utils.mediatypes import media_type_matches
 
 from billing.middleware import event_not_written
 from billing.models import IdempotencyKey
@@ -75,10 +77,12 @@ def _file_digest(upload) -> str:
 
 def _multipart_digest(request) -> str:
     """SHA-256 (hex) of a multipart body's parts: each form field's values and, for each
-    file, its field, file name, content type and the SHA-256 of its bytes. Not of the raw
-    body, whose random boundary differs on every retry of most clients. A ``POST`` is
-    parsed by Django (``request.POST``/``FILES``, which DRF then reuses); another method
-    with Django's parser, its result left on the request for DRF the same way.
+    file, its field, file name, content type and the SHA-256 of its bytes, the parts of
+    one field in the order sent (an upload keeps its field's last file, so ``[X, Y]`` and
+    ``[Y, X]`` are different requests). Not of the raw body, whose random boundary differs
+    on every retry of most clients. A ``POST`` is parsed by Django
+    (``request.POST``/``FILES``, which DRF then reuses); another method with Django's
+    parser, its result left on the request for DRF the same way.
 
     Raises:
         MultiPartParserError: the body is not valid multipart.
@@ -90,19 +94,44 @@ def _multipart_digest(request) -> str:
         request._post, request._files = fields, files
     parts = {
         "fields": sorted((name, fields.getlist(name)) for name in fields),
-        "files": sorted(
-            (name, upload.name, upload.content_type or "", _file_digest(upload))
-            for name in files
-            for upload in files.getlist(name)
-        ),
+        "files": [
+            (name, [(u.name, u.content_type or "", _file_digest(u)) for u in files.getlist(name)])
+            for name in sorted(files)
+        ],
     }
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
+def view_parses_multipart(request) -> bool:
+    """Whether the view that ``request`` is routed to reads a multipart body for its
+    method: a DRF view whose parsers for this request (``get_parsers()``) include one for
+    ``multipart/form-data``, or a plain Django view (which reads ``request.POST``).
+
+    Only then may the fingerprint parse the body before the view. Parsed for a view that
+    takes JSON only, the body was gone when DRF looked for it: DRF then reads an empty
+    body instead of answering 415, so a multipart ``PATCH`` with a key changed nothing and
+    answered 200 (DRF docs, "Parsers": a request whose media type no parser of the view
+    handles is ``415 Unsupported Media Type``)."""
+    try:
+        match = resolve(request.path_info)
+    except Resolver404:
+        return True
+    view_class = getattr(match.func, "cls", None)
+    if view_class is None or not hasattr(view_class, "get_parsers"):
+        return True
+    view = view_class(**getattr(match.func, "initkwargs", {}))
+    view.request, view.args, view.kwargs = request, match.args, match.kwargs
+    return any(
+        media_type_matches(parser.media_type, "multipart/form-data")
+        for parser in view.get_parsers()
+    )
+
+
 def request_fingerprint(request) -> str:
     """SHA-256 (64 hex characters) identifying what ``request`` asks for: organization,
-    user, method, path, raw query string, content type, and the SHA-256 of the body (for
-    multipart, of each part: ``_multipart_digest``). A retry must match it exactly.
+    user, method, path (the routed one, ``path_info``), raw query string, content type,
+    and the SHA-256 of the body (for multipart to a view that parses it, of each part:
+    ``_multipart_digest``; otherwise of the raw body). A retry must match it exactly.
 
     Reads the body (at most ``DATA_UPLOAD_MAX_MEMORY_SIZE`` bytes, Django's limit; files
     of a multipart upload are streamed), which the view then reads from Django's cache.
@@ -111,7 +140,7 @@ def request_fingerprint(request) -> str:
         MultiPartParserError: a malformed multipart body.
         django.core.exceptions.RequestDataTooBig: the body is over Django's limit.
     """
-    if request.content_type == "multipart/form-data":
+    if request.content_type == "multipart/form-data" and view_parses_multipart(request):
         body_digest = _multipart_digest(request)
     else:
         body_digest = hashlib.sha256(request.body).hexdigest()
