@@ -139,6 +139,35 @@ def json_error(detail: str, code: str, status_code: int) -> JsonResponse:
     return JsonResponse({"detail": detail, "code": code}, status=status_code)
 
 
+class LengthRequiredMiddleware:
+    """``411 {"code": "length_required"}`` for a request whose body is chunked
+    (``Transfer-Encoding: chunked``) and has no ``Content-Length``; every other request
+    passes untouched.
+
+    Django reads at most ``CONTENT_LENGTH`` bytes of a WSGI request's body, and none when
+    it is absent (``WSGIRequest``'s ``LimitedStream``), so a chunked body, which gunicorn
+    passes on without a length, reached the view as an empty one: a chunked ``PATCH``
+    answered 200 and changed nothing, a chunked upload of 3 MB was a 400 "field
+    required". Refusing it loses nothing: RFC 9110, 15.5.12, "411 Length Required: the
+    server refuses to accept the request without a defined Content-Length", and the
+    client can send it again with one. Not billed: nothing was served."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        meta = request.META
+        if "chunked" in meta.get("HTTP_TRANSFER_ENCODING", "").lower() and not meta.get(
+            "CONTENT_LENGTH"
+        ):
+            return json_error(
+                "A request body needs a Content-Length: chunked bodies are not accepted.",
+                "length_required",
+                status.HTTP_411_LENGTH_REQUIRED,
+            )
+        return self.get_response(request)
+
+
 def handler404(request, exception=None):
     """404 page: JSON for API paths and everywhere else (this service has no HTML site)."""
     return json_error("Not found.", "not_found", status.HTTP_404_NOT_FOUND)

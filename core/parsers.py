@@ -8,7 +8,8 @@ anything reaches a serializer:
 
 * a body over ``settings.API_MAX_JSON_BYTES`` (bytes; default 1 MiB): 413
   ``body_too_large``, from ``Content-Length`` before reading, else after reading at most
-  limit + 1 bytes (a chunked body has no ``Content-Length``);
+  limit + 1 bytes (a chunked body, which has no ``Content-Length``, never gets here: it
+  is a 411, ``core.errors.LengthRequiredMiddleware``);
 * bytes that are not UTF-8 (RFC 8259, 8.1), and text that is not JSON: 400 ``parse_error``;
 * ``NaN``, ``Infinity``, ``-Infinity``: 400 ``json_constant``;
 * arrays and objects nested deeper than ``MAX_DEPTH``: 400 ``json_too_deep`` (also

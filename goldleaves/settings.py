@@ -63,6 +63,7 @@ MIDDLEWARE = [
     "core.middleware.RequestIdMiddleware",
     "core.middleware.RequestTimerMiddleware",
     "core.errors.ApiJsonErrorMiddleware",
+    "core.errors.LengthRequiredMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

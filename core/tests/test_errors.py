@@ -28,3 +28,21 @@ def test_unhandled_exception_is_a_json_500_with_debug_off(api, monkeypatch):
     assert response.status_code == 500
     assert response["Content-Type"].startswith("application/json")
     assert response.json() == {"detail": "Internal server error.", "code": "server_error"}
+
+
+@pytest.mark.django_db
+def test_a_chunked_body_without_content_length_is_411_and_nothing_runs(api):
+    from billing.models import BillingEvent
+    from cases.models import Client
+
+    # generic() with an empty body sets no CONTENT_LENGTH, as gunicorn for a chunked one
+    response = api.generic(
+        "POST", "/api/v1/clients/", b"", "application/json", HTTP_TRANSFER_ENCODING="chunked"
+    )
+    assert "CONTENT_LENGTH" not in response.wsgi_request.META
+    assert response.status_code == 411
+    assert response.json()["code"] == "length_required"
+    assert not Client.objects.exists()
+    assert not BillingEvent.objects.exists()  # nothing was served
+    sized = api.post("/api/v1/clients/", {"name": "Sized"}, format="json")
+    assert sized.status_code == 201

@@ -156,3 +156,23 @@ def test_2000_requests_from_32_threads_all_answered_and_each_metered_once(web_se
         events = BillingEvent.objects.for_organization(org).filter(event_name="api.request")
         assert events.count() == REQUESTS
         assert set(events.values_list("request_id", flat=True)) == request_ids
+
+
+def test_a_chunked_body_is_refused_with_411_and_writes_nothing(web_server, tenant):
+    """gunicorn passes a chunked body on without a Content-Length, and Django reads none
+    of it: the API refuses it (411 ``length_required``) instead of running the view on an
+    empty body (``core.errors.LengthRequiredMiddleware``)."""
+    from cases.models import Client
+
+    org = tenant["org"]
+    headers = {"Authorization": f"Bearer {tenant['token']}", "Content-Type": "application/json"}
+    body = iter([b'{"name": ', b'"Chunked client"}'])  # a generator: requests sends it chunked
+    response = requests.post(
+        web_server + "/api/v1/clients/", data=body, headers=headers, timeout=30
+    )
+    assert response.request.headers.get("Transfer-Encoding") == "chunked"
+    assert "Content-Length" not in response.request.headers
+    assert response.status_code == 411, response.text
+    assert response.json()["code"] == "length_required"
+    with tenant_context(org):
+        assert not Client.objects.filter(organization=org).exists()
