@@ -30,12 +30,12 @@ from django.utils.http import content_disposition_header
 from rest_framework.exceptions import NotFound
 
 from cases.models import Document
+from cases.uploads import filename_as_saved
 
 #: ``type/subtype`` (RFC 6838, 4.2 restricted names), parameters dropped.
 _MEDIA_TYPE = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,62}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,62}$"
 )
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 FALLBACK_CONTENT_TYPE = "application/octet-stream"
 #: What the browser may run in a downloaded file opened inline by mistake: nothing.
 DOWNLOAD_CSP = "default-src 'none'; sandbox"
@@ -56,9 +56,10 @@ def download_content_type(document: Document) -> str:
 
 
 def download_filename(document: Document) -> str:
-    """The original file name without control characters (a header cannot carry them),
-    ``"document"`` if nothing is left."""
-    return _CONTROL.sub("", document.original_filename or "").strip() or "document"
+    """The original file name as a download saves it (``cases.uploads.filename_as_saved``:
+    no control characters, no trailing dots or spaces), ``"document"`` if nothing is
+    left: the name the upload's executable check judged."""
+    return filename_as_saved(document.original_filename or "") or "document"
 
 
 def _is_s3(storage) -> bool:

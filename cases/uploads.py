@@ -20,7 +20,8 @@ except TAB, LF, FF and CR; anything else is unknown. Refused with 415:
 * ``file_type_mismatch``: the file name's extension or the declared ``Content-Type``
   names an executable or script type (``EXECUTABLE_EXTENSIONS``,
   ``EXECUTABLE_CONTENT_TYPES``), whatever the bytes: such a file could be run by whoever
-  downloads it.
+  downloads it. The extension is read from the name as a download saves it
+  (``filename_as_saved``): ``evil.sh `` and ``evil.sh.`` are ``evil.sh``.
 """
 
 import codecs
@@ -117,7 +118,21 @@ class DocumentMultiPartParser(BoundedMultiPartParser):
         return file_too_large(limit)
 
 
+_NAME_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def filename_as_saved(name: str) -> str:
+    """``name`` (a client's file name) as a download saves it: without control characters
+    (a header cannot carry them), surrounding whitespace, or trailing dots and spaces,
+    which Windows drops from a name (Microsoft docs, "Naming Files, Paths, and
+    Namespaces": "Do not end a file or directory name with a space or a period"), so
+    ``"evil.sh "`` and ``"evil.sh."`` are saved as ``"evil.sh"``. The executable check and
+    the download's ``Content-Disposition`` both use it; ``""`` when nothing is left."""
+    return _NAME_CONTROLS.sub("", name).strip().rstrip(". ").strip()
+
+
 def _extension(name: str) -> str:
+    name = filename_as_saved(name)
     return name.rsplit(".", 1)[-1].lower() if "." in name else ""
 
 
@@ -146,7 +161,7 @@ def document_type_detect(file) -> str:
     """
     name = file.name or ""
     declared = (getattr(file, "content_type", "") or "").split(";")[0].strip().lower()
-    guessed = (mimetypes.guess_type(name)[0] or "").lower()
+    guessed = (mimetypes.guess_type(filename_as_saved(name))[0] or "").lower()
     if (
         _extension(name) in EXECUTABLE_EXTENSIONS
         or declared in EXECUTABLE_CONTENT_TYPES
