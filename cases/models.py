@@ -90,16 +90,38 @@ class DocumentProcessingStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+#: UTF-8 bytes of the client's file name kept in an upload's storage name. A path
+#: component may be at most 255 bytes on the usual filesystems (``NAME_MAX``: ext4, XFS),
+#: and Django's limits count characters: 200 "é" are 400 bytes (``OSError`` ENAMETOOLONG,
+#: a 500). The name as sent stays in ``Document.original_filename``.
+STORED_NAME_MAX_BYTES = 120
+
+
+def stored_name(filename: str, max_bytes: int = STORED_NAME_MAX_BYTES) -> str:
+    """``filename`` cut to at most ``max_bytes`` UTF-8 bytes at a character boundary,
+    keeping its extension when that is short (at most 16 bytes with its dot);
+    ``"file"`` if nothing is left."""
+    if len(filename.encode()) <= max_bytes:
+        return filename
+    stem, dot, extension = filename.rpartition(".")
+    suffix = dot + extension
+    if not dot or len(suffix.encode()) > 16:
+        stem, suffix = filename, ""
+    room = max_bytes - len(suffix.encode())
+    return (stem.encode()[:room].decode("utf-8", "ignore") or "file") + suffix
+
+
 def document_upload_to(instance: "Document", filename: str) -> str:
     """Storage name of an upload: ``documents/<organization id>/<random hex>/<filename>``.
 
     One folder per organization (an S3 prefix per tenant), and a random 32-hex folder per
     upload, so two uploads of one file name never overwrite each other and names are not
-    guessable. Django then cleans the result (``FileField.generate_filename``: the
-    storage's ``get_valid_name`` on the base name; a ``..`` component raises
+    guessable. The file name is shortened to ``STORED_NAME_MAX_BYTES`` (``stored_name``).
+    Django then cleans the result (``FileField.generate_filename``: the storage's
+    ``get_valid_name`` on the base name; a ``..`` component raises
     ``SuspiciousFileOperation``).
     """
-    return f"documents/{instance.organization_id}/{uuid.uuid4().hex}/{filename}"
+    return f"documents/{instance.organization_id}/{uuid.uuid4().hex}/{stored_name(filename)}"
 
 
 class Document(TenantModel):

@@ -110,6 +110,11 @@ def test_an_executable_declared_as_pdf_is_a_415(api, org, _media):
     [
         ("setup.exe", "text/plain"),
         ("run.sh", "text/plain"),
+        # saved by a download (and by Windows) as run.sh, setup.bat, tool.ps1
+        ("run.sh ", "text/plain"),
+        ("setup.bat.", "text/plain"),
+        ("tool.ps1 . ", "text/plain"),
+        ("run.sh\t", "text/plain"),
         ("notes.txt", "application/x-msdownload"),
         ("notes.txt", "application/x-sh; charset=utf-8"),
     ],
@@ -207,3 +212,21 @@ def test_a_json_body_over_the_limit_with_an_idempotency_key_is_a_413(api, org, s
     from cases.models import Client
 
     assert not Client.objects.filter(organization=org).exists()
+
+
+def test_a_long_non_ascii_file_name_is_stored_shortened_and_kept_whole(api, org, _media):
+    """200 "é" are 400 UTF-8 bytes, over a path component's 255 on the usual filesystems:
+    the storage name keeps at most 120 bytes of it (and the extension); the document
+    keeps the name as sent, and the download gives it back."""
+    case = CaseFactory(organization=org)
+    name = "é" * 200 + ".txt"
+    response = _upload(api, case, name, b"a note\n", "text/plain")
+    assert response.status_code == 201, response.content
+    document = Document.objects.get()
+    assert document.original_filename == name
+    [stored] = _stored_files(_media)
+    assert stored.read_bytes() == b"a note\n"
+    assert stored.name.endswith(".txt") and len(stored.name.encode()) <= 120
+    download = api.get(f"/api/v1/documents/{document.pk}/download/")
+    assert download.status_code == 200
+    assert "%C3%A9" * 200 + ".txt" in download["Content-Disposition"]
