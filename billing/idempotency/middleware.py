@@ -3,6 +3,7 @@
 import logging
 
 from django.conf import settings
+from django.core.exceptions import TooManyFieldsSent, TooManyFilesSent
 from django.http import JsonResponse
 from django.http.multipartparser import MultiPartParserError
 
@@ -55,6 +56,8 @@ class IdempotencyMiddleware:
             fingerprint = request_fingerprint(request)
         except MultiPartParserError as exc:
             return _error(f"Multipart form parse error - {exc}", "parse_error", 400)
+        except (TooManyFieldsSent, TooManyFilesSent):  # as the view answers them (core.errors)
+            return _error("Too many fields or files.", "too_many_fields", 400)
         claim = idempotency_key_claim(organization=organization, key=key, fingerprint=fingerprint)
         if claim.state == "busy":
             response = _error(

@@ -1,7 +1,8 @@
-"""``Idempotency-Key`` on multipart bodies: the fingerprint parses a multipart body only
+"""``Idempotency-Key`` on multipart and refused bodies: the fingerprint parses a multipart body only
 for a view that reads one (the document upload), so a multipart write to a JSON endpoint
-is answered as it is without a key (415); and the files of one field count in the order
-they were sent."""
+is answered as it is without a key (415); the files of one field count in the order
+they were sent; and a body refused for its size or its number of parts gets the same JSON
+error with a key as without one."""
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -68,3 +69,30 @@ def test_the_order_of_one_fields_files_is_part_of_an_uploads_fingerprint(api, or
     assert swapped.status_code == 422
     assert swapped.json()["code"] == "idempotency_key_reused"
     assert Document.objects.count() == 1
+
+
+@pytest.mark.parametrize("key", [None, "many-files"])
+def test_too_many_files_is_the_same_400_with_or_without_a_key(api, org, settings, key):
+    settings.DATA_UPLOAD_MAX_NUMBER_FILES = 3
+    case = CaseFactory(organization=org)
+    headers = {"HTTP_IDEMPOTENCY_KEY": key} if key else {}
+    response = api.post(
+        "/api/v1/documents/",
+        {"case": str(case.pk), "file": [text_file(b"%d\n" % i) for i in range(4)]},
+        format="multipart",
+        **headers,
+    )
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "too_many_fields"
+    assert Document.objects.count() == 0
+
+
+@pytest.mark.parametrize("key", [None, "too-big"])
+def test_a_body_over_the_limit_is_a_json_413_with_or_without_a_key(api, settings, key):
+    settings.API_MAX_JSON_BYTES = settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    headers = {"HTTP_IDEMPOTENCY_KEY": key} if key else {}
+    response = api.post("/api/v1/clients/", {"name": "x" * 2000}, format="json", **headers)
+    assert response.status_code == 413, response.content
+    assert response["Content-Type"].startswith("application/json")
+    assert response.json()["code"] == "body_too_large"
+    assert not Client.objects.exists()
