@@ -180,8 +180,10 @@ def organization_onboard(
 def organization_onboard_problems(*, name: str, owner_email: str, plan_tier: str) -> list[str]:
     """Every reason ``organization_onboard`` would refuse these arguments (list of str,
     empty: it would not), found without writing anything: a name without letters or
-    digits, a missing or invalid email, an unknown plan, and a slug that already exists
-    with a different owner. Lets a command report every problem of every row at once."""
+    digits, a missing or invalid email, a name or email longer than its column
+    (``Organization.name``, ``User.email``) or holding a NUL character (PostgreSQL text
+    cannot), an unknown plan, and a slug that already exists with a different owner. Lets
+    a command report every problem of every row at once."""
     from django.core.exceptions import ValidationError
     from django.core.validators import validate_email
 
@@ -199,9 +201,17 @@ def organization_onboard_problems(*, name: str, owner_email: str, plan_tier: str
             validate_email(owner_email)
         except ValidationError:
             problems.append(f"invalid owner email {owner_email!r}")
+    for what, value, field in (
+        ("name", name, Organization._meta.get_field("name")),
+        ("owner email", owner_email, User._meta.get_field("email")),
+    ):
+        if len(value) > field.max_length:
+            problems.append(f"{what} is {len(value)} characters long, over {field.max_length}")
+        if "\x00" in value:
+            problems.append(f"{what} contains a NUL character")
     if plan_tier not in PlanTier.values:
         problems.append(f"unknown plan {plan_tier!r} (one of {', '.join(PlanTier.values)})")
-    if slug and owner_email:
+    if slug and owner_email and "\x00" not in owner_email:  # a NUL cannot even be queried
         organization = Organization.objects.filter(slug=slug).first()
         if organization is not None:
             try:

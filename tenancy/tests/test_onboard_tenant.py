@@ -362,3 +362,34 @@ def test_onboard_csv_reports_every_problem_of_every_row_before_writing(tmp_path)
         assert expected in message, message
     assert out.getvalue() == ""  # nothing reported as created before the refusal
     assert set(Organization.objects.values_list("slug", flat=True)) == {"smith-jones"}
+
+
+def test_csv_rows_the_database_could_not_store_are_bad_rows(tmp_path):
+    """A NUL, a name over 200 or an email over 254 characters would have failed in
+    PostgreSQL with a traceback; they are problems of their rows, found before writing."""
+    path = tmp_path / "tenants.csv"
+    long_email = "a" * 250 + "@x.test"
+    path.write_text(
+        "name,owner_email,plan\nAcme Law,a@acme.test,pro\n"
+        f"Nul\x00 Law,n@nul.test,pro\n{'L' * 201},l@long.test,pro\nLong Mail,{long_email},pro\n"
+    )
+    with pytest.raises(CommandError) as excinfo:
+        run("--csv", str(path))
+    message = str(excinfo.value)
+    assert "3 problem(s) in 3 row(s)" in message
+    assert "row 3: name contains a NUL character" in message
+    assert "row 4: name is 201 characters long, over 200" in message
+    assert "row 5: owner email is 257 characters long, over 254" in message
+    assert not Organization.objects.exists() and not User.objects.exists()
+    with pytest.raises(CommandError, match="name is 201 characters long"):
+        run("--name", "L" * 201, "--owner-email", "l@long.test")
+
+
+def test_a_csv_that_is_not_utf8_or_not_a_file_is_refused_naming_the_line(tmp_path):
+    path = tmp_path / "tenants.csv"
+    path.write_bytes(b"name,owner_email,plan\nAcme Law,a@acme.test,pro\nB\xe9ta,b@beta.test,pro\n")
+    with pytest.raises(CommandError, match=r"line 3: not UTF-8"):
+        run("--csv", str(path))
+    with pytest.raises(CommandError, match="not a file"):
+        run("--csv", str(tmp_path))
+    assert not Organization.objects.exists()

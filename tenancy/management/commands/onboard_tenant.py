@@ -1,6 +1,7 @@
 """``manage.py onboard_tenant``: create an organization with its owner, one or from a CSV."""
 
 import csv
+import io
 from pathlib import Path
 
 from django.conf import settings
@@ -169,22 +170,39 @@ class Command(BaseCommand):
         )
 
     def _read_csv(self, path: Path):
-        if not path.exists():
-            raise CommandError(f"CSV file not found: {path}")
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in ("name", "owner_email") if c not in (reader.fieldnames or [])]
-            if missing:
-                raise CommandError(
-                    f"CSV header must have columns {','.join(CSV_COLUMNS)}; "
-                    f"missing: {', '.join(missing)}"
-                )
-            rows = []
-            for record in reader:
-                name = (record.get("name") or "").strip()
-                email = (record.get("owner_email") or "").strip()
-                plan = (record.get("plan") or PlanTier.STARTER).strip() or PlanTier.STARTER
-                rows.append((reader.line_num, name, email, plan))
+        """The CSV's rows as ``(line, name, owner_email, plan)``. Raises ``CommandError``
+        for a path that is not a readable file, bytes that are not UTF-8 (naming the
+        line), a malformed CSV (naming the line), a missing column and no data rows."""
+        if not path.is_file():
+            raise CommandError(f"CSV file not found (or not a file): {path}")
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise CommandError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            problem = f"line {line}: not UTF-8 (byte {exc.start}); nothing was written."
+            raise CommandError(problem) from None
+        try:
+            return self._rows(csv.DictReader(io.StringIO(text, newline="")))
+        except csv.Error as exc:
+            raise CommandError(f"malformed CSV: {exc}; nothing was written.") from None
+
+    def _rows(self, reader: csv.DictReader) -> list[tuple[int, str, str, str]]:
+        missing = [c for c in ("name", "owner_email") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise CommandError(
+                f"CSV header must have columns {','.join(CSV_COLUMNS)}; "
+                f"missing: {', '.join(missing)}"
+            )
+        rows = []
+        for record in reader:
+            name = (record.get("name") or "").strip()
+            email = (record.get("owner_email") or "").strip()
+            plan = (record.get("plan") or PlanTier.STARTER).strip() or PlanTier.STARTER
+            rows.append((reader.line_num, name, email, plan))
         if not rows:
             raise CommandError("CSV has no data rows.")
         return rows
