@@ -53,7 +53,10 @@ class Command(BaseCommand):
             "Default: the start of the current UTC hour (complete hours only).",
         )
         parser.add_argument(
-            "--dry-run", action="store_true", help="Show what would be sent; change nothing."
+            "--dry-run",
+            action="store_true",
+            help="Show what would be sent; send nothing and change no event or aggregate (the "
+            "run itself is recorded, as a meter report with status dry_run).",
         )
         parser.add_argument(
             "--verbose",
@@ -159,4 +162,11 @@ class Command(BaseCommand):
             parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             raise CommandError(f"--until {value!r} is not an ISO 8601 date or datetime.") from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        # In UTC: PostgreSQL refuses an offset beyond 15:59 ("time zone displacement out of
+        # range"), which ISO 8601 and Python allow up to 23:59.
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError:
+            raise CommandError(f"--until {value!r} is out of range in UTC.") from None

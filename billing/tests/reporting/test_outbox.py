@@ -1,7 +1,7 @@
 """``billing.reporting.outbox``: events into aggregates (late events, ``until``,
 oversized hours split exactly) and the events an aggregate keeps."""
 
-from datetime import timedelta
+from datetime import timedelta, timezone
 from decimal import Decimal
 from io import StringIO
 
@@ -9,7 +9,13 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db.models import ProtectedError
 
-from billing.models import BillingEvent, BillingEventStatus, MeterReportStatus, UsageAggregate
+from billing.models import (
+    BillingEvent,
+    BillingEventStatus,
+    MeterReport,
+    MeterReportStatus,
+    UsageAggregate,
+)
 from billing.reporting import runs
 from billing.services import events_record
 from billing.tests.reporting.scenario import HOUR, add_events, ident, sent
@@ -39,6 +45,18 @@ def test_until_bounds_the_events_reported(fake_stripe, customer_org):
     assert fake_stripe.identifiers() == [ident(customer_org, "api_requests", 0)]
     with pytest.raises(CommandError, match="ISO 8601"):
         call_command("report_usage", "--until", "yesterday", stdout=StringIO())
+    with pytest.raises(CommandError, match="out of range in UTC"):
+        call_command("report_usage", "--until", "0001-01-01T00:00:00+23:59", stdout=StringIO())
+
+
+def test_an_until_with_an_offset_beyond_postgresqls_is_taken_in_utc(fake_stripe, customer_org):
+    """PostgreSQL refuses offsets beyond 15:59 (a DataError, once a traceback); ISO 8601
+    allows 23:59. The instant is the same in UTC."""
+    add_events(customer_org, [("api.request", 0, 1, "1"), ("api.request", 3, 1, "1")])
+    until = (HOUR + timedelta(hours=1)).astimezone(timezone(timedelta(hours=23, minutes=30)))
+    call_command("report_usage", "--until", until.isoformat(), stdout=StringIO())
+    assert fake_stripe.identifiers() == [ident(customer_org, "api_requests", 0)]
+    assert MeterReport.objects.get().until == HOUR + timedelta(hours=1)
 
 
 def test_deleting_an_aggregate_with_events_is_refused(fake_stripe, customer_org):
