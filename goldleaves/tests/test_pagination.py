@@ -135,3 +135,17 @@ def test_stable_order_keeps_an_order_that_ends_in_the_primary_key():
     assert stable_order([1, 2]) == [1, 2]
     assert stable_order(Client.objects.all()).query.order_by == ("name", "pk")
     assert stable_order(Case.objects.order_by("-opened_at")).query.order_by == ("-opened_at", "-pk")
+
+
+def test_walking_the_events_list_with_an_end_before_the_walk_sees_each_event_once(tied, owner):
+    """Each page's GET adds an ``api.request`` event at the head of the list (newest
+    first), so an unpinned walk repeats an event on every page; with ``end`` before the
+    walk (README, "Lists are paginated") the pages do not move."""
+    api = bearer_client(owner)
+    before = BillingEvent.objects.filter(organization=tied)
+    expected = sorted(str(pk) for pk in before.values_list("pk", flat=True))
+    unpinned = walk(api, "/api/v1/billing/events/", None)
+    assert len(unpinned) > len(set(unpinned))  # the defect the pinned walk avoids
+    pinned = walk(api, "/api/v1/billing/events/?end=2026-11-02T09:31:00Z", None)
+    assert len(pinned) == len(set(pinned)) == ROWS
+    assert sorted(pinned) == expected
