@@ -1,6 +1,6 @@
 """Serializers of the billing API (output shapes, and the period query parameters)."""
 
-from datetime import UTC, timedelta
+from datetime import timedelta
 
 from drf_spectacular.utils import OpenApiExample, extend_schema_serializer
 from rest_framework import serializers
@@ -9,6 +9,7 @@ from billing.ingest import EVENT_FIELDS
 from billing.models import BillingEvent, MeterReport
 from billing.selectors import billing_zone, parse_period_bound
 from billing.usage import GROUP_BY_CHOICES
+from core.filters import utc_instant
 
 
 class BillingEventSerializer(serializers.ModelSerializer):
@@ -38,11 +39,11 @@ class PeriodQuerySerializer(serializers.Serializer):
         organization = self.context["organization"]
         try:
             bound = parse_period_bound(value, organization)
-            bound.astimezone(UTC)  # OverflowError: leaves Python's range in UTC
+            utc_instant(bound)  # ValueError: leaves Python's range in UTC
             if abs(bound.utcoffset()) >= timedelta(hours=16):
                 bound = bound.astimezone(billing_zone(organization))
             return bound
-        except (ValueError, OverflowError):
+        except (ValueError, OverflowError):  # OverflowError: into the billing time zone
             raise serializers.ValidationError(
                 "Use YYYY-MM-DD or an ISO 8601 datetime (e.g. 2026-11-01T00:00:00Z)."
             ) from None

@@ -8,11 +8,21 @@ would otherwise reach the database and fail there (``DataError``). The instant i
 same; a value whose UTC form leaves Python's range (years 1-9999) is a 400.
 """
 
-from datetime import UTC
+from datetime import UTC, datetime
 
 import django_filters
 from django import forms
 from django_filters.fields import IsoDateTimeField
+
+
+def utc_instant(value: datetime) -> datetime:
+    """The aware ``value`` in UTC, the same instant with an offset PostgreSQL takes (see the
+    module docstring). Raises ``ValueError`` when its UTC form leaves Python's years
+    1-9999 (e.g. ``0001-01-01T00:00:00+23:59``)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError(f"{value.isoformat()} is out of range in UTC") from exc
 
 
 class UTCIsoDateTimeField(IsoDateTimeField):
@@ -26,8 +36,8 @@ class UTCIsoDateTimeField(IsoDateTimeField):
         if parsed is None:
             return None
         try:
-            return parsed.astimezone(UTC)
-        except (OverflowError, ValueError):
+            return utc_instant(parsed)
+        except ValueError:
             raise forms.ValidationError(self.error_messages["invalid"], code="invalid") from None
 
 

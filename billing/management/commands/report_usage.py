@@ -10,6 +10,7 @@ from django.utils import timezone
 from billing.models import MeterReportStatus
 from billing.reporting.identifiers import current_hour
 from billing.reporting.runs import report_usage
+from core.filters import utc_instant
 from tenancy.models import Organization
 
 logger = logging.getLogger("billing.reporting")
@@ -164,9 +165,7 @@ class Command(BaseCommand):
             raise CommandError(f"--until {value!r} is not an ISO 8601 date or datetime.") from None
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=UTC)
-        # In UTC: PostgreSQL refuses an offset beyond 15:59 ("time zone displacement out of
-        # range"), which ISO 8601 and Python allow up to 23:59.
-        try:
-            return parsed.astimezone(UTC)
-        except OverflowError:
+        try:  # in UTC: PostgreSQL takes offsets up to 15:59 only (core.filters)
+            return utc_instant(parsed)
+        except ValueError:
             raise CommandError(f"--until {value!r} is out of range in UTC.") from None
