@@ -69,6 +69,10 @@ ERROR_ANSWERS = {
         "role_forbidden",
     ),
     "404": ("No such object in the active organization, or no such page.", "not_found"),
+    "411": (
+        "A chunked body without Content-Length (Transfer-Encoding: chunked): send it with one.",
+        "length_required",
+    ),
     "413": (
         "Body over API_MAX_JSON_BYTES (body_too_large) or upload over DOCUMENT_MAX_BYTES "
         "(file_too_large).",
@@ -132,7 +136,7 @@ def _statuses(path: str, method: str, operation: dict) -> list[str]:
     if "{" in path or "page" in params:
         statuses.append("404")
     if method in _BODY_METHODS:
-        statuses += ["413", "415"]
+        statuses += ["411", "413", "415"]
     if secured:  # the plan-tier limit; the token endpoints document their login throttle
         statuses.append("429")
     return statuses
@@ -177,7 +181,7 @@ def document_error_responses(result, generator, request, public):
     for each operation under ``settings.API_ROUTES`` ``allowEmptyValue`` on a list's query
     parameters (``_allow_empty_filters``), ``pattern`` on non-blank request strings
     (``_require_non_blank``), the error statuses of ``_statuses``
-    (400/401/403/404/413/415/429, with the ``Error`` schema; an operation's own
+    (400/401/403/404/411/413/415/429, with the ``Error`` schema; an operation's own
     description of a status wins), ``Retry-After`` on its 429, and the optional
     ``RateLimit-*`` headers on every response of an authenticated operation. The 409 and
     422 of ``Idempotency-Key`` come from ``billing.schema``. Returns ``result``."""

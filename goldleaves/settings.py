@@ -323,7 +323,7 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "billing.schema.document_idempotency_key",
-        # 400/401/403/404/413/415/429 and the RateLimit headers of every operation
+        # 400/401/403/404/411/413/415/429 and the RateLimit headers of every operation
         "core.openapi.document_error_responses",
     ],
 }

@@ -46,3 +46,19 @@ def test_a_chunked_body_without_content_length_is_411_and_nothing_runs(api):
     assert not BillingEvent.objects.exists()  # nothing was served
     sized = api.post("/api/v1/clients/", {"name": "Sized"}, format="json")
     assert sized.status_code == 201
+
+
+def test_the_schema_documents_the_411_on_every_operation_with_a_body(client):
+    schema = client.get("/api/schema/?format=json").json()
+    with_body = [
+        (path, method, operation)
+        for path, item in schema["paths"].items()
+        for method, operation in item.items()
+        if method in ("post", "put", "patch")
+    ]
+    assert len(with_body) > 10
+    for path, method, operation in with_body:
+        answer = operation["responses"].get("411")
+        assert answer is not None, (method, path)
+        example = answer["content"]["application/json"]["example"]
+        assert example["code"] == "length_required", (method, path)
